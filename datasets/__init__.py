@@ -1,0 +1,34 @@
+"""Dataset adapters, discovered from the modules of this package.
+
+A module that defines `ADAPTERS = [SomeAdapter(), ...]` registers them; adding a dataset is
+adding one module. (This package shadows the Hugging Face `datasets` library on purpose:
+the harness does not use it.)
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from datasets.base import DatasetAdapter, DatasetError
+
+_SKIP = {"base", "store"}
+
+
+def registry() -> dict[str, DatasetAdapter]:
+    found: dict[str, DatasetAdapter] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name in _SKIP or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for adapter in getattr(module, "ADAPTERS", []):
+            if adapter.name in found:
+                raise RuntimeError(f"dataset name {adapter.name!r} registered twice ({module.__name__})")
+            found[adapter.name] = adapter
+    return found
+
+
+def get_adapter(name: str) -> DatasetAdapter:
+    adapters = registry()
+    if name not in adapters:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(adapters))} (see `python run_all.py --list`)")
+    return adapters[name]

@@ -1,0 +1,104 @@
+"""The contract every dataset adapter implements, and the errors it raises.
+
+An adapter knows one on-disk format. It says whether its data is present under a data
+root (and, if not, exactly what to put where), and opens a `FeatureStore` holding the
+sample table (ids, labels, splits, class names) and the views the methods consume. Heavy
+views are computed once and cached; a second `open` is a cheap read of the store.
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(RuntimeError):
+    """Bad or missing input. The message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    present: bool
+    message: str  # when missing: what to put where; when present: where it was found
+
+
+@dataclass
+class SampleTable:
+    """Ids, integer labels in the dataset's own class order, split names, class names."""
+
+    ids: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.splits = np.asarray(self.splits, dtype="<U5")
+
+    def validate(self, source: str) -> None:
+        """Raise a DatasetError naming `source` on duplicate ids, bad labels/splits or empty classes."""
+        n = len(self.ids)
+        if not (len(self.labels) == len(self.splits) == n):
+            raise DatasetError(f"{source}: ids/labels/splits lengths differ ({n}, {len(self.labels)}, {len(self.splits)})")
+        if len(set(self.ids)) != n:
+            seen, dup = set(), None
+            for i in self.ids:
+                if i in seen:
+                    dup = i
+                    break
+                seen.add(i)
+            raise DatasetError(f"{source}: sample id {dup!r} appears more than once; ids must be unique")
+        bad = sorted(set(self.splits.tolist()) - set(SPLITS))
+        if bad:
+            raise DatasetError(f"{source}: unknown split name(s) {bad}; use one of {SPLITS}")
+        n_classes = len(self.class_names)
+        if n and (self.labels.min() < 0 or self.labels.max() >= n_classes):
+            raise DatasetError(f"{source}: labels must lie in [0, {n_classes}); found {self.labels.min()}..{self.labels.max()}")
+        for split in SPLITS:
+            counts = np.bincount(self.labels[self.splits == split], minlength=n_classes)
+            empty = [self.class_names[c] for c in np.flatnonzero(counts == 0)]
+            if empty:
+                raise DatasetError(
+                    f"{source}: class(es) {empty[:5]}{'...' if len(empty) > 5 else ''} have no {split} samples; "
+                    "every class needs train, val and test samples (fix the split lists or drop the class)"
+                )
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.ids, self.labels.tolist(), self.splits.tolist(), self.class_names):
+            h.update(repr(part).encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A dataset's default class-incremental protocol (see benchmarks.protocols.Protocol)."""
+
+    name: str
+    classes_per_step: tuple[int, ...]
+    memory: int
+    class_order: tuple[int, ...] | None = None  # None: the dataset's own class index order
+
+
+class DatasetAdapter(ABC):
+    """One dataset family. Subclasses set the class attributes and implement the methods."""
+
+    name: str = ""  # registry key used on the command line, e.g. "synth_av", "ave"
+    title: str = ""  # shown in the leaderboard
+    suites: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ("audio", "visual", "audio-visual")
+
+    @abstractmethod
+    def availability(self, data_root: Path) -> Availability: ...
+
+    @abstractmethod
+    def open(self, data_root: Path, progress: bool = True):
+        """Return the dataset's FeatureStore, building or importing it first if needed."""
+
+    @abstractmethod
+    def protocols(self) -> list[ProtocolSpec]: ...

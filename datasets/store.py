@@ -1,0 +1,204 @@
+"""Columnar feature store: one memory-mapped array per view, plus the sample table.
+
+Layout of a store directory (no pickle anywhere; `np.load(..., allow_pickle=False)`):
+
+    manifest.json          format version, dataset, class names, views {name: shape, dtype},
+                           meta (encoders, pretrained flags, checkpoint hashes, conversion errors)
+    ids.json               sample ids, row order
+    labels.npy             int64 dataset class index per row
+    splits.npy             int8 split code per row (0 train, 1 val, 2 test)
+    views/<name>.npy       (N, *shape) array, opened memory-mapped
+
+A store is written by `StoreWriter` into `<dir>.partial/` and renamed to `<dir>` only when
+every row of every view is filled, so a reader never sees a half-written store. Extraction
+is resumable: the writer records how many rows of each view are filled (`progress.json`,
+replaced atomically after each batch) and a new writer over the same partial directory
+continues from there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.base import SPLITS, DatasetError, SampleTable
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    name: str
+    shape: tuple[int, ...]  # per-sample shape, e.g. (768,) or (8, 196, 768)
+    dtype: str = "float16"
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def config_hash(obj) -> str:
+    """Stable short hash of a JSON-serialisable config."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """Read side. Views are memory-mapped; `gather` is one fancy-index operation per view."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise DatasetError(f"{manifest_path}: not a feature store (no manifest); rebuild it by re-running the import/extraction")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise DatasetError(f"{manifest_path}: store format {self.manifest.get('format_version')} != {FORMAT_VERSION}; delete the store and rebuild it")
+        self.dataset: str = self.manifest["dataset"]
+        self.class_names: list[str] = self.manifest["class_names"]
+        self.meta: dict = self.manifest.get("meta", {})
+        self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
+        self.labels = np.load(self.path / "labels.npy", allow_pickle=False)
+        self.splits = np.load(self.path / "splits.npy", allow_pickle=False)
+        self.views = {k: ViewSpec(k, tuple(v["shape"]), v["dtype"]) for k, v in self.manifest["views"].items()}
+        self._arrays: dict[str, np.ndarray] = {}
+        for name, spec in self.views.items():
+            arr = self.array(name)
+            if arr.shape != (len(self.ids), *spec.shape):
+                raise DatasetError(f"{self.path / 'views' / (name + '.npy')}: shape {arr.shape} != expected {(len(self.ids), *spec.shape)}; the store is corrupt, delete it and rebuild")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    def array(self, view: str) -> np.ndarray:
+        if view not in self._arrays:
+            if view not in self.views:
+                raise KeyError(f"store {self.path} has no view {view!r}; it has {sorted(self.views)}")
+            path = self.path / "views" / f"{view}.npy"
+            try:
+                self._arrays[view] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise DatasetError(f"{path}: unreadable view array ({e}); delete the store and rebuild it") from e
+        return self._arrays[view]
+
+    def rows(self, split: str, classes=None) -> np.ndarray:
+        """Row indices of one split, optionally restricted to dataset class indices `classes`."""
+        mask = self.splits == SPLITS.index(split)
+        if classes is not None:
+            mask &= np.isin(self.labels, np.asarray(list(classes)))
+        return np.flatnonzero(mask)
+
+    def gather(self, view: str, rows, device="cpu", dtype=None) -> torch.Tensor:
+        """Rows of one view as a tensor: one vectorised index into the memory map."""
+        rows = np.asarray(rows.cpu() if torch.is_tensor(rows) else rows, dtype=np.int64)
+        # Sorted reads are sequential on disk; undo the permutation afterwards.
+        order = np.argsort(rows, kind="stable")
+        block = torch.from_numpy(np.ascontiguousarray(self.array(view)[rows[order]]))
+        out = torch.empty_like(block)
+        out[torch.from_numpy(order)] = block
+        return out.to(device=device, dtype=dtype or out.dtype, non_blocking=True)
+
+    def table(self) -> SampleTable:
+        return SampleTable(list(self.ids), self.labels.copy(), np.array(SPLITS)[self.splits], list(self.class_names))
+
+
+class StoreWriter:
+    """Write side: fill views in row batches, resumably, then publish atomically."""
+
+    def __init__(self, path: Path, table: SampleTable, views: list[ViewSpec], meta: dict, source: str):
+        table.validate(source)
+        self.final = Path(path)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        self.table, self.views, self.meta = table, {v.name: v for v in views}, meta
+        spec = {
+            "format_version": FORMAT_VERSION,
+            "table": table.digest(),
+            "views": {k: v.to_json() for k, v in self.views.items()},
+            "meta": meta,
+        }
+        self.fingerprint = config_hash(spec)
+        spec_path = self.partial / "spec.json"
+        if self.partial.exists():
+            old = json.loads(spec_path.read_text()) if spec_path.is_file() else None
+            if old != json.loads(json.dumps(spec, default=str)):
+                shutil.rmtree(self.partial)  # a different build was in progress: start over
+        if not self.partial.exists():
+            (self.partial / "views").mkdir(parents=True)
+            n = len(table.ids)
+            for v in self.views.values():
+                np.lib.format.open_memmap(self.partial / "views" / f"{v.name}.npy", mode="w+", dtype=v.dtype, shape=(n, *v.shape)).flush()
+            atomic_write_text(self.partial / "progress.json", json.dumps({k: 0 for k in self.views}))
+            atomic_write_text(spec_path, json.dumps(spec, default=str))
+        self.filled: dict[str, int] = json.loads((self.partial / "progress.json").read_text())
+        self._maps = {k: np.load(self.partial / "views" / f"{k}.npy", mmap_mode="r+") for k in self.views}
+
+    def write(self, view: str, start: int, values) -> None:
+        """Write rows [start, start + len(values)) of `view`; rows must arrive in order."""
+        if start != self.filled[view]:
+            raise RuntimeError(f"view {view}: expected rows from {self.filled[view]}, got {start}")
+        values = values.detach().cpu().numpy() if torch.is_tensor(values) else np.asarray(values)
+        spec = self.views[view]
+        if values.shape[1:] != spec.shape:
+            raise DatasetError(f"view {view}: got per-sample shape {values.shape[1:]}, expected {spec.shape}")
+        m = self._maps[view]
+        m[start : start + len(values)] = values.astype(spec.dtype)
+        m.flush()
+        self.filled[view] = start + len(values)
+        atomic_write_text(self.partial / "progress.json", json.dumps(self.filled))
+
+    def add_meta(self, **kv) -> None:
+        """Metadata known only after writing (e.g. conversion error); not part of the fingerprint."""
+        self.meta = {**self.meta, **kv}
+
+    def finalize(self) -> FeatureStore:
+        n = len(self.table.ids)
+        unfinished = {k: v for k, v in self.filled.items() if v != n}
+        if unfinished:
+            raise RuntimeError(f"store {self.final}: views not fully written {unfinished} of {n} rows")
+        self._maps.clear()
+        atomic_write_text(self.partial / "ids.json", json.dumps(self.table.ids))
+        np.save(self.partial / "labels.npy", self.table.labels)
+        np.save(self.partial / "splits.npy", np.array([SPLITS.index(s) for s in self.table.splits], dtype=np.int8))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dataset": self.meta.get("dataset", self.final.name),
+            "fingerprint": self.fingerprint,
+            "class_names": self.table.class_names,
+            "views": {k: v.to_json() for k, v in self.views.items()},
+            "meta": self.meta,
+        }
+        atomic_write_text(self.partial / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        for f in ("progress.json", "spec.json"):
+            (self.partial / f).unlink()
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.partial, self.final)
+        return FeatureStore(self.final)
