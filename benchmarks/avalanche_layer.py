@@ -1,0 +1,307 @@
+"""The shared Avalanche strategy template: store-backed, multi-input, checkpointable.
+
+Every method is a subclass of `StoreTemplate` (an avalanche `SupervisedTemplate`), so the
+Avalanche training loop, plugin callbacks and experience handling stay in charge, while
+this layer makes once the things avalanche-lib 0.6.0 gets wrong for this harness
+(../shared/reference/cil_toolboxes.md 2.3-2.6):
+
+- multi-input samples: a minibatch is `[rows, targets, task]` of index tensors; the views a
+  method needs are gathered from device-resident copies of the step's rows in one index
+  operation per view (`ResidentViews`), so avalanche never calls `.to` on a tuple and the
+  training loop runs no per-sample Python;
+- the train set of a step is whatever the method says (`training_rows`): new-class rows,
+  plus exemplar ids from `self.memory`, or all seen rows for the upper bound;
+- exemplar memories hold store rows, not copies of data;
+- model selection: after every epoch, accuracy on the val split of all seen classes; the
+  best (strictly greater) state is restored at the end of the step, as the reference does;
+- checkpointing: `resume_state`/`load_resume_state` are plain tensors and numbers, saved
+  with torch.save and read back with `weights_only=True` (avalanche's own
+  `save_checkpoint` pickles the whole strategy and fails under current dill).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from tqdm.auto import tqdm
+
+from benchmarks.streams import CILStream
+from datasets.store import FeatureStore
+
+
+class ResidentViews:
+    """Copies of some store rows' views on the training device, addressable by store row."""
+
+    def __init__(self, store: FeatureStore, views: list[str], rows: torch.Tensor, device):
+        self.rows = torch.unique(rows.cpu())
+        self.lookup = torch.full((len(store),), -1, dtype=torch.long)
+        self.lookup[self.rows] = torch.arange(len(self.rows))
+        self.lookup = self.lookup.to(device)
+        self.data = {v: store.gather(v, self.rows.numpy(), device=device) for v in views}
+
+    def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        pos = self.lookup[rows]
+        return {v: x[pos].float() for v, x in self.data.items()}
+
+
+class IndexBatches:
+    """Minibatches of (rows, targets, task=0) drawn from index tensors; no DataLoader."""
+
+    def __init__(self, rows, targets, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator, device):
+        self.rows, self.targets = rows.to(device), targets.to(device)
+        self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        if self.drop_last and n >= self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.rows)
+        order = torch.randperm(n, generator=self.generator).to(self.rows.device) if self.shuffle else torch.arange(n, device=self.rows.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [self.rows[idx], self.targets[idx], torch.zeros_like(idx)]
+
+
+def step_seed(seed: int, t: int, salt: int = 0) -> int:
+    """Per-step seed, so a run resumed at step t draws what an uninterrupted run draws."""
+    return (seed * 1_000_003 + t * 7919 + salt) % (2**31 - 1)
+
+
+class StoreTemplate(SupervisedTemplate):
+    """Base strategy. Subclasses override `loss`, and optionally `training_rows`,
+    `model_adaptation_step`, `prepare_prediction`, `predict_batch`, `after_step`."""
+
+    #: per-method options read from the resolved config (documented in each README)
+    uses_memory = False
+
+    def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True):
+        self.model_factory = model_factory
+        model = model_factory(stream.protocol.classes_per_step[0])
+        self.store, self.stream, self.modality, self.cfg, self.seed = store, stream, modality, config, seed
+        self.views = {"audio": ["audio"], "visual": ["visual"], "audio-visual": ["audio", "visual"]}[modality]
+        self.progress = progress
+        self.memory: dict[int, torch.Tensor] = {}  # class position -> exemplar store rows, in priority order
+        self.old_model = None
+        self.resident: ResidentViews | None = None
+        self.step_index = -1
+        self.history: list[dict] = []  # per step: best_val_epoch, val_acc
+        self.precision = config.get("precision", "fp32")
+        super().__init__(
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.0),  # replaced per step by make_optimizer
+            criterion=torch.nn.CrossEntropyLoss(),
+            train_mb_size=config["batch_size"],
+            train_epochs=config["epochs"],
+            eval_mb_size=config["eval_batch_size"],
+            device=device,
+            plugins=plugins,
+            evaluator=EvaluationPlugin(loggers=[]),  # the harness owns its metrics
+        )
+
+    # ------------------------------------------------------------------ step set-up
+    @property
+    def seen_classes(self) -> int:
+        return self.stream.protocol.seen_classes(self.step_index)
+
+    @property
+    def step_bounds(self) -> tuple[int, int]:
+        return self.stream.protocol.step_bounds(self.step_index)
+
+    def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train set of the current step: new-class rows plus exemplars when the method has memory."""
+        rows, targets = self.stream.step("train", self.step_index)
+        if self.memory:
+            mem_rows, mem_targets = self.memory_tensors()
+            rows, targets = torch.cat([rows, mem_rows]), torch.cat([targets, mem_targets])
+        return rows, targets
+
+    def memory_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        classes = sorted(self.memory)
+        rows = [self.memory[c] for c in classes]
+        targets = [torch.full((len(r),), c, dtype=torch.long) for c, r in zip(classes, rows)]
+        if not rows:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        return torch.cat(rows), torch.cat(targets)
+
+    def train_dataset_adaptation(self, **kwargs):
+        super().train_dataset_adaptation(**kwargs)  # keeps avalanche's bookkeeping of the experience
+        self.step_index = self.experience.current_experience
+        torch.manual_seed(step_seed(self.seed, self.step_index))
+        self.rng = np.random.default_rng(step_seed(self.seed, self.step_index, salt=1))
+        self.train_rows, self.train_targets = self.training_rows()
+
+    def make_train_dataloader(self, shuffle=True, **kwargs):
+        generator = torch.Generator().manual_seed(step_seed(self.seed, self.step_index, salt=2))
+        self.resident = ResidentViews(self.store, self.views, self.train_rows, self.device)
+        self.dataloader = IndexBatches(self.train_rows, self.train_targets, self.train_mb_size, shuffle, self.cfg.get("drop_last", True), generator, self.device)
+
+    def check_model_and_optimizer(self, **kwargs):
+        self.model = self.model_adaptation()
+        self.make_optimizer()
+
+    def model_adaptation(self, model=None):
+        """Keep the previous step's model as the teacher, then grow the classifier."""
+        if self.step_index > 0:
+            self.old_model = copy.deepcopy(self.model).eval()
+            for p in self.old_model.parameters():
+                p.requires_grad_(False)
+        self.model_adaptation_step()
+        return self.model.to(self.device)
+
+    def model_adaptation_step(self):
+        """Default: expand the classifier to the seen classes, keeping old rows (reference)."""
+        self.model.expand_classifier(self.seen_classes)
+
+    def make_optimizer(self, **kwargs):
+        """A fresh Adam at every step, as the reference re-creates it after reloading the model."""
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"])
+
+    # ------------------------------------------------------------------ minibatch
+    def _unpack_minibatch(self):
+        rows, targets, task = self.mbatch
+        self.mb_rows = rows
+        self.mbatch = [self.resident.gather(rows), targets, task]
+
+    def forward(self):
+        with self.autocast():
+            return self.model(self.mb_x)
+
+    def autocast(self):
+        enabled = self.precision == "bf16"
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=enabled)
+
+    def criterion(self):
+        with self.autocast():
+            return self.loss_fn(self.mb_output, self.mb_y)
+
+    def loss_fn(self, out, y) -> torch.Tensor:
+        """Plain CE over all seen-class logits. Methods override."""
+        return torch.nn.functional.cross_entropy(out["logits"].float(), y)
+
+    # ------------------------------------------------------------------ epochs and selection
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        self.best = {"acc": -math.inf, "epoch": -1, "state": None}
+        self.epoch = 0
+        self.bar = tqdm(total=self.train_epochs, desc=f"  step {self.step_index}", leave=False, disable=not self.progress, dynamic_ncols=True)
+
+    def training_epoch(self, **kwargs):
+        self.model.train()
+        self.epoch_loss, self.epoch_batches = 0.0, 0
+        super().training_epoch(**kwargs)
+
+    def _after_training_iteration(self, **kwargs):
+        self.epoch_loss = self.epoch_loss + self.loss.detach()  # no host sync per iteration
+        self.epoch_batches += 1
+        super()._after_training_iteration(**kwargs)
+
+    def _after_training_epoch(self, **kwargs):
+        super()._after_training_epoch(**kwargs)
+        self.epoch += 1
+        val_acc = self.evaluate_split("val")
+        if val_acc > self.best["acc"]:  # strictly greater, as in the reference
+            self.best = {"acc": val_acc, "epoch": self.epoch, "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        self.bar.set_postfix(loss=f"{float(self.epoch_loss) / max(1, self.epoch_batches):.3f}", val=f"{val_acc:.1f}", best=f"{self.best['acc']:.1f}@{self.best['epoch']}")
+        self.bar.update()
+
+    def _after_training_exp(self, **kwargs):
+        self.bar.close()
+        self.resident = None
+        self.last_epoch_test = self.predict_split("test")  # the last-epoch model, for comparison
+        if self.best["state"] is not None:
+            self.model.load_state_dict(self.best["state"])
+        self.history.append({"best_val_epoch": self.best["epoch"], "val_acc": self.best["acc"]})
+        self.best = None
+        self.after_step()
+        super()._after_training_exp(**kwargs)
+
+    def after_step(self):
+        """Hook after the best model is restored (e.g. exemplar selection)."""
+
+    # ------------------------------------------------------------------ prediction
+    def prepare_prediction(self):
+        """Hook before predicting a split (e.g. NME class means)."""
+
+    @torch.no_grad()
+    def predict_batch(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.autocast():
+            logits = self.model(views)["logits"]
+        return logits[:, : self.seen_classes].float().argmax(1)
+
+    @torch.no_grad()
+    def predict_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        preds = []
+        for b in range(0, len(rows), self.eval_mb_size):
+            chunk = rows[b : b + self.eval_mb_size]
+            views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+            preds.append(self.predict_batch(views).cpu())
+        self.model.train(was_training)
+        return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def features_of(self, rows: torch.Tensor, model=None, key: str = "features", normalize: bool = True) -> torch.Tensor:
+        """Model features of store rows (L2-normalised by default), in eval mode, in chunks."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        out = []
+        for b in range(0, len(rows), self.eval_mb_size):
+            chunk = rows[b : b + self.eval_mb_size]
+            if self.resident is not None and bool((self.resident.lookup[chunk.to(self.resident.lookup.device)] >= 0).all()):
+                views = self.resident.gather(chunk.to(self.resident.lookup.device))
+            else:
+                views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+            with self.autocast():
+                f = model(views)[key].float()
+            out.append(torch.nn.functional.normalize(f, dim=1) if normalize else f)
+        model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, model.feature_dim, device=self.device)
+
+    def predict_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predictions, targets) on the seen classes of a split."""
+        rows, targets = self.stream.seen(split, self.step_index)
+        self.prepare_prediction()
+        return self.predict_rows(rows), targets
+
+    def evaluate_split(self, split: str) -> float:
+        pred, targets = self.predict_split(split)
+        return float(100.0 * (pred == targets).float().mean())
+
+    # ------------------------------------------------------------------ checkpoints
+    def resume_state(self) -> dict:
+        """Everything needed to continue after the current step: tensors and numbers only."""
+        mem_rows, mem_targets = self.memory_tensors()
+        return {
+            "step_index": self.step_index,
+            "num_classes": self.model.num_classes,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "memory_rows": mem_rows,
+            "memory_targets": mem_targets,
+            "history": self.history,
+            "extra": self.extra_state(),
+        }
+
+    def load_resume_state(self, state: dict) -> None:
+        self.step_index = int(state["step_index"])
+        self.model.expand_classifier(int(state["num_classes"]))
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device)
+        rows, targets = state["memory_rows"], state["memory_targets"]
+        self.memory = {int(c): rows[targets == c] for c in torch.unique(targets).tolist()}
+        self.history = list(state["history"])
+        self.load_extra_state(state["extra"])
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        pass

@@ -1,0 +1,474 @@
+"""Render the leaderboard (markdown pages, plots, results.csv) from the result records alone.
+
+Why from the records alone: a record is the only thing a finished cell leaves behind, so the
+leaderboard can be re-rendered at any time (after a crash, on another machine, after a
+fix to this file) without re-running anything. The caller adds only what the records cannot
+say: which datasets were missing and what to do about them, and optional dataset titles.
+
+Rules the output keeps:
+- Records of different class streams (stream hash) are never averaged together, even for the
+  same (dataset, protocol): each stream gets its own table and the page says so.
+- A run whose epochs were overridden (`reference_protocol == false`) is its own row, marked
+  with a dagger, and never averaged with reference runs.
+- Output is deterministic: the same records give byte-identical markdown and CSV (sorted
+  everywhere; the only time printed is the newest record's `created`).
+- Every file is written atomically (temp file, then os.replace).
+
+Usage: `render(results_dir, out_dir, suites={"audio-visual": {"missing": {"ave": "..."}}})`
+or `python -m benchmarks.leaderboard --results results --out leaderboard`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from benchmarks import metrics as M  # noqa: E402
+from benchmarks.records import iter_errors, iter_records  # noqa: E402
+from datasets.store import atomic_write_text  # noqa: E402
+
+METRICS = list(M.METRIC_NAMES)  # column order of the tables and the CSV
+MODALITY_ORDER = ("audio", "visual", "audio-visual")
+DAGGER = "†"
+SELECTION_LINE = (
+    "Numbers from the best-validation checkpoint of each step, as in the reference; "
+    "last-epoch numbers are in [results.csv](results.csv)."
+)
+CSV_COLUMNS = (
+    ["suite", "dataset", "protocol", "stream_hash", "method", "modality", "seed"]
+    + METRICS
+    + [f"last_epoch_{m}" for m in METRICS]
+    + ["train_seconds", "peak_memory_mb", "peak_memory_kind", "parameters", "reference_protocol", "epochs_override", "pretrained_encoders"]
+)
+INT_COLUMNS = ["seed", "parameters", "epochs_override"]
+
+
+# ----------------------------------------------------------------------------- small helpers
+def safe_name(*parts: str) -> str:
+    """A deterministic file name made of letters, digits, '-', '_' and '.'.
+
+    Names that needed changing get a short hash of the original, so two different names
+    can never end up with the same file.
+    """
+    raw = "__".join(str(p) for p in parts)
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "x"
+    if clean != raw:
+        clean += "-" + hashlib.sha1(raw.encode()).hexdigest()[:6]
+    return clean
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Binary twin of datasets.store.atomic_write_text (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _modality_key(m: str) -> tuple:
+    return (MODALITY_ORDER.index(m), m) if m in MODALITY_ORDER else (len(MODALITY_ORDER), m)
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _md(text) -> str:
+    """Escape what would break a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def fmt_stat(values: Sequence) -> str:
+    """`mean ± std (n=K)` over the seeds that have a value; std is the sample std (0 when n=1)."""
+    v = [float(x) for x in values if not _is_missing(x)]
+    if not v:
+        return "n/a"
+    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{np.mean(v):.2f} ± {std:.2f} (n={len(v)})"
+
+
+def _fmt_steps(classes_per_step: Sequence[int]) -> str:
+    k = list(classes_per_step)
+    if k and len(set(k)) == 1:
+        return f"{len(k)} step{'s' if len(k) > 1 else ''} x {k[0]} classes"
+    return f"{len(k)} steps, classes per step {k}"
+
+
+def _created_key(s: str) -> tuple:
+    """Sort key for ISO times that tolerates odd strings (they sort first)."""
+    try:
+        return (1, datetime.fromisoformat(s).timestamp(), s)
+    except (TypeError, ValueError):
+        return (0, 0.0, str(s))
+
+
+def _matrix(R, T: int) -> np.ndarray:
+    """Lower-triangular rows (None above the diagonal) as a T x T float array, NaN above."""
+    out = np.full((T, T), np.nan)
+    for t, row in enumerate(R[:T]):
+        for j, v in enumerate(row[: t + 1]):
+            out[t, j] = np.nan if v is None else float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- records -> rows
+def _metrics_of(block: Mapping | None) -> dict:
+    """The stored metrics of a result block, computed from its R and A where a key is absent."""
+    block = block or {}
+    stored = dict(block.get("metrics") or {})
+    if any(m not in stored for m in METRICS) and block.get("R") and block.get("A"):
+        computed = M.summarize(block["R"], block["A"])
+        stored = {**computed, **stored}
+    return {m: stored.get(m) for m in METRICS}
+
+
+def record_row(suite: str, rec: Mapping) -> dict:
+    """One flat row per record: the CSV row plus what the tables and plots need."""
+    cell, stream, res = rec["cell"], rec.get("stream") or {}, rec.get("results") or {}
+    cost, enc = rec.get("cost") or {}, rec.get("encoders") or {}
+    best, last = _metrics_of(res), _metrics_of(res.get("last_epoch"))
+    return {
+        "suite": rec.get("suite", suite),
+        "dataset": cell["dataset"],
+        "protocol": cell["protocol"],
+        "stream_hash": stream.get("hash", "unknown"),
+        "method": cell["method"],
+        "modality": cell["modality"],
+        "seed": cell.get("seed"),
+        **best,
+        **{f"last_epoch_{m}": v for m, v in last.items()},
+        "train_seconds": cost.get("train_seconds"),
+        "peak_memory_mb": cost.get("peak_memory_mb"),
+        "peak_memory_kind": cost.get("peak_memory_kind"),
+        "parameters": cost.get("parameters"),
+        "reference_protocol": bool(rec.get("reference_protocol", True)),
+        "epochs_override": rec.get("epochs_override"),
+        "pretrained_encoders": enc.get("pretrained"),
+        # not in the CSV:
+        "_R": res.get("R"),
+        "_A": res.get("A"),
+        "_classes_per_step": list(stream.get("classes_per_step") or []),
+        "_memory": stream.get("memory"),
+        "_created": rec.get("created", ""),
+        "_override": "" if _is_missing(rec.get("epochs_override")) else str(rec.get("epochs_override")),
+    }
+
+
+def load_rows(results_dir: Path, suite: str) -> list[dict]:
+    return [record_row(suite, r) for r in iter_records(results_dir, suite)]
+
+
+def _sorted_rows(rows: list[dict]) -> list[dict]:
+    return sorted(
+        rows,
+        key=lambda r: (r["suite"], r["dataset"], r["protocol"], r["stream_hash"], r["method"], _modality_key(r["modality"]),
+                       not r["reference_protocol"], str(r["epochs_override"]), r["seed"] if r["seed"] is not None else -1),
+    )
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    """The results.csv table: one row per record, fixed columns, deterministic order."""
+    df = pd.DataFrame([{c: r[c] for c in CSV_COLUMNS} for r in _sorted_rows(rows)], columns=CSV_COLUMNS)
+    for c in INT_COLUMNS:
+        df[c] = pd.array([None if _is_missing(v) else int(v) for v in df[c]], dtype="Int64")
+    return df
+
+
+# ----------------------------------------------------------------------------- plots
+def _save(fig, path: Path) -> None:
+    """PNG without the 'Software' stamp (so plots, too, only change when the data does)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+def _series_label(method: str, reference: bool) -> str:
+    return method if reference else f"{method} {DAGGER}"
+
+
+def plot_accuracy_curves(rows: list[dict], title: str, path: Path) -> None:
+    """A_t vs number of seen classes: one panel per modality, one line per method, mean ± std band over seeds."""
+    df = pd.DataFrame(rows)
+    modalities = sorted(df["modality"].unique(), key=_modality_key)
+    seen = np.cumsum(rows[0]["_classes_per_step"]) if rows[0]["_classes_per_step"] else None
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(modalities), figsize=(4.6 * len(modalities), 3.8), sharey=True, squeeze=False)
+        palette = dict(zip(sorted({_series_label(r["method"], r["reference_protocol"]) for r in rows}), sns.color_palette("tab10", 10) * 10))
+        for ax, modality in zip(axes[0], modalities):
+            sub = df[df["modality"] == modality]
+            for (method, ref), g in sorted(sub.groupby(["method", "reference_protocol"]), key=lambda kv: (kv[0][0], not kv[0][1])):
+                curves = [a for a in g["_A"] if a]
+                if not curves:
+                    continue
+                T = min(len(a) for a in curves)
+                A = np.array([a[:T] for a in curves], dtype=float)
+                mean = A.mean(axis=0)
+                std = A.std(axis=0, ddof=1) if len(A) > 1 else np.zeros(T)
+                x = seen[:T] if seen is not None and len(seen) >= T else np.arange(1, T + 1)
+                label = _series_label(method, ref)
+                ax.plot(x, mean, marker="o", ms=4, color=palette[label], label=f"{label} (n={len(A)})")
+                ax.fill_between(x, mean - std, mean + std, color=palette[label], alpha=0.2, linewidth=0)
+            ax.set_title(modality)
+            ax.set_xlabel("number of seen classes")
+            ax.set_ylim(0, 100)
+            if seen is not None and len(seen) <= 12:  # beyond that the ticks would overlap
+                ax.set_xticks(seen)
+            ax.legend(fontsize=7, loc="lower left")
+        axes[0][0].set_ylabel("A_t: accuracy on all seen classes (%)")
+        fig.suptitle(title, fontsize=10)
+        _save(fig, path)
+
+
+def plot_r_heatmaps(rows: list[dict], title: str, path: Path) -> None:
+    """R[t][j] (mean over seeds), one panel per modality, values annotated, upper triangle masked."""
+    df = pd.DataFrame(rows)
+    modalities = [m for m in sorted(df["modality"].unique(), key=_modality_key) if any(df[df["modality"] == m]["_R"])]
+    T = max(len(R) for R in df["_R"] if R)
+    mask = np.triu(np.ones((T, T), dtype=bool), k=1)
+    n = len(modalities)
+    # one shared colour bar in its own narrow column, so every panel has the same size
+    fig, axes = plt.subplots(1, n + 1, figsize=((0.55 * T + 2.0) * n + 0.6, 0.5 * T + 2.0),
+                             gridspec_kw={"width_ratios": [1] * n + [0.05], "wspace": 0.25})
+    for ax, modality in zip(axes[:n], modalities):
+        mats = np.array([_matrix(R, T) for R in df[df["modality"] == modality]["_R"] if R])
+        with warnings.catch_warnings():  # the masked upper triangle is all-NaN by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(mats, axis=0)
+        sns.heatmap(mean, mask=mask | np.isnan(mean), vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".1f",
+                    annot_kws={"fontsize": 7 if T <= 10 else 5}, square=False, cbar_ax=axes[n], ax=ax)
+        ax.set_title(f"{modality} (n={len(mats)})", fontsize=9)
+        ax.set_xlabel("evaluated on step j's classes")
+        ax.set_ylabel("after training step t" if ax is axes[0] else "")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- markdown
+def _encoder_note(values, short: bool = False) -> str:
+    """Pretrained or random encoders: random ones are said loudly, since the numbers then mean little.
+
+    `short` is the one-line form under each table (the page opens with the long warning).
+    """
+    vals = {v for v in values}
+    if vals == {True}:
+        return "Encoders: pretrained."
+    if False in vals and short:
+        return "Encoders: **⚠ RANDOM, not pretrained" + (" (some runs)" if len(vals) > 1 else "") + "**: see the warning at the top."
+    if False in vals:
+        which = "some runs" if len(vals) > 1 else "all runs"
+        return (f"**⚠ RANDOM ENCODERS ({which}): the feature encoders were NOT pretrained, so these numbers do not "
+                "measure the methods as published. Provide the pretrained checkpoints and re-extract the features.**")
+    return "Encoders: pretraining unknown (the records do not say)."
+
+
+def _table(rows: list[dict]) -> tuple[list[str], set]:
+    """One markdown table for one (dataset, protocol, stream); returns its lines and the overrides seen."""
+    cols = ["Method", "Modality"] + [M.METRIC_NAMES[m] for m in METRICS] + ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
+    overrides: set = set()
+    df = pd.DataFrame(rows)
+    groups = sorted(df.groupby(["method", "modality", "reference_protocol", "_override"]),
+                    key=lambda kv: (kv[0][0], _modality_key(kv[0][1]), not kv[0][2], kv[0][3]))
+    for (method, modality, ref, ovr), g in groups:
+        name = _md(method)
+        if not ref:
+            name += f" {DAGGER}"
+            overrides.add(ovr or "?")
+        train = [v for v in g["train_seconds"] if not _is_missing(v)]
+        mem = [v for v in g["peak_memory_mb"] if not _is_missing(v)]
+        kinds = sorted({str(k) for k in g["peak_memory_kind"] if not _is_missing(k)})
+        params = sorted({int(v) for v in g["parameters"] if not _is_missing(v)})
+        cells = [name, _md(modality)] + [fmt_stat(list(g[m])) for m in METRICS] + [
+            f"{np.mean(train):.1f}" if train else "n/a",
+            (f"{max(mem):.0f}" + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "n/a",
+            ("{:,}".format(params[0]) if len(params) == 1 else "{:,}–{:,}".format(params[0], params[-1])) if params else "n/a",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, overrides
+
+
+def _failed_cells(errors: list[dict]) -> list[str]:
+    if not errors:
+        return ["None."]
+    out = []
+    for e in sorted(errors, key=lambda e: tuple(str(e.get("cell", {}).get(k, "")) for k in ("dataset", "protocol", "method", "modality", "seed"))):
+        c = e.get("cell", {})
+        where = " / ".join(str(c.get(k, "?")) for k in ("dataset", "protocol", "method", "modality")) + f" / seed {c.get('seed', '?')}"
+        msg = str(e.get("error", "")).strip().splitlines() or ["(no message)"]
+        out.append(f"- `{where}`: {_md(msg[-1])}")
+        if len(msg) > 1:  # keep the tail of a traceback readable, not the whole thing
+            out += ["", "  ```", *("  " + line for line in msg[-15:]), "  ```", ""]
+    return out
+
+
+def _missing(missing) -> list[str]:
+    """Caller's availability messages: {dataset: message} or a list of messages."""
+    if not missing:
+        return ["None: every dataset of this suite was available."]
+    if isinstance(missing, Mapping):
+        return [f"- **{_md(k)}**: {_md(v)}" for k, v in sorted(missing.items())]
+    return [f"- {_md(m)}" for m in missing]
+
+
+def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping, titles: Mapping[str, str],
+                 out_dir: Path) -> tuple[str, set[str]]:
+    """The markdown of one suite page (plots are written as a side effect); returns it and the plot files."""
+    plots: set[str] = set()
+    title = info.get("title", suite)
+    newest = max((r["_created"] for r in rows), key=_created_key, default=None)
+    lines = [f"# Leaderboard: {_md(title)}", ""]
+    lines.append(f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · [results.csv](results.csv)")
+    lines.append("")
+    if rows and any(r["pretrained_encoders"] is not True for r in rows):
+        lines += ["> " + _encoder_note(r["pretrained_encoders"] for r in rows), ""]
+    for note in info.get("notes", []) or []:
+        lines += [f"> {note}", ""]
+    overrides: set = set()
+    if not rows:
+        lines += ["No results yet for this suite.", ""]
+    by_dp: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_dp.setdefault((r["dataset"], r["protocol"]), []).append(r)
+    for (dataset, protocol), dp_rows in sorted(by_dp.items()):
+        dtitle = titles.get(dataset, dataset)
+        heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
+        lines += [f"## {heading}, protocol `{protocol}`", ""]
+        streams: dict[str, list[dict]] = {}
+        for r in dp_rows:
+            streams.setdefault(r["stream_hash"], []).append(r)
+        # newest stream first (most likely the current one), ties by hash: deterministic
+        order = sorted(streams)
+        order.sort(key=lambda h: max(_created_key(r["_created"]) for r in streams[h]), reverse=True)
+        if len(order) > 1:
+            lines += [f"> **{len(order)} different class streams** exist for this dataset and protocol (different class order, "
+                      "split or steps). Each has its own table below; their numbers are never averaged together.", ""]
+        for h in order:
+            srows = streams[h]
+            first = srows[0]
+            if len(order) > 1:
+                lines += [f"### Stream `{h[:12]}`", ""]
+            lines.append(f"{SELECTION_LINE} Stream `{h[:12]}`; {_fmt_steps(first['_classes_per_step'])}; memory {first['_memory']} exemplars.")
+            lines += ["", _encoder_note((r["pretrained_encoders"] for r in srows), short=True), ""]
+            table, ovr = _table(srows)
+            overrides |= ovr
+            lines += table + [""]
+            stem = safe_name(suite, dataset, protocol, h[:12])
+            curve = f"{stem}__acc.png"
+            plot_accuracy_curves(srows, f"{dtitle} {protocol} (stream {h[:8]}): A_t, mean ± std over seeds", out_dir / "plots" / curve)
+            plots.add(curve)
+            lines += [f"![A_t vs seen classes](plots/{curve})", ""]
+            links = []
+            for (method, ref) in sorted({(r["method"], r["reference_protocol"]) for r in srows}, key=lambda k: (k[0], not k[1])):
+                mrows = [r for r in srows if r["method"] == method and r["reference_protocol"] == ref and r["_R"]]
+                if not mrows:
+                    continue
+                label = _series_label(method, ref)
+                heat = f"{stem}__R__{safe_name(method if ref else method + '-override')}.png"
+                plot_r_heatmaps(mrows, f"{dtitle} {protocol}, {label}: R[t][j] (%), mean over seeds", out_dir / "plots" / heat)
+                plots.add(heat)
+                links.append(f"[{_md(label)}](plots/{heat})")
+            if links:
+                lines += ["Accuracy matrices R (heatmaps): " + " · ".join(links), ""]
+    lines += ["## Missing datasets", "", *_missing(info.get("missing")), ""]
+    lines += ["## Failed cells", "", *_failed_cells(errors), ""]
+    lines += ["## Notes", ""]
+    if overrides:
+        n = ", ".join(sorted(overrides))
+        lines.append(f"- {DAGGER} epochs overridden with --epochs {n}: not the reference protocol.")
+    lines.append("- ± is the sample standard deviation over seeds (0 when n=1); n is the number of seeds with a value; "
+                 "n/a: undefined (e.g. forgetting with a single step) or not recorded.")
+    lines.append("- Train time: mean over seeds; peak memory: max over seeds (rss = host memory, cuda = GPU memory).")
+    for m in METRICS:
+        lines.append(f"- **{M.METRIC_NAMES[m]}**: {M.FORMULAS[m]}")
+    return "\n".join(lines) + "\n", plots
+
+
+def _suites_in(results_dir: Path) -> list[str]:
+    root = Path(results_dir)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def render(results_dir: Path, out_dir: Path, suites: Mapping[str, Mapping] | None = None, *,
+           titles: Mapping[str, str] | None = None, produced_by: str | None = None) -> dict[str, Path]:
+    """Render README.md, one <suite>.md per suite, plots/ and results.csv into out_dir.
+
+    suites: {suite: {"missing": {dataset: message} | [message, ...], "title": str, "notes": [str]}}, all keys
+        optional. A suite named here gets a page even with no records (e.g. every dataset missing);
+        a suite found under results_dir but not named here gets one too.
+    titles: dataset name -> display title (default: the name).
+    produced_by: how the results were produced, e.g. the command line (shown in README.md).
+    Returns {"README.md": path, "<suite>.md": path, ..., "results.csv": path}.
+    """
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    suites = dict(suites or {})
+    titles = dict(titles or {})
+    names = sorted(set(suites) | set(_suites_in(results_dir)))
+    all_rows: list[dict] = []
+    written: dict[str, Path] = {}
+    plots: set[str] = set()
+    index = []
+    for suite in names:
+        rows = load_rows(results_dir, suite) if (results_dir / suite).is_dir() else []
+        errors = list(iter_errors(results_dir, suite)) if (results_dir / suite).is_dir() else []
+        info = suites.get(suite, {})
+        text, suite_plots = render_suite(suite, rows, errors, info, titles, out_dir)
+        page = f"{safe_name(suite)}.md"
+        atomic_write_text(out_dir / page, text)
+        written[page] = out_dir / page
+        plots |= suite_plots
+        all_rows += rows
+        missing = info.get("missing") or {}
+        random = " **(random encoders)**" if any(r["pretrained_encoders"] is False for r in rows) else ""
+        index.append(f"- [{_md(info.get('title', suite))}]({page}): {len(rows)} records, "
+                     f"{len({r['dataset'] for r in rows})} datasets, {len(missing)} missing datasets, {len(errors)} failed cells{random}")
+    csv = results_frame(all_rows).to_csv(index=False, lineterminator="\n")
+    atomic_write_text(out_dir / "results.csv", csv)
+    written["results.csv"] = out_dir / "results.csv"
+    newest = max((r["_created"] for r in all_rows), key=_created_key, default=None)
+    readme = ["# Leaderboard", "", *index, "",
+              f"Rendered by `benchmarks/leaderboard.py` from the JSON result records alone ({len(all_rows)} records)"
+              + (f"; results produced by `{produced_by}`." if produced_by else "."),
+              f"Newest record: {newest or 'none'}.", "",
+              "All numbers: best-validation checkpoint of each step (as in the reference). "
+              "Every record, with last-epoch numbers too: [results.csv](results.csv).", ""]
+    atomic_write_text(out_dir / "README.md", "\n".join(readme))
+    written["README.md"] = out_dir / "README.md"
+    # plots/ belongs to the leaderboard: drop figures of cells that no longer exist
+    plot_dir = out_dir / "plots"
+    if plot_dir.is_dir():
+        for p in plot_dir.glob("*.png"):
+            if p.name not in plots:
+                p.unlink()
+    return written
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Re-render the leaderboard from result records.")
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=Path("leaderboard"))
+    args = ap.parse_args(argv)
+    for name, path in render(args.results, args.out).items():
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

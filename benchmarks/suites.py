@@ -1,0 +1,53 @@
+"""Suites: which datasets, methods, modalities and seeds a `run_all.py --suite` grid holds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.runner import Cell
+from datasets import registry as dataset_registry
+from methods import registry as method_registry
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    seeds: tuple[int, ...] = (0, 1)
+
+
+SUITES = {
+    "audio-visual": Suite("audio-visual", "single-label audio-visual class-incremental learning (AV-CIL protocol)"),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise KeyError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modalities=None, seeds=None):
+    """Cells for the present datasets, plus {dataset: message} for the missing ones."""
+    all_datasets = {k: a for k, a in dataset_registry().items() if suite.name in a.suites}
+    all_methods = {k: m for k, m in method_registry().items() if suite.name in m.suites}
+    for kind, chosen, known in (("dataset", datasets, all_datasets), ("method", methods, all_methods)):
+        unknown = sorted(set(chosen or []) - set(known))
+        if unknown:
+            raise KeyError(f"unknown {kind}(s) {unknown} for suite {suite.name}; known: {', '.join(sorted(known))}")
+    cells, missing = [], {}
+    for name in sorted(datasets or all_datasets):
+        adapter = all_datasets[name]
+        status = adapter.availability(Path(data_root))
+        if not status.present:
+            missing[name] = status.message
+            continue
+        for protocol in adapter.protocols():
+            for method_name in sorted(methods or all_methods):
+                spec = all_methods[method_name]
+                for modality in modalities or spec.modalities:
+                    if modality not in spec.modalities or modality not in adapter.modalities:
+                        continue
+                    for seed in seeds if seeds is not None else suite.seeds:
+                        cells.append(Cell(suite.name, name, protocol.name, method_name, modality, seed))
+    return cells, missing, all_datasets, all_methods

@@ -1,0 +1,313 @@
+"""Raw-media I/O shared by the raw-video datasets: write a clip to MP4, decode it back.
+
+Video containers go through PyAV (libavformat/libavcodec in-process) and audio files
+through soundfile. We never shell out to an ffmpeg binary, use moviepy, or call
+torchaudio.load (it needs torchcodec): one decoding path keeps features reproducible
+across machines.
+
+Decoding returns what the encoders consume, in a fixed convention:
+  frames   uint8 (N, H, W, 3) RGB, sampled uniformly in time (N given, or fps given);
+  waveform float32 (S,) mono (channels averaged) at the requested rate, padded with
+           zeros / cropped to the requested duration.
+
+Every unreadable input (missing, truncated, corrupt, no stream) raises
+`datasets.base.DatasetError` naming the file and the fix; callers can pass their own
+`fix` text (e.g. "delete it, it is regenerated on the next run").
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from datasets.base import DatasetError
+
+DEFAULT_FIX = "replace it with a complete copy (re-download or re-extract it)"
+# libx264 wants even sizes for 4:2:0 chroma; odd sizes fall back to 4:4:4.
+_AV_ERRORS = (av.FFmpegError, OSError, EOFError, ValueError, IndexError)
+
+
+def _fail(path: Path, what: str, fix: str | None) -> DatasetError:
+    return DatasetError(f"{path}: {what}; {fix or DEFAULT_FIX}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_clip(
+    path: Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    *,
+    video_codec: str = "libx264",
+    crf: int = 18,
+    audio_bitrate: int = 96_000,
+) -> Path:
+    """Write uint8 RGB `frames` (N, H, W, 3) at `fps` and float `audio` in [-1, 1] to an MP4.
+
+    Video is H.264 (libx264; `video_codec="mpeg4"` for MPEG-4 Part 2), audio is AAC.
+    `audio` is (S,) mono or (S, C) with C <= 2; None writes a video-only file. The file
+    appears atomically: it is written under a temporary name in the same folder and
+    renamed, so an existing `path` is always a complete file (safe to resume on).
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    n, h, w, _ = frames.shape
+    if n == 0:
+        raise ValueError("frames: need at least one frame")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        container = av.open(str(tmp), mode="w", format="mp4")
+        try:
+            rate = Fraction(fps).limit_denominator(100_000)
+            if video_codec == "libx264":
+                vs = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast", "threads": "1"})
+                vs.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+            elif video_codec == "mpeg4":
+                vs = container.add_stream("mpeg4", rate=rate)
+                vs.pix_fmt = "yuv420p"
+                vs.bit_rate = max(200_000, int(h * w * float(rate) * 0.6))
+            else:
+                raise ValueError(f"video_codec must be 'libx264' or 'mpeg4', got {video_codec!r}")
+            vs.width, vs.height = w, h
+            a_stream = None
+            if audio is not None:
+                wave = np.asarray(audio, dtype=np.float32)
+                wave = wave[:, None] if wave.ndim == 1 else wave
+                if wave.ndim != 2 or wave.shape[1] not in (1, 2):
+                    raise ValueError(f"audio must be (S,) or (S, C) with C in (1, 2), got {wave.shape}")
+                layout = "mono" if wave.shape[1] == 1 else "stereo"
+                a_stream = container.add_stream("aac", rate=int(sample_rate), layout=layout)
+                a_stream.bit_rate = audio_bitrate
+            for i, img in enumerate(frames):
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                vf.pts = i
+                container.mux(vs.encode(vf))
+            container.mux(vs.encode(None))
+            if a_stream is not None:
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.clip(wave, -1, 1).T), format="fltp", layout=layout)
+                af.sample_rate = int(sample_rate)
+                af.pts = 0
+                container.mux(a_stream.encode(af))
+                container.mux(a_stream.encode(None))
+        finally:
+            container.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a container holds, from its headers (no decoding)."""
+
+    video_codec: str | None
+    width: int
+    height: int
+    fps: float
+    video_frames: int
+    duration: float  # seconds; 0.0 when the container does not say
+    audio_codec: str | None
+    sample_rate: int
+    channels: int
+
+
+def _open(path: Path, fix: str | None):
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "file not found", fix)
+    try:
+        return av.open(str(path), mode="r")
+    except _AV_ERRORS as e:
+        raise _fail(path, f"not a readable media file, corrupt or truncated ({type(e).__name__}: {e})", fix) from e
+
+
+def _duration(container, stream) -> float:
+    if stream is not None and stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1e6
+    return 0.0
+
+
+def probe(path: Path, fix: str | None = None) -> MediaInfo:
+    """Stream codecs, sizes and rates of a media file (header only)."""
+    container = _open(path, fix)
+    try:
+        v = container.streams.video[0] if container.streams.video else None
+        a = container.streams.audio[0] if container.streams.audio else None
+        return MediaInfo(
+            video_codec=v.codec_context.name if v else None,
+            width=v.codec_context.width if v else 0,
+            height=v.codec_context.height if v else 0,
+            fps=float(v.average_rate) if v and v.average_rate else 0.0,
+            video_frames=int(v.frames) if v else 0,
+            duration=_duration(container, v or a),
+            audio_codec=a.codec_context.name if a else None,
+            sample_rate=int(a.codec_context.sample_rate) if a else 0,
+            channels=int(a.codec_context.channels) if a else 0,
+        )
+    finally:
+        container.close()
+
+
+def sample_times(duration: float, num_frames: int | None = None, fps: float | None = None) -> np.ndarray:
+    """Uniform sampling instants: the centres of `num_frames` equal bins, or every 1/fps s.
+
+    Exactly one of `num_frames`, `fps`. A frame is taken as the one on screen at the
+    instant (the last frame starting at or before it), so a clip written at 8 fps and
+    read back with num_frames=8 returns exactly its own frames.
+    """
+    if (num_frames is None) == (fps is None):
+        raise ValueError("give exactly one of num_frames, fps")
+    if num_frames is not None:
+        if num_frames <= 0:
+            raise ValueError("num_frames must be positive")
+        return (np.arange(num_frames) + 0.5) * (duration / num_frames)
+    if fps <= 0:
+        raise ValueError("fps must be positive")
+    count = max(1, int(math.floor(duration * fps + 1e-6)))
+    return (np.arange(count) + 0.5) / fps
+
+
+def mix_resample(wave: np.ndarray, rate: int, target_rate: int, duration: float | None = None) -> np.ndarray:
+    """(S,) or (S, C) float audio at `rate` -> float32 mono at `target_rate`, padded/cropped.
+
+    Channels are averaged (not summed) so levels stay comparable between mono and stereo
+    sources; resampling is polyphase (scipy), zero-phase, so onsets stay in place.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    mono = wave.mean(axis=1) if wave.ndim == 2 else wave
+    if rate != target_rate and len(mono):
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(rate), int(target_rate))
+        mono = resample_poly(mono, int(target_rate) // g, int(rate) // g).astype(np.float32)
+    if duration is not None:
+        n = int(round(duration * target_rate))
+        mono = mono[:n] if len(mono) >= n else np.pad(mono, (0, n - len(mono)))
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def decode_video(
+    path: Path,
+    *,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    sample_rate: int = 16000,
+    duration: float | None = None,
+    audio: str = "require",
+    fix: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode a video file into (frames uint8 (N, H, W, 3), mono float32 waveform).
+
+    Frames are sampled uniformly (`num_frames` or `fps`, see `sample_times`) over the
+    video stream's duration, optionally resized to `size` = (H, W). The audio track is
+    mixed to mono, resampled to `sample_rate` and padded/cropped to `duration` seconds
+    (None: its own length). `audio`: "require" (no audio stream is an error), "silence"
+    (no audio stream gives zeros), "skip" (do not decode audio; returns None).
+    One demuxing pass serves both streams; only the selected frames are converted to RGB.
+    """
+    if audio not in ("require", "silence", "skip"):
+        raise ValueError("audio must be 'require', 'silence' or 'skip'")
+    path = Path(path)
+    container = _open(path, fix)
+    try:
+        if not container.streams.video:
+            raise _fail(path, "has no video stream", fix)
+        vstream = container.streams.video[0]
+        astream = container.streams.audio[0] if container.streams.audio and audio != "skip" else None
+        if astream is None and audio == "require":
+            raise _fail(path, "has no audio stream", fix)
+        declared = _duration(container, vstream)
+        wanted = {"video": 0} if astream is None else {"video": 0, "audio": 0}
+        rgb = (lambda f: f.to_ndarray(format="rgb24")) if size is None else (lambda f: f.to_ndarray(format="rgb24", width=size[1], height=size[0]))
+
+        targets = sample_times(declared, num_frames, fps) if declared > 0 else None
+        picked: list[np.ndarray] = []
+        kept: list[tuple[float, np.ndarray]] = []  # only when the duration is unknown
+        prev, prev_arr, t0, last_t = None, None, None, 0.0
+        chunks, a_rate, to_float = [], None, None
+        for frame in container.decode(**wanted):
+            if isinstance(frame, av.AudioFrame):
+                # Any sample format/layout -> float planar (C, S) at the native rate.
+                a_rate = frame.sample_rate
+                to_float = to_float or av.AudioResampler(format="fltp")
+                chunks.extend(f.to_ndarray().T for f in to_float.resample(frame))
+                continue
+            t = float(frame.time) if frame.time is not None else len(picked) + len(kept)
+            t0 = t if t0 is None else t0
+            t, last_t = t - t0, t - t0
+            if targets is None:
+                kept.append((t, rgb(frame)))
+                continue
+            # Assign every target instant that lies before this frame to the previous frame.
+            while len(picked) < len(targets) and t > targets[len(picked)] + 1e-6:
+                if prev_arr is None:
+                    prev_arr = rgb(prev if prev is not None else frame)
+                picked.append(prev_arr)
+            if len(picked) < len(targets):
+                prev, prev_arr = frame, None
+        if t0 is None:
+            raise _fail(path, "no video frame could be decoded (truncated or corrupt)", fix)
+        if targets is None:
+            span = kept[-1][0] + (kept[1][0] - kept[0][0] if len(kept) > 1 else 0.0)
+            times = np.array([k[0] for k in kept])
+            targets = sample_times(span if span > 0 else 1.0, num_frames, fps)
+            picked = [kept[max(0, int(np.searchsorted(times, x + 1e-6, side="right")) - 1)][1] for x in targets]
+        else:
+            frame_gap = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
+            if last_t + frame_gap < 0.5 * declared:
+                raise _fail(path, f"truncated: the header says {declared:.2f} s of video but frames stop at {last_t:.2f} s", fix)
+            while len(picked) < len(targets):
+                if prev_arr is None:
+                    prev_arr = rgb(prev)
+                picked.append(prev_arr)
+        frames = np.stack(picked)
+        wave = None
+        if astream is not None:
+            if to_float is not None:
+                chunks.extend(f.to_ndarray().T for f in to_float.resample(None))
+            if not chunks:
+                raise _fail(path, "the audio stream decodes to no samples (truncated or corrupt)", fix)
+            wave = mix_resample(np.concatenate(chunks, axis=0), a_rate, sample_rate, duration)
+        elif audio == "silence":
+            n = int(round((duration if duration is not None else max(declared, last_t)) * sample_rate))
+            wave = np.zeros(n, dtype=np.float32)
+        return frames, wave
+    except _AV_ERRORS as e:
+        raise _fail(path, f"decoding failed, the file is corrupt or truncated ({type(e).__name__}: {e})", fix) from e
+    finally:
+        container.close()
+
+
+def read_audio(path: Path, sample_rate: int = 16000, duration: float | None = None, fix: str | None = None) -> np.ndarray:
+    """Read an audio file (wav/flac/ogg, via soundfile) as mono float32 at `sample_rate`."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "file not found", fix)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise _fail(path, f"not a readable audio file, corrupt or truncated ({e})", fix) from e
+    if len(data) == 0:
+        raise _fail(path, "contains no audio samples", fix)
+    return mix_resample(data, rate, sample_rate, duration)

@@ -1,0 +1,137 @@
+"""Run a benchmark suite: grid of cells -> result records -> leaderboard.
+
+    python run_all.py --suite audio-visual            # every method x modality x dataset present
+    python run_all.py --list                          # datasets (present/missing), methods, suites
+    python run_all.py --dry-run --methods lwf icarl-nme
+    python run_all.py --datasets synth_av --epochs 2  # quick check (marked: not the reference protocol)
+
+A second run with nothing changed skips every finished cell (same resolved config and
+stream hash). A failing cell is reported and recorded as failed; the rest of the grid runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from benchmarks.suites import SUITES, build_grid, get_suite
+from datasets.base import DatasetError
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="audio-visual", choices=sorted(SUITES), help="which grid to run (default: audio-visual)")
+    p.add_argument("--datasets", nargs="+", help="restrict to these datasets (default: every dataset of the suite that is present)")
+    p.add_argument("--methods", nargs="+", help="restrict to these methods (default: all of the suite)")
+    p.add_argument("--modalities", nargs="+", choices=["audio", "visual", "audio-visual"], help="restrict modalities (default: all a method supports)")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the suite's, 0 1)")
+    p.add_argument("--data-root", type=Path, default=ROOT / "data", help="datasets and caches live here (default: ./data)")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results", help="one JSON record per cell (default: ./results)")
+    p.add_argument("--leaderboard-dir", type=Path, default=ROOT / "leaderboard", help="where the leaderboard is written (default: ./leaderboard)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="training/inference precision (default: the method config's, fp32)")
+    p.add_argument("--epochs", type=int, help="override every method's epochs (recorded; the leaderboard marks such cells as not the reference protocol)")
+    p.add_argument("--list", action="store_true", help="list datasets with present/missing status, methods and suites, then exit")
+    p.add_argument("--dry-run", action="store_true", help="print the grid (and which cells are already done) without running")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not re-render the leaderboard")
+    return p.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def list_everything(args) -> None:
+    from datasets import registry as dataset_registry
+    from methods import registry as method_registry
+
+    print("Suites:")
+    for s in SUITES.values():
+        print(f"  {s.name:16s} {s.description} (default seeds {list(s.seeds)})")
+    print("Datasets:")
+    for name, a in sorted(dataset_registry().items()):
+        status = a.availability(args.data_root)
+        print(f"  {name:16s} [{'present' if status.present else 'MISSING'}] {a.title}; suites {', '.join(a.suites)}; protocols {', '.join(p.name for p in a.protocols())}")
+        if not status.present:
+            print("      " + status.message.replace("\n", "\n      "))
+    print("Methods:")
+    for name, m in sorted(method_registry().items()):
+        print(f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        list_everything(args)
+        return 0
+    suite = get_suite(args.suite)
+    try:
+        cells, missing, datasets, methods = build_grid(suite, args.data_root, args.datasets, args.methods, args.modalities, args.seeds)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    for name, message in missing.items():
+        print(f"[missing] {datasets[name].title} ({name}): {message}")
+    device = pick_device(args.device)
+    overrides = {"epochs": args.epochs, "precision": args.precision}
+
+    from benchmarks.runner import GridContext, fail_cell, is_done, run_cell
+
+    ctx = GridContext(args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides)
+    print(f"suite {suite.name}: {len(cells)} cells on {device}")
+    failed, ran, skipped = [], 0, 0
+    for i, cell in enumerate(cells, 1):
+        prefix = f"[{i}/{len(cells)}] {cell.label()}"
+        try:
+            if is_done(cell, methods[cell.method], ctx):
+                skipped += 1
+                if args.dry_run:
+                    print(f"{prefix}: done")
+                continue
+            if args.dry_run:
+                print(f"{prefix}: to run")
+                continue
+            t0 = time.time()
+            rec = run_cell(cell, methods[cell.method], ctx)
+            m = rec["results"]["metrics"]
+            fgt = "n/a" if m["avg_forgetting"] is None else f"{m['avg_forgetting']:.2f}"
+            print(f"{prefix}: avg inc acc {m['avg_inc_acc']:.2f}  last {m['last_acc']:.2f}  forgetting {fgt}  ({time.time() - t0:.1f}s)")
+            ran += 1
+        except KeyboardInterrupt:
+            print(f"\ninterrupted during {cell.label()}; finished cells are kept, re-run to resume")
+            return 130
+        except Exception as e:  # one bad cell must not stop the grid
+            message = str(e) if isinstance(e, (DatasetError, KeyError, ValueError)) else f"{type(e).__name__}: {e}"
+            print(f"{prefix}: FAILED: {message}", file=sys.stderr)
+            if not isinstance(e, DatasetError):
+                traceback.print_exc()
+            fail_cell(cell, ctx, message)
+            failed.append((cell, message))
+    if args.dry_run:
+        print(f"{len(cells)} cells: {skipped} done, {len(cells) - skipped} to run")
+        return 0
+    print(f"done: {ran} ran, {skipped} already recorded, {len(failed)} failed")
+    if not args.no_leaderboard:
+        from benchmarks.leaderboard import render
+
+        notes = [f"{len(failed)} cell(s) failed in the last run; see Failed cells."] if failed else []
+        render(args.results_dir, args.leaderboard_dir, {suite.name: {"missing": missing, "title": suite.description, "notes": notes}},
+               titles={k: a.title for k, a in datasets.items()}, produced_by=f"python run_all.py --suite {suite.name}")
+        print(f"leaderboard written to {args.leaderboard_dir}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny in-memory-sized feature store with class-clustered features."""
+import numpy as np
+import pytest
+
+from benchmarks.protocols import Protocol
+from datasets.base import SampleTable
+from datasets.store import StoreWriter, ViewSpec
+
+
+def make_toy_store(path, n_classes=6, per_split=(12, 4, 4), audio_dim=8, grid=(2, 3, 8), seed=0):
+    """Gaussian class clusters in both views; enough signal for a few epochs to learn."""
+    rng = np.random.default_rng(seed)
+    ids, labels, splits = [], [], []
+    for c in range(n_classes):
+        for split, n in zip(("train", "val", "test"), per_split):
+            for i in range(n):
+                ids.append(f"c{c}-{split}-{i}")
+                labels.append(c)
+                splits.append(split)
+    table = SampleTable(ids, np.array(labels), np.array(splits), [f"class{c}" for c in range(n_classes)])
+    audio_centres = rng.normal(size=(n_classes, audio_dim)) * 2
+    visual_centres = rng.normal(size=(n_classes, grid[-1])) * 2
+    labels = np.array(labels)
+    audio = audio_centres[labels] + rng.normal(size=(len(ids), audio_dim))
+    visual = visual_centres[labels][:, None, None, :] + rng.normal(size=(len(ids), *grid))
+    w = StoreWriter(path, table, [ViewSpec("audio", (audio_dim,)), ViewSpec("visual", tuple(grid))], {"dataset": "toy", "pretrained": False}, "toy")
+    w.write("audio", 0, audio)
+    w.write("visual", 0, visual)
+    return w.finalize()
+
+
+@pytest.fixture
+def toy_store(tmp_path):
+    return make_toy_store(tmp_path / "store" / "toy")
+
+
+@pytest.fixture
+def toy_protocol():
+    return Protocol("3x2", tuple(range(6)), (2, 2, 2), memory=12)
