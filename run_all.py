@@ -113,15 +113,18 @@ def main(argv=None) -> int:
             print(f"\ninterrupted during {cell.label()}; finished cells are kept, re-run to resume")
             return 130
         except Exception as e:  # one bad cell must not stop the grid
-            message = str(e) if isinstance(e, (DatasetError, KeyError, ValueError)) else f"{type(e).__name__}: {e}"
+            message = (e.args[0] if isinstance(e, KeyError) else str(e)) if isinstance(e, (DatasetError, KeyError, ValueError)) else f"{type(e).__name__}: {e}"
             print(f"{prefix}: FAILED: {message}", file=sys.stderr)
+            if args.dry_run:
+                failed.append((cell, message))
+                continue
             if not isinstance(e, DatasetError):
                 traceback.print_exc()
             fail_cell(cell, ctx, message)
             failed.append((cell, message))
     if args.dry_run:
-        print(f"{len(cells)} cells: {skipped} done, {len(cells) - skipped} to run")
-        return 0
+        print(f"{len(cells)} cells: {skipped} done, {len(cells) - skipped - len(failed)} to run, {len(failed)} cannot run")
+        return 1 if failed else 0
     print(f"done: {ran} ran, {skipped} already recorded, {len(failed)} failed")
     if not args.no_leaderboard:
         from benchmarks.leaderboard import render

@@ -66,6 +66,8 @@ VISUAL_WORDS = (
     "patch of vertical bars scrolling sideways", "patch of horizontal waves scrolling", "flickering checkerboard patch",
     "triangle gliding across", "swarm of small jittering dots", "spinning diamond",
 )
+CLUT = 1
+OBJ = 1.0
 HUE_WORDS = ("red", "orange", "yellow", "green", "teal", "cyan", "sky-blue", "blue", "purple", "pink")
 
 
@@ -210,11 +212,11 @@ def synth_video(family: int, hue: float, rng: np.random.Generator, cfg: SynthCon
     a = rng.uniform(0, 2 * np.pi)
     ramp = ((np.cos(a) * xx + np.sin(a) * yy) / S + 1)[..., None] / 2
     bg = c0 * (1 - ramp) + c1 * ramp
-    for _ in range(int(rng.integers(3, 6))):
+    for _ in range(int(rng.integers(3, 6)) * CLUT):
         cx, cy, rx, ry = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(3, 9), rng.uniform(3, 9)
         m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
         bg[m] = _hsv(rng.uniform(0, 360), rng.uniform(0.2, 0.6), rng.uniform(0.3, 0.6))
-    s = rng.uniform(0.85, 1.15)  # object scale
+    s = rng.uniform(0.85, 1.15) * OBJ  # object scale
     cx, cy = rng.uniform(0.3 * S, 0.7 * S), rng.uniform(0.3 * S, 0.7 * S)
     speed = rng.uniform(2, 4) * rng.choice([-1, 1])
     phase = rng.uniform(0, 2 * np.pi)

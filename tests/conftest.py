@@ -37,3 +37,47 @@ def toy_store(tmp_path):
 @pytest.fixture
 def toy_protocol():
     return Protocol("3x2", tuple(range(6)), (2, 2, 2), memory=12)
+
+
+class ToyAdapter:
+    """A registered-looking adapter over make_toy_store, for grid-level tests."""
+
+    name, title, suites = "toy", "Toy", ("audio-visual",)
+    modalities = ("audio", "visual", "audio-visual")
+
+    def availability(self, data_root):
+        from datasets.base import Availability
+
+        return Availability(True, "always present")
+
+    def open(self, data_root, progress=True):
+        from datasets.store import FeatureStore
+
+        path = data_root / "toy-store"
+        return FeatureStore(path) if path.exists() else make_toy_store(path)
+
+    def protocols(self):
+        from datasets.base import ProtocolSpec
+
+        return [ProtocolSpec("3x2", (2, 2, 2), 12)]
+
+
+class MissingAdapter(ToyAdapter):
+    name, title = "absent", "Absent"
+
+    def availability(self, data_root):
+        from datasets.base import Availability
+
+        return Availability(False, "put absent files in DATA/absent")
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """Make the dataset registry hold only the toy (and a missing) adapter."""
+    import benchmarks.suites
+    import datasets
+
+    adapters = {"toy": ToyAdapter(), "absent": MissingAdapter()}
+    monkeypatch.setattr(datasets, "registry", lambda: adapters)
+    monkeypatch.setattr(benchmarks.suites, "dataset_registry", lambda: adapters)
+    return adapters
