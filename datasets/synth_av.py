@@ -208,14 +208,14 @@ def synth_video(family: int, hue: float, rng: np.random.Generator, cfg: SynthCon
     colour = _hsv(hue, rng.uniform(0.65, 0.95), rng.uniform(0.75, 1.0))
     dark = colour * 0.35
     # Background: a dim low-saturation gradient plus 3-5 static clutter blobs.
-    c0, c1 = _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.1, 0.3)), _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.1, 0.3))
+    c0, c1 = _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.12, 0.2)), _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.12, 0.2))
     a = rng.uniform(0, 2 * np.pi)
     ramp = ((np.cos(a) * xx + np.sin(a) * yy) / S + 1)[..., None] / 2
     bg = c0 * (1 - ramp) + c1 * ramp
     for _ in range(int(rng.integers(3, 6)) * CLUT):
-        cx, cy, rx, ry = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(3, 9), rng.uniform(3, 9)
+        cx, cy, rx, ry = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(3, 7), rng.uniform(3, 7)
         m = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
-        bg[m] = _hsv(rng.uniform(0, 360), rng.uniform(0.2, 0.6), rng.uniform(0.3, 0.6))
+        bg[m] = _hsv(rng.uniform(0, 360), rng.uniform(0.1, 0.4), rng.uniform(0.25, 0.45))
     s = rng.uniform(0.85, 1.15) * OBJ  # object scale
     cx, cy = rng.uniform(0.3 * S, 0.7 * S), rng.uniform(0.3 * S, 0.7 * S)
     speed = rng.uniform(2, 4) * rng.choice([-1, 1])
