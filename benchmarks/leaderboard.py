@@ -40,7 +40,7 @@ import seaborn as sns  # noqa: E402
 
 from benchmarks import metrics as M  # noqa: E402
 from benchmarks.records import iter_errors, iter_records  # noqa: E402
-from datasets.store import atomic_write_text  # noqa: E402
+from datasets.store import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 METRICS = list(M.METRIC_NAMES)  # column order of the tables and the CSV
 MODALITY_ORDER = ("audio", "visual", "audio-visual")
@@ -70,17 +70,6 @@ def safe_name(*parts: str) -> str:
     if clean != raw:
         clean += "-" + hashlib.sha1(raw.encode()).hexdigest()[:6]
     return clean
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary twin of datasets.store.atomic_write_text (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _modality_key(m: str) -> tuple:
@@ -198,7 +187,7 @@ def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _series_label(method: str, reference: bool) -> str:

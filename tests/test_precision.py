@@ -1,0 +1,16 @@
+"""bf16 autocast matches fp32 within the documented tolerances (CPU autocast here; CUDA on a GPU)."""
+import pytest
+import torch
+
+from benchmarks.precision import check, compare
+from methods.common.model import MODALITIES
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_bf16_matches_fp32(modality):
+    report = compare(modality, audio_dim=32, grid=(4, 16, 32), batch=32, n_classes=7, device=torch.device("cpu"))
+    assert check(report) == []
+
+
+def test_check_flags_out_of_tolerance():
+    assert check({"logits_rel": 0.5, "grad_cos": 0.5}) == ["logits_rel=0.5 (tolerance 0.05)", "grad_cos=0.5 (tolerance 0.98)"]
