@@ -11,6 +11,7 @@ stream hash). A failing cell is reported and recorded as failed; the rest of the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -76,6 +77,9 @@ def main(argv=None) -> int:
     if args.list:
         list_everything(args)
         return 0
+    # Paths under the working directory are shown relative, so messages and the committed
+    # leaderboard carry no machine-specific absolute paths.
+    args.data_root = Path(os.path.relpath(args.data_root)) if Path(args.data_root).resolve().is_relative_to(Path.cwd()) else args.data_root
     suite = get_suite(args.suite)
     try:
         cells, missing, datasets, methods = build_grid(suite, args.data_root, args.datasets, args.methods, args.modalities, args.seeds)
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     for name, message in missing.items():
-        print(f"[missing] {datasets[name].title} ({name}): {message}")
+        print(f"[missing] {name}: {message}")
     device = pick_device(args.device)
     overrides = {"epochs": args.epochs, "precision": args.precision}
 

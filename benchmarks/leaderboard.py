@@ -310,12 +310,17 @@ def _failed_cells(errors: list[dict]) -> list[str]:
 
 
 def _missing(missing) -> list[str]:
-    """Caller's availability messages: {dataset: message} or a list of messages."""
+    """One bullet per missing dataset; its (multi-line) instructions verbatim in a text block."""
     if not missing:
-        return ["None: every dataset of this suite was available."]
-    if isinstance(missing, Mapping):
-        return [f"- **{_md(k)}**: {_md(v)}" for k, v in sorted(missing.items())]
-    return [f"- {_md(m)}" for m in missing]
+        return ["None."]
+    items = sorted(missing.items()) if isinstance(missing, Mapping) else [(None, m) for m in missing]
+    lines = []
+    for name, message in items:
+        first, _, rest = str(message).partition("\n")
+        lines.append(f"- {'**' + _md(name) + '**: ' if name else ''}{_md(first)}")
+        if rest.strip():
+            lines += ["", "  ```text", *("  " + line for line in rest.splitlines()), "  ```", ""]
+    return lines
 
 
 def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping, titles: Mapping[str, str],

@@ -28,7 +28,7 @@ import numpy as np
 from datasets.base import DatasetError
 
 DEFAULT_FIX = "replace it with a complete copy (re-download or re-extract it)"
-# libx264 wants even sizes for 4:2:0 chroma; odd sizes fall back to 4:4:4.
+# What libav* raises (through PyAV) on damaged input; all become a DatasetError.
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError, ValueError, IndexError)
 
 
@@ -48,11 +48,16 @@ def write_clip(
     *,
     video_codec: str = "libx264",
     crf: int = 18,
+    lossless: bool = False,
     audio_bitrate: int = 96_000,
 ) -> Path:
     """Write uint8 RGB `frames` (N, H, W, 3) at `fps` and float `audio` in [-1, 1] to an MP4.
 
     Video is H.264 (libx264; `video_codec="mpeg4"` for MPEG-4 Part 2), audio is AAC.
+    `lossless=True` (H.264 only) codes the video with qp 0: decoding then returns exactly
+    the YUV that went in, whatever choices the encoder made. Use it where the decoded
+    frames must be reproducible bit for bit: lossy libx264 output was seen to differ
+    between runs on identical input here (a few clips in a hundred).
     `audio` is (S,) mono or (S, C) with C <= 2; None writes a video-only file. The file
     appears atomically: it is written under a temporary name in the same folder and
     renamed, so an existing `path` is always a complete file (safe to resume on).
@@ -71,14 +76,15 @@ def write_clip(
         try:
             rate = Fraction(fps).limit_denominator(100_000)
             if video_codec == "libx264":
-                vs = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast", "threads": "1"})
-                vs.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-            elif video_codec == "mpeg4":
+                quality = {"qp": "0"} if lossless else {"crf": str(crf)}
+                vs = container.add_stream("libx264", rate=rate, options={**quality, "preset": "veryfast", "threads": "1"})
+                vs.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"  # 4:2:0 needs even sizes
+            elif video_codec == "mpeg4" and not lossless:
                 vs = container.add_stream("mpeg4", rate=rate)
                 vs.pix_fmt = "yuv420p"
                 vs.bit_rate = max(200_000, int(h * w * float(rate) * 0.6))
             else:
-                raise ValueError(f"video_codec must be 'libx264' or 'mpeg4', got {video_codec!r}")
+                raise ValueError(f"video_codec must be 'libx264' or 'mpeg4' (lossless: 'libx264' only), got {video_codec!r}")
             vs.width, vs.height = w, h
             a_stream = None
             if audio is not None:
@@ -90,7 +96,7 @@ def write_clip(
                 a_stream = container.add_stream("aac", rate=int(sample_rate), layout=layout)
                 a_stream.bit_rate = audio_bitrate
             for i, img in enumerate(frames):
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format=vs.pix_fmt)
                 vf.pts = i
                 container.mux(vs.encode(vf))
             container.mux(vs.encode(None))
@@ -226,6 +232,7 @@ def decode_video(
     """
     if audio not in ("require", "silence", "skip"):
         raise ValueError("audio must be 'require', 'silence' or 'skip'")
+    sample_times(1.0, num_frames, fps)  # argument errors are the caller's, not the file's
     path = Path(path)
     container = _open(path, fix)
     try:
@@ -286,7 +293,12 @@ def decode_video(
                 chunks.extend(f.to_ndarray().T for f in to_float.resample(None))
             if not chunks:
                 raise _fail(path, "the audio stream decodes to no samples (truncated or corrupt)", fix)
-            wave = mix_resample(np.concatenate(chunks, axis=0), a_rate, sample_rate, duration)
+            samples = np.concatenate(chunks, axis=0)
+            # AAC decodes whole 1024-sample frames; the stream header holds the true length.
+            a_len = _duration(container, astream)
+            if a_len > 0:
+                samples = samples[: int(round(a_len * a_rate))]
+            wave = mix_resample(samples, a_rate, sample_rate, duration)
         elif audio == "silence":
             n = int(round((duration if duration is not None else max(declared, last_t)) * sample_rate))
             wave = np.zeros(n, dtype=np.float32)

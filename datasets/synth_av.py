@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from datasets import media
-from datasets.base import SPLITS, Availability, DatasetAdapter, DatasetError, ProtocolSpec, SampleTable
+from datasets.base import Availability, DatasetAdapter, DatasetError, ProtocolSpec, SampleTable
 from datasets.encoders import AudioEncoder, VisualEncoder
 from datasets.store import FeatureStore, StoreWriter, ViewSpec, atomic_write_text, config_hash
 
@@ -301,7 +301,8 @@ def synth_clip(c: int, index: int, cfg: SynthConfig) -> tuple[np.ndarray, np.nda
 def _write_job(job: tuple[int, int, str, SynthConfig]) -> str:
     c, index, path, cfg = job
     frames, wave = synth_clip(c, index, cfg)
-    media.write_clip(Path(path), frames, cfg.fps, wave, cfg.sample_rate)
+    # Lossless H.264: the decoded frames, hence the features, are the same on every run.
+    media.write_clip(Path(path), frames, cfg.fps, wave, cfg.sample_rate, lossless=True)
     return path
 
 

@@ -51,7 +51,7 @@ def test_missing_dataset_is_reported_with_instructions(tmp_path, toy_registry, c
     argv = ["--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--leaderboard-dir", str(tmp_path / "lb"),
             "--no-progress", "--methods", "fine_tuning", "--modalities", "audio", "--seeds", "0", "--epochs", "1"]
     assert run_all.main(argv) == 0
-    assert "[missing] Absent (absent): put absent files in DATA/absent" in capsys.readouterr().out
+    assert "[missing] absent: put absent files in DATA/absent" in capsys.readouterr().out
     assert "put absent files" in (tmp_path / "lb" / "audio-visual.md").read_text()
 
 
