@@ -30,6 +30,12 @@ decoding the files and running the built-in random light encoders (datasets.enco
 into `<data_root>/cache/store/synth_av-<hash>`, resumably, where the hash covers the
 generator config, the decoding parameters and the encoder configs.
 
+Measured separability (harness upper-bound method, joint training on all seen classes,
+30 epochs, seeds 0 and 1, `python run_all.py --methods upper_bound`): accuracy on all 20
+classes after the last step, audio-visual 93.1 %, audio only 65.8 %, visual only 55.2 %
+(average incremental accuracy 93.6 / 69.0 / 60.9 %): each single modality is at least
+25 points below audio-visual, and audio-visual is above 90 %.
+
 Default protocol "5x4": 20 classes in 5 steps of 4, memory M = 120 exemplars in total,
 i.e. 6 per class (12.5 % of a class's 48 training clips) once all 20 classes are seen
 (more per class in early steps, when M is shared by fewer classes).

@@ -50,3 +50,17 @@ def test_empty_class_is_a_clear_error(tmp_path):
     store = make_toy_store(tmp_path / "s", n_classes=3)
     with pytest.raises(DatasetError, match="do not exist"):
         build_stream(store, Protocol("p", (0, 1, 2, 3), (2, 2)))
+
+
+def test_avalanche_layer_keeps_remainder_classes_and_task_labels(tmp_path):
+    """avalanche-lib 0.6.0 drops remainder classes with num_experiences and needs task labels
+    for LwF/replay; the stream builder passes explicit steps and task-aware datasets."""
+    store = make_toy_store(tmp_path / "seven", n_classes=7)
+    protocol = Protocol.uniform("3+3+1", 7, 3, memory=7, remainder="last-step")
+    stream = build_stream(store, protocol)
+    exps = list(stream.benchmark.train_stream)
+    assert [sorted(e.classes_in_this_experience) for e in exps] == [[0, 1, 2], [3, 4, 5], [6]]
+    for e in exps:
+        assert set(e.dataset.targets_task_labels) == {0}
+        assert list(e.dataset.task_set) == [0]
+    assert sum(len(r) for r, _ in stream.steps["test"]) == 7 * 4  # no class lost in any split
