@@ -21,6 +21,7 @@ this layer makes once the things avalanche-lib 0.6.0 gets wrong for this harness
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import numpy as np
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.streams import CILStream
 from datasets.store import FeatureStore
+from methods.common.exemplars import herding, random_exemplars
 
 
 class ResidentViews:
@@ -49,11 +51,19 @@ class ResidentViews:
 
 
 class IndexBatches:
-    """Minibatches of (rows, targets, task=0) drawn from index tensors; no DataLoader."""
+    """Minibatches of (rows, targets, task=0, is_exemplar) drawn from index tensors; no DataLoader.
 
-    def __init__(self, rows, targets, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator, device):
+    With `exemplars` (another IndexBatches), every batch is followed by the next exemplar
+    batch, concatenated, as SS-IL and AV-CIL do: the epoch length is set by this loader, and
+    the exemplar batches of one shuffled pass are replayed in a cycle (the reference wraps its
+    exemplar DataLoader in `itertools.cycle`, which caches the first pass); a new epoch
+    reshuffles.
+    """
+
+    def __init__(self, rows, targets, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator, device, exemplars: "IndexBatches | None" = None):
         self.rows, self.targets = rows.to(device), targets.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
+        self.exemplars = exemplars
 
     def __len__(self) -> int:
         n = len(self.rows)
@@ -64,9 +74,16 @@ class IndexBatches:
     def __iter__(self):
         n = len(self.rows)
         order = torch.randperm(n, generator=self.generator).to(self.rows.device) if self.shuffle else torch.arange(n, device=self.rows.device)
+        replay = itertools.cycle(list(self.exemplars)) if self.exemplars is not None else None
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [self.rows[idx], self.targets[idx], torch.zeros_like(idx)]
+            rows, targets = self.rows[idx], self.targets[idx]
+            is_exemplar = torch.zeros(len(idx), dtype=torch.bool, device=rows.device)
+            if replay is not None:
+                ex_rows, ex_targets, _, _ = next(replay)
+                rows, targets = torch.cat([rows, ex_rows]), torch.cat([targets, ex_targets])
+                is_exemplar = torch.cat([is_exemplar, torch.ones(len(ex_rows), dtype=torch.bool, device=rows.device)])
+            yield [rows, targets, torch.zeros_like(targets), is_exemplar]
 
 
 def step_seed(seed: int, t: int, salt: int = 0) -> int:
@@ -78,8 +95,8 @@ class StoreTemplate(SupervisedTemplate):
     """Base strategy. Subclasses override `loss`, and optionally `training_rows`,
     `model_adaptation_step`, `prepare_prediction`, `predict_batch`, `after_step`."""
 
-    #: per-method options read from the resolved config (documented in each README)
-    uses_memory = False
+    #: how exemplars are chosen after each step: None (no memory), "herding" or "random"
+    exemplar_selection: str | None = None
 
     def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True):
         self.model_factory = model_factory
@@ -114,10 +131,15 @@ class StoreTemplate(SupervisedTemplate):
     def step_bounds(self) -> tuple[int, int]:
         return self.stream.protocol.step_bounds(self.step_index)
 
+    @property
+    def separate_exemplar_batches(self) -> bool:
+        """SS-IL-style batching: each current-data batch is joined by an exemplar batch (see IndexBatches)."""
+        return self.cfg.get("exemplar_batching", "mixed") == "separate"
+
     def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Train set of the current step: new-class rows plus exemplars when the method has memory."""
         rows, targets = self.stream.step("train", self.step_index)
-        if self.memory:
+        if self.memory and not self.separate_exemplar_batches:
             mem_rows, mem_targets = self.memory_tensors()
             rows, targets = torch.cat([rows, mem_rows]), torch.cat([targets, mem_targets])
         return rows, targets
@@ -139,8 +161,15 @@ class StoreTemplate(SupervisedTemplate):
 
     def make_train_dataloader(self, shuffle=True, **kwargs):
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.step_index, salt=2))
-        self.resident = ResidentViews(self.store, self.views, self.train_rows, self.device)
-        self.dataloader = IndexBatches(self.train_rows, self.train_targets, self.train_mb_size, shuffle, self.cfg.get("drop_last", True), generator, self.device)
+        resident_rows = self.train_rows
+        exemplars = None
+        if self.separate_exemplar_batches and self.memory:
+            mem_rows, mem_targets = self.memory_tensors()
+            resident_rows = torch.cat([self.train_rows, mem_rows])
+            size = min(self.cfg["exemplar_batch_size"], len(mem_rows))
+            exemplars = IndexBatches(mem_rows, mem_targets, size, True, True, generator, self.device)
+        self.resident = ResidentViews(self.store, self.views, resident_rows, self.device)
+        self.dataloader = IndexBatches(self.train_rows, self.train_targets, self.train_mb_size, shuffle, self.cfg.get("drop_last", True), generator, self.device, exemplars)
 
     def check_model_and_optimizer(self, **kwargs):
         self.model = self.model_adaptation()
@@ -165,8 +194,8 @@ class StoreTemplate(SupervisedTemplate):
 
     # ------------------------------------------------------------------ minibatch
     def _unpack_minibatch(self):
-        rows, targets, task = self.mbatch
-        self.mb_rows = rows
+        rows, targets, task, is_exemplar = self.mbatch
+        self.mb_rows, self.mb_is_exemplar = rows, is_exemplar
         self.mbatch = [self.resident.gather(rows), targets, task]
 
     def forward(self):
@@ -223,7 +252,33 @@ class StoreTemplate(SupervisedTemplate):
         super()._after_training_exp(**kwargs)
 
     def after_step(self):
-        """Hook after the best model is restored (e.g. exemplar selection)."""
+        """Hook after the best model is restored. Default: refresh the exemplar memory."""
+        if self.exemplar_selection:
+            self.select_memory()
+
+    def per_class_quota(self) -> int:
+        """M // seen classes: the reference's quota after step t (= M // (t k) while training step t+1)."""
+        quota = self.cfg["memory"] // self.seen_classes
+        if quota < 1:
+            raise ValueError(f"memory {self.cfg['memory']} is smaller than the {self.seen_classes} seen classes: need >= 1 exemplar per class")
+        return quota
+
+    def select_memory(self) -> None:
+        """Choose the new classes' exemplars (herding on normalised features, or random) and
+        truncate the old classes' lists to the new quota; memories hold store rows."""
+        m = self.per_class_quota()
+        for c in list(self.memory):
+            self.memory[c] = self.memory[c][:m]
+        rows, targets = self.stream.step("train", self.step_index)
+        feats = self.features_of(rows) if self.exemplar_selection == "herding" else None
+        generator = torch.Generator().manual_seed(step_seed(self.seed, self.step_index, salt=3))
+        for c in range(*self.step_bounds):
+            idx = torch.nonzero(targets == c).squeeze(1)
+            if self.exemplar_selection == "herding":
+                chosen = herding(feats[idx.to(feats.device)], m).cpu()
+            else:
+                chosen = random_exemplars(len(idx), m, generator)
+            self.memory[c] = rows[idx[chosen]]
 
     # ------------------------------------------------------------------ prediction
     def prepare_prediction(self):

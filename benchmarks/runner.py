@@ -28,7 +28,6 @@ from benchmarks.streams import CILStream, build_stream
 from datasets import get_adapter
 from datasets.store import FeatureStore, config_hash
 from methods import MethodSpec
-from methods.common.model import build_model
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
         raise ValueError(f"method {spec.name} does not support modality {cell.modality} (supports {', '.join(spec.modalities)})")
     torch.manual_seed(cell.seed)
     strategy = spec.strategy(
-        model_factory=lambda n: build_model(cell.modality, store, n, cfg.get("hidden_dim")),
+        model_factory=lambda n: spec.model_builder(cell.modality, store, n, cfg),
         store=store, stream=stream, modality=cell.modality, config=cfg, device=ctx.device, seed=cell.seed, progress=ctx.progress,
     )
     ckpt_dir = path.with_name(path.stem + ".ckpt")

@@ -96,7 +96,7 @@ def harness_epochs(store, stream, batch, epochs, device, precision):
     spec = registry()["fine_tuning"]
     cfg = spec.config("speed", "audio-visual", {"epochs": epochs})
     cfg.update(batch_size=batch, eval_batch_size=batch, lr=1e-3, weight_decay=1e-4, precision=precision)
-    strategy = spec.strategy(model_factory=lambda n: build_model("audio-visual", store, n), store=store, stream=stream,
+    strategy = spec.strategy(model_factory=lambda n: build_model("audio-visual", store, n, cfg), store=store, stream=stream,
                              modality="audio-visual", config=cfg, device=device, seed=0, progress=False)
     epoch_times, val_times = [], []
     real_epoch, real_after = strategy.training_epoch, strategy._after_training_epoch

@@ -19,10 +19,11 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-from methods.common.model import MODALITIES
+from methods.common.model import MODALITIES, build_model
 
 COMMON_PROTOCOL = Path(__file__).parent / "common" / "protocol.yaml"
 
@@ -35,6 +36,9 @@ class MethodSpec:
     modalities: tuple[str, ...] = MODALITIES
     suites: tuple[str, ...] = ("audio-visual",)
     options: dict = field(default_factory=dict)
+    #: model_builder(modality, store, num_classes, cfg) -> nn.Module with `num_classes`,
+    #: `feature_dim`, `expand_classifier(n)` and forward(views) -> {"logits", "features", ...}
+    model_builder: Callable = build_model
 
     def config(self, dataset: str, modality: str, overrides: dict | None = None) -> dict:
         cfg: dict = {}

@@ -12,7 +12,7 @@ def make_strategy(name, modality, store, stream, **cfg_overrides):
     spec = registry()[name]
     cfg = spec.config("toy", modality, {"epochs": cfg_overrides.pop("epochs", 3)})
     cfg.update(batch_size=8, eval_batch_size=16, memory=12, **cfg_overrides)
-    return spec.strategy(model_factory=lambda n: build_model(modality, store, n), store=store, stream=stream,
+    return spec.strategy(model_factory=lambda n: spec.model_builder(modality, store, n, cfg), store=store, stream=stream,
                          modality=modality, config=cfg, device=torch.device("cpu"), seed=0, progress=False)
 
 
@@ -96,3 +96,16 @@ def test_best_val_state_is_restored(toy_store, toy_protocol):
     s = make_strategy("fine_tuning", "audio", toy_store, stream, epochs=6)
     s.train(next(iter(stream.benchmark.train_stream)), eval_streams=[])
     assert s.evaluate_split("val") == pytest.approx(s.history[0]["val_acc"])
+
+
+def test_separate_exemplar_batches_cycle_the_first_pass():
+    g = torch.Generator().manual_seed(0)
+    ex = IndexBatches(torch.arange(100, 110), torch.zeros(10, dtype=torch.long), 4, True, True, g, "cpu")  # 2 batches per pass
+    cur = IndexBatches(torch.arange(20), torch.ones(20, dtype=torch.long), 4, True, True, g, "cpu", exemplars=ex)
+    batches = list(cur)
+    assert len(batches) == 5  # the epoch length is the current loader's
+    for rows, targets, task, is_ex in batches:
+        assert rows.shape == (8,) and is_ex.tolist() == [False] * 4 + [True] * 4
+        assert (rows[is_ex] >= 100).all() and (targets[is_ex] == 0).all() and (targets[~is_ex] == 1).all()
+    ex_batches = [b[0][b[3]].tolist() for b in batches]
+    assert ex_batches[2] == ex_batches[0] and ex_batches[3] == ex_batches[1]  # replayed, not reshuffled, within an epoch

@@ -88,8 +88,10 @@ class AVCILNet(nn.Module):
         return out
 
 
-def build_model(modality: str, store, num_classes: int, hidden_dim: int | None = None) -> AVCILNet:
-    """The network for a store's views: audio (D_a,), visual (T, P, D_v)."""
+def build_model(modality: str, store, num_classes: int, cfg: dict | None = None) -> AVCILNet:
+    """The network for a store's views: audio (D_a,), visual (T, P, D_v). `cfg["hidden_dim"]`
+    overrides the fused width (default: the visual token dim, as the reference's 768)."""
+    hidden_dim = (cfg or {}).get("hidden_dim")
     audio_dim = store.views["audio"].shape[-1] if "audio" in store.views else 1
     visual_dim = store.views["visual"].shape[-1] if "visual" in store.views else 1
     return AVCILNet(modality, audio_dim, visual_dim, num_classes, hidden_dim)

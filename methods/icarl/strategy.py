@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.avalanche_layer import StoreTemplate
-from methods.common.exemplars import herding
 from methods.common.losses import sigmoid_distillation
 
 
 class ICaRL(StoreTemplate):
-    uses_memory = True
+    exemplar_selection = "herding"
 
     def loss_fn(self, out, y):
         logits = out["logits"].float()
@@ -26,27 +25,6 @@ class ICaRL(StoreTemplate):
                 old_logits = self.old_model(self.mb_x)["logits"]
             loss = loss + self.cfg["distillation_weight"] * sigmoid_distillation(logits[:, :old_classes], old_logits[:, :old_classes])
         return loss
-
-    def per_class_quota(self) -> int:
-        quota = self.cfg["memory"] // self.seen_classes
-        if quota < 1:
-            raise ValueError(f"memory {self.cfg['memory']} is smaller than the {self.seen_classes} seen classes: iCaRL needs >= 1 exemplar per class")
-        return quota
-
-    def select_memory(self):
-        """Herd the new classes' exemplars with the current model; truncate the old classes' lists."""
-        m = self.per_class_quota()
-        for c in list(self.memory):
-            self.memory[c] = self.memory[c][:m]
-        rows, targets = self.stream.step("train", self.step_index)
-        feats = self.features_of(rows)
-        for c in range(*self.step_bounds):
-            idx = torch.nonzero(targets == c).squeeze(1)
-            chosen = herding(feats[idx.to(feats.device)], m).cpu()
-            self.memory[c] = rows[idx[chosen]]
-
-    def after_step(self):
-        self.select_memory()
 
     def prepare_prediction(self):
         if self.cfg["classifier"] != "nme":
