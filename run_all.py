@@ -82,12 +82,14 @@ def main(argv=None) -> int:
     args.data_root = Path(os.path.relpath(args.data_root)) if Path(args.data_root).resolve().is_relative_to(Path.cwd()) else args.data_root
     suite = get_suite(args.suite)
     try:
-        cells, missing, datasets, methods = build_grid(suite, args.data_root, args.datasets, args.methods, args.modalities, args.seeds)
+        cells, missing, not_applicable, datasets, methods = build_grid(suite, args.data_root, args.datasets, args.methods, args.modalities, args.seeds)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     for name, message in missing.items():
         print(f"[missing] {name}: {message}")
+    for note in not_applicable:
+        print(f"[skipped] {note}")
     device = pick_device(args.device)
     overrides = {"epochs": args.epochs, "precision": args.precision}
 
@@ -134,6 +136,7 @@ def main(argv=None) -> int:
         from benchmarks.leaderboard import render
 
         notes = [f"{len(failed)} cell(s) failed in the last run; see Failed cells."] if failed else []
+        notes += [f"Not applicable: {note}." for note in not_applicable]
         render(args.results_dir, args.leaderboard_dir, {suite.name: {"missing": missing, "title": suite.description, "notes": notes}},
                titles={k: a.title for k, a in datasets.items()}, produced_by=f"python run_all.py --suite {suite.name}")
         print(f"leaderboard written to {args.leaderboard_dir}")

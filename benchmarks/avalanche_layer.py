@@ -98,11 +98,11 @@ class StoreTemplate(SupervisedTemplate):
     #: how exemplars are chosen after each step: None (no memory), "herding" or "random"
     exemplar_selection: str | None = None
 
-    def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True):
+    def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True, views=None):
         self.model_factory = model_factory
         model = model_factory(stream.protocol.classes_per_step[0])
         self.store, self.stream, self.modality, self.cfg, self.seed = store, stream, modality, config, seed
-        self.views = {"audio": ["audio"], "visual": ["visual"], "audio-visual": ["audio", "visual"]}[modality]
+        self.views = list(views or {"audio": ["audio"], "visual": ["visual"], "audio-visual": ["audio", "visual"]}[modality])
         self.progress = progress
         self.memory: dict[int, torch.Tensor] = {}  # class position -> exemplar store rows, in priority order
         self.old_model = None

@@ -158,6 +158,7 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
     strategy = spec.strategy(
         model_factory=lambda n: spec.model_builder(cell.modality, store, n, cfg),
         store=store, stream=stream, modality=cell.modality, config=cfg, device=ctx.device, seed=cell.seed, progress=ctx.progress,
+        views=spec.required_views(cell.modality, cfg),
     )
     ckpt_dir = path.with_name(path.stem + ".ckpt")
     rows: dict[str, list] = {"R": [], "A": [], "R_last": [], "A_last": [], "counts": []}

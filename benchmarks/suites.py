@@ -28,14 +28,15 @@ def get_suite(name: str) -> Suite:
 
 
 def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modalities=None, seeds=None):
-    """Cells for the present datasets, plus {dataset: message} for the missing ones."""
+    """Cells for the present datasets, {dataset: message} for the missing ones, and notes on
+    (dataset, method, modality) combinations skipped because the dataset lacks a view the method reads."""
     all_datasets = {k: a for k, a in dataset_registry().items() if suite.name in a.suites}
     all_methods = {k: m for k, m in method_registry().items() if suite.name in m.suites}
     for kind, chosen, known in (("dataset", datasets, all_datasets), ("method", methods, all_methods)):
         unknown = sorted(set(chosen or []) - set(known))
         if unknown:
             raise KeyError(f"unknown {kind}(s) {unknown} for suite {suite.name}; known: {', '.join(sorted(known))}")
-    cells, missing = [], {}
+    cells, missing, skipped = [], {}, []
     for name in sorted(datasets or all_datasets):
         adapter = all_datasets[name]
         status = adapter.availability(Path(data_root))
@@ -48,6 +49,10 @@ def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modal
                 for modality in modalities or spec.modalities:
                     if modality not in spec.modalities or modality not in adapter.modalities:
                         continue
+                    lacking = set(spec.required_views(modality, spec.config(name, modality))) - set(adapter.views)
+                    if lacking:
+                        skipped.append(f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) {sorted(lacking)}, the dataset provides {list(adapter.views)}")
+                        continue
                     for seed in seeds if seeds is not None else suite.seeds:
                         cells.append(Cell(suite.name, name, protocol.name, method_name, modality, seed))
-    return cells, missing, all_datasets, all_methods
+    return cells, missing, skipped, all_datasets, all_methods

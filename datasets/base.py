@@ -92,6 +92,7 @@ class DatasetAdapter(ABC):
     title: str = ""  # shown in the leaderboard
     suites: tuple[str, ...] = ()
     modalities: tuple[str, ...] = ("audio", "visual", "audio-visual")
+    views: tuple[str, ...] = ("audio", "visual")  # store views the dataset provides
 
     @abstractmethod
     def availability(self, data_root: Path) -> Availability: ...

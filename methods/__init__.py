@@ -26,6 +26,12 @@ import yaml
 from methods.common.model import MODALITIES, build_model
 
 COMMON_PROTOCOL = Path(__file__).parent / "common" / "protocol.yaml"
+MODALITY_VIEWS = {"audio": ("audio",), "visual": ("visual",), "audio-visual": ("audio", "visual")}
+
+
+def feature_views(modality: str, cfg: dict) -> tuple[str, ...]:
+    """The store views a method reads in a modality: by default the cached feature views."""
+    return MODALITY_VIEWS[modality]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class MethodSpec:
     #: model_builder(modality, store, num_classes, cfg) -> nn.Module with `num_classes`,
     #: `feature_dim`, `expand_classifier(n)` and forward(views) -> {"logits", "features", ...}
     model_builder: Callable = build_model
+    #: required_views(modality, cfg) -> the store views the strategy gathers; a cell whose dataset
+    #: lacks one is skipped with a note (e.g. a raw-media-only dataset for a feature-based method)
+    required_views: Callable = feature_views
 
     def config(self, dataset: str, modality: str, overrides: dict | None = None) -> dict:
         cfg: dict = {}

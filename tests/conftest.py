@@ -44,6 +44,7 @@ class ToyAdapter:
 
     name, title, suites = "toy", "Toy", ("audio-visual",)
     modalities = ("audio", "visual", "audio-visual")
+    views = ("audio", "visual")
 
     def availability(self, data_root):
         from datasets.base import Availability

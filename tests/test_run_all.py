@@ -159,3 +159,18 @@ def test_sigkill_mid_grid_leaves_no_corrupt_record(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{done_before} already recorded" in rerun.stdout
     assert len(list(iter_records(results))) == 12
+
+
+def test_methods_needing_views_a_dataset_lacks_are_skipped_with_a_note(tmp_path, toy_registry, monkeypatch, capsys):
+    from tests.conftest import ToyAdapter
+
+    class RawOnly(ToyAdapter):
+        name, title, views = "rawonly", "RawOnly", ("image", "spectrogram")
+
+    toy_registry["rawonly"] = RawOnly()
+    argv = args(tmp_path, "--methods", "fine_tuning", "--seeds", "0", "--epochs", "1")
+    argv[argv.index("toy")] = "rawonly"
+    assert run_all.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[skipped] fine_tuning (audio) does not run on RawOnly" in out and "0 cells" in out
+    assert "Not applicable: fine_tuning (audio-visual) does not run on RawOnly" in (tmp_path / "lb" / "audio-visual.md").read_text()
