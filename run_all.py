@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks.suites import SUITES, build_grid, get_suite
 from datasets.base import DatasetError
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
 
         notes = [f"{len(failed)} cell(s) failed in the last run; see Failed cells."] if failed else []
         notes += [f"Not applicable: {note}." for note in not_applicable]
-        render(args.results_dir, args.leaderboard_dir, {suite.name: {"missing": missing, "title": suite.description, "notes": notes}},
+        reported = yaml.safe_load((ROOT / "benchmarks" / "reported.yaml").read_text()).get(suite.name, [])
+        render(args.results_dir, args.leaderboard_dir, {suite.name: {"missing": missing, "title": suite.description, "notes": notes, "reported": reported}},
                titles={k: a.title for k, a in datasets.items()}, produced_by=f"python run_all.py --suite {suite.name}")
         print(f"leaderboard written to {args.leaderboard_dir}")
     return 1 if failed else 0

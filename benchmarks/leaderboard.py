@@ -309,6 +309,19 @@ def _failed_cells(errors: list[dict]) -> list[str]:
     return out
 
 
+def _reported(entries: Sequence[Mapping], titles: Mapping[str, str]) -> list[str]:
+    """Numbers published by the references: a separate table, never mixed with the harness's."""
+    if not entries:
+        return []
+    lines = ["## Reported by the references (not this harness's results)", "",
+             "| Dataset | Protocol | Method | Modality | " + " | ".join(M.METRIC_NAMES[m] for m in METRICS) + " | Source |",
+             "|---|---|---|---|" + "---:|" * len(METRICS) + "---|"]
+    for e in sorted(entries, key=lambda e: (e["dataset"], e["protocol"], e["method"], _modality_key(e["modality"]))):
+        values = " | ".join("" if e.get(m) is None else f"{float(e[m]):.2f}" for m in METRICS)
+        lines.append(f"| {_md(titles.get(e['dataset'], e['dataset']))} | {_md(e['protocol'])} | {_md(e['method'])} | {_md(e['modality'])} | {values} | {_md(e['source'])} |")
+    return lines + [""]
+
+
 def _missing(missing) -> list[str]:
     """One bullet per missing dataset; its (multi-line) instructions verbatim in a text block."""
     if not missing:
@@ -383,6 +396,7 @@ def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping
             if links:
                 lines += ["Accuracy matrices R (heatmaps): " + " · ".join(links), ""]
     lines += ["## Missing datasets", "", *_missing(info.get("missing")), ""]
+    lines += _reported(info.get("reported") or [], titles)
     lines += ["## Failed cells", "", *_failed_cells(errors), ""]
     lines += ["## Notes", ""]
     if overrides:
@@ -405,7 +419,8 @@ def render(results_dir: Path, out_dir: Path, suites: Mapping[str, Mapping] | Non
            titles: Mapping[str, str] | None = None, produced_by: str | None = None) -> dict[str, Path]:
     """Render README.md, one <suite>.md per suite, plots/ and results.csv into out_dir.
 
-    suites: {suite: {"missing": {dataset: message} | [message, ...], "title": str, "notes": [str]}}, all keys
+    suites: {suite: {"missing": {dataset: message} | [message, ...], "title": str, "notes": [str],
+        "reported": [{dataset, protocol, method, modality, <metric>: value, source}]}}, all keys
         optional. A suite named here gets a page even with no records (e.g. every dataset missing);
         a suite found under results_dir but not named here gets one too.
     titles: dataset name -> display title (default: the name).

@@ -218,3 +218,14 @@ def test_safe_name():
 def test_error_file_written_where_expected(rendered):
     p = record_path(rendered["results"], SUITE, "synth_av", "3x2", "finetune", "visual", 0)
     assert error_path(p).exists() and not p.exists()
+
+
+def test_reported_numbers_are_a_separate_table(tmp_path):
+    from benchmarks.leaderboard import render
+
+    reported = [{"dataset": "ave", "protocol": "4x7", "method": "av_cil", "modality": "audio-visual", "avg_inc_acc": 74.04,
+                 "avg_forgetting": 7.63, "source": "authors' log"}]
+    render(tmp_path / "none", tmp_path / "lb", {"audio-visual": {"reported": reported}}, titles={"ave": "AVE"})
+    page = (tmp_path / "lb" / "audio-visual.md").read_text()
+    section = page.split("## Reported by the references (not this harness's results)")[1].split("##")[0]
+    assert "| AVE | 4x7 | av_cil | audio-visual | 74.04 |  | 7.63 |  |  | authors' log |" in section
