@@ -95,7 +95,7 @@ class PickleRefused(DatasetError):
     """The import was asked to unpickle without --trust-pickle."""
 
 
-def _info(name: str) -> AVCILInfo:
+def dataset_info(name: str) -> AVCILInfo:
     if name not in INFOS:
         raise DatasetError(f"unknown AV-CIL dataset {name!r}; use one of {', '.join(INFOS)}")
     return INFOS[name]
@@ -147,7 +147,10 @@ def _download_instructions(info: AVCILInfo, data_root: Path) -> str:
         f"  2. Copy {', '.join(DICT_FILES)} from {AVCIL_REPO} data/{info.folder}/ into {src / info.folder}/.\n"
         f"  The layout must be (SRC = {src}, <folder> = {info.folder}):\n    " + SOURCE_LAYOUT.replace("\n", "\n    ") + "\n"
         f"  3. Import once (the .npy files are pickles; only do this for files from a trusted source):\n"
-        f"     {import_command(info.name, src, data_root)}"
+        f"     {import_command(info.name, src, data_root)}\n"
+        f"  Or, with the raw videos in {Path(data_root) / 'raw_data' / info.folder / 'videos'}/ and the three dict files, extract the features\n"
+        f"  yourself with AudioMAE and VideoMAE checkpoints (see README, 'From raw videos'):\n"
+        f"     python -m datasets.extract --dataset {info.name} --audio-ckpt AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --data-root {data_root}"
     )
 
 
@@ -235,7 +238,7 @@ def _require(path: Path, fix: str) -> Path:
     return path
 
 
-def _build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
+def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
     """Rows sorted by (split, class index, vid); cross-checked against all_id_category_dict."""
     fix = f"copy it from {AVCIL_REPO} data/{info.folder}/"
     enc_p, cid_p, idc_p = (_require(folder / f, fix) for f in DICT_FILES)
@@ -309,7 +312,7 @@ def _grid(n_tokens: int, grid: tuple[int, int] | None, path: Path) -> tuple[int,
     return DEFAULT_T, n_tokens // DEFAULT_T
 
 
-def _fingerprint_file(path: Path, whole: bool) -> dict:
+def fingerprint_file(path: Path, whole: bool) -> dict:
     """Full sha256 for small files; for huge feature files size, mtime and sha256 of the first and last 16 MiB
     (hashing 100-300 GB would take longer than the import and the edges catch truncation and re-downloads)."""
     if whole:
@@ -406,7 +409,7 @@ def _auto_batch(shape: tuple[int, ...]) -> int:
 def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool = False, grid: tuple[int, int] | None = None,
                     batch_rows: int | None = None, force: bool = False, progress: bool = True) -> FeatureStore:
     """Convert `src/<folder>/` into the store at `store_path(data_root, dataset)`. See the module docstring."""
-    info = _info(dataset)
+    info = dataset_info(dataset)
     if batch_rows is not None and batch_rows <= 0:
         raise DatasetError(f"batch_rows must be positive, got {batch_rows}")
     if not trust_pickle:
@@ -421,7 +424,7 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
         print(f"{info.title}: already imported at {final}; pass --force to import again")
         return FeatureStore(final)
     folder = _resolve_folder(Path(src), info)
-    table, cid_p = _build_table(folder, info)
+    table, cid_p = build_table(folder, info)
 
     feat_fix = f"unzip {info.zips} from HF dataset {HF_DATASET} into {folder}/ (concatenate split parts first)"
     audio_p = _require(folder / AUDIO_FILE, feat_fix)
@@ -440,7 +443,7 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
     try:
         n_tokens, d_visual = _check_features(visual, table, ndim=2)
         t, p = _grid(n_tokens, grid, visual_p)
-        sources = {str(pth.relative_to(folder)): _fingerprint_file(pth, whole=pth.name in DICT_FILES)
+        sources = {str(pth.relative_to(folder)): fingerprint_file(pth, whole=pth.name in DICT_FILES)
                    for pth in [folder / f for f in DICT_FILES] + [audio_p, visual_p]}
         meta = {
             "dataset": info.name, "title": info.title, "source": "avcil-released-features", "pretrained": True,
