@@ -4,6 +4,7 @@
     python run_all.py --list                          # datasets (present/missing), methods, suites
     python run_all.py --dry-run --methods lwf icarl-nme
     python run_all.py --datasets synth_av --epochs 2  # quick check (marked: not the reference protocol)
+    python run_all.py --suite audio-multilabel        # multi-label audio suite (embedded SynthTags by default)
 
 A second run with nothing changed skips every finished cell (same resolved config and
 stream hash). A failing cell is reported and recorded as failed; the rest of the grid runs.
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks.suites import SUITES, build_grid, get_suite
+from benchmarks.suites import SUITES, build_grid, get_suite, suite_methods, suite_runner
 from datasets.base import DatasetError
 
 ROOT = Path(__file__).resolve().parent
@@ -43,7 +44,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the grid (and which cells are already done) without running")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-leaderboard", action="store_true", help="do not re-render the leaderboard")
+    p.add_argument("--audio-root", action="append", metavar="[DATASET=]DIR",
+                   help="multi-label suite: read the wavs named in a dataset's phase files under DIR (re-roots absolute paths from "
+                        "another machine; see README). Without DATASET= it applies to every multi-label dataset; repeatable")
+    p.add_argument("--keep-phase-checkpoints", action="store_true",
+                   help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.cka)")
     return p.parse_args(argv)
+
+
+def audio_roots(values) -> dict:
+    """--audio-root values -> {dataset or None: DIR}."""
+    out: dict = {}
+    for v in values or []:
+        name, sep, path = v.partition("=")
+        if sep and name and "/" not in name:
+            out[name] = path
+        else:
+            out[None] = v
+    return out
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,12 +87,19 @@ def list_everything(args) -> None:
         if not status.present:
             print("      " + status.message.replace("\n", "\n      "))
     print("Methods:")
-    for name, m in sorted(method_registry().items()):
+    methods = dict(method_registry())
+    for suite in SUITES.values():
+        methods.update(suite_methods(suite))
+    for name, m in sorted(methods.items()):
         print(f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.audio_root:
+        from datasets.audio_multilabel import configure
+
+        configure(audio_roots(args.audio_root))
     if args.list:
         list_everything(args)
         return 0
@@ -94,15 +119,15 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     overrides = {"epochs": args.epochs, "precision": args.precision}
 
-    from benchmarks.runner import GridContext, fail_cell, is_done, run_cell
-
-    ctx = GridContext(args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides)
+    runner = suite_runner(suite)
+    ctx = runner.GridContext(args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides,
+                             options={"keep_phase_checkpoints": args.keep_phase_checkpoints})
     print(f"suite {suite.name}: {len(cells)} cells on {device}")
     failed, ran, skipped = [], 0, 0
     for i, cell in enumerate(cells, 1):
         prefix = f"[{i}/{len(cells)}] {cell.label()}"
         try:
-            if is_done(cell, methods[cell.method], ctx):
+            if runner.is_done(cell, methods[cell.method], ctx):
                 skipped += 1
                 if args.dry_run:
                     print(f"{prefix}: done")
@@ -111,10 +136,8 @@ def main(argv=None) -> int:
                 print(f"{prefix}: to run")
                 continue
             t0 = time.time()
-            rec = run_cell(cell, methods[cell.method], ctx)
-            m = rec["results"]["metrics"]
-            fgt = "n/a" if m["avg_forgetting"] is None else f"{m['avg_forgetting']:.2f}"
-            print(f"{prefix}: avg inc acc {m['avg_inc_acc']:.2f}  last {m['last_acc']:.2f}  forgetting {fgt}  ({time.time() - t0:.1f}s)")
+            rec = runner.run_cell(cell, methods[cell.method], ctx)
+            print(f"{prefix}: {runner.summary_line(rec)}  ({time.time() - t0:.1f}s)")
             ran += 1
         except KeyboardInterrupt:
             print(f"\ninterrupted during {cell.label()}; finished cells are kept, re-run to resume")
@@ -127,7 +150,7 @@ def main(argv=None) -> int:
                 continue
             if not isinstance(e, DatasetError):
                 traceback.print_exc()
-            fail_cell(cell, ctx, message)
+            runner.fail_cell(cell, ctx, message)
             failed.append((cell, message))
     if args.dry_run:
         print(f"{len(cells)} cells: {skipped} done, {len(cells) - skipped - len(failed)} to run, {len(failed)} cannot run")
@@ -139,7 +162,8 @@ def main(argv=None) -> int:
         notes = [f"{len(failed)} cell(s) failed in the last run; see Failed cells."] if failed else []
         notes += [f"Not applicable: {note}." for note in not_applicable]
         reported = yaml.safe_load((ROOT / "benchmarks" / "reported.yaml").read_text()).get(suite.name, [])
-        render(args.results_dir, args.leaderboard_dir, {suite.name: {"missing": missing, "title": suite.description, "notes": notes, "reported": reported}},
+        render(args.results_dir, args.leaderboard_dir,
+               {suite.name: {"missing": missing, "title": suite.description, "notes": notes, "reported": reported, "kind": suite.kind}},
                titles={k: a.title for k, a in datasets.items()}, produced_by=f"python run_all.py --suite {suite.name}")
         print(f"leaderboard written to {args.leaderboard_dir}")
     return 1 if failed else 0

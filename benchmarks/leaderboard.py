@@ -39,6 +39,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from benchmarks import metrics as M  # noqa: E402
+from benchmarks import ml_metrics as MLM  # noqa: E402
 from benchmarks.records import iter_errors, iter_records  # noqa: E402
 from datasets.store import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -409,6 +410,243 @@ def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping
         lines.append(f"- **{M.METRIC_NAMES[m]}**: {M.FORMULAS[m]}")
     return "\n".join(lines) + "\n", plots
 
+# ----------------------------------------------------------------------------- multi-label suites
+ML_COLUMNS = list(MLM.HEADLINE)
+ML_CSV_COLUMNS = (
+    ["suite", "dataset", "protocol", "stream_hash", "method", "norm", "cell_method", "seed"]
+    + ML_COLUMNS
+    + [f"{p}_{m}" for p in ("avg", "final", "forgetting") for m in ("lwlrap", "mAP_binarized")]
+    + ["train_seconds", "peak_memory_mb", "peak_memory_kind", "parameters", "widths", "reference_protocol", "epochs_override"]
+)
+NORM_ORDER = ("bn", "gn", "cn")
+ML_CURVES = (("mAP", "mAP (%)"), ("micro_f1", "micro-F1 (%)"), ("macro_f1", "macro-F1 (%)"), ("base_macro_f1", "macro-F1 on the base classes (%)"))
+
+
+def _norm_key(n) -> tuple:
+    n = str(n)
+    return (NORM_ORDER.index(n), n) if n in NORM_ORDER else (len(NORM_ORDER), n)
+
+
+def ml_record_row(suite: str, rec: Mapping) -> dict:
+    """One flat row per multi-label record."""
+    cell, stream, res = rec["cell"], rec.get("stream") or {}, rec.get("results") or {}
+    cost, cfg, m = rec.get("cost") or {}, rec.get("config") or {}, res.get("metrics") or {}
+    metric_keys = ML_COLUMNS + [f"{p}_{k}" for p in ("avg", "final", "forgetting") for k in ("lwlrap", "mAP_binarized")]
+    return {
+        "suite": rec.get("suite", suite), "dataset": cell["dataset"], "protocol": cell["protocol"],
+        "stream_hash": stream.get("hash", "unknown"),
+        "method": res.get("method") or cfg.get("method") or cell["method"], "norm": (res.get("norm") or cfg.get("norm") or "?"),
+        "cell_method": cell["method"], "seed": cell.get("seed"),
+        **{k: m.get(k) for k in metric_keys},
+        "train_seconds": cost.get("train_seconds"), "peak_memory_mb": cost.get("peak_memory_mb"),
+        "peak_memory_kind": cost.get("peak_memory_kind"), "parameters": cost.get("parameters"),
+        "widths": " ".join(str(w) for w in (res.get("model") or {}).get("widths") or cfg.get("widths") or []),
+        "reference_protocol": bool(rec.get("reference_protocol", True)), "epochs_override": rec.get("epochs_override"),
+        "_curves": res.get("curves") or {}, "_ap": res.get("ap_matrix") or [],
+        "_classes_per_step": list(stream.get("classes_per_step") or []), "_class_names": list(stream.get("class_names") or []),
+        "_created": rec.get("created", ""), "_skipped": len(stream.get("skipped") or []),
+        "_override": "" if _is_missing(rec.get("epochs_override")) else str(rec.get("epochs_override")),
+        "_frames": ((rec.get("encoders") or {}).get("frontend") or {}),
+    }
+
+
+def _ml_sorted(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["suite"], r["dataset"], r["protocol"], r["stream_hash"], r["method"], _norm_key(r["norm"]),
+                                       not r["reference_protocol"], str(r["epochs_override"]), r["seed"] if r["seed"] is not None else -1))
+
+
+def ml_results_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame([{c: r[c] for c in ML_CSV_COLUMNS} for r in _ml_sorted(rows)], columns=ML_CSV_COLUMNS)
+    for c in ("seed", "parameters", "epochs_override"):
+        df[c] = pd.array([None if _is_missing(v) else int(v) for v in df[c]], dtype="Int64")
+    return df
+
+
+def _ml_label(r_or_key) -> str:
+    method, norm, ref = r_or_key
+    return f"{method} ({str(norm).upper()})" + ("" if ref else f" {DAGGER}")
+
+
+def _ml_table(rows: list[dict]) -> tuple[list[str], set]:
+    cols = ["Method", "Norm"] + [MLM.HEADLINE_NAMES[m] for m in ML_COLUMNS] + ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
+    overrides: set = set()
+    df = pd.DataFrame(rows)
+    groups = sorted(df.groupby(["method", "norm", "reference_protocol", "_override"]),
+                    key=lambda kv: (kv[0][0], _norm_key(kv[0][1]), not kv[0][2], kv[0][3]))
+    for (method, norm, ref, ovr), g in groups:
+        name = _md(method)
+        if not ref:
+            name += f" {DAGGER}"
+            overrides.add(ovr or "?")
+        train = [v for v in g["train_seconds"] if not _is_missing(v)]
+        mem = [v for v in g["peak_memory_mb"] if not _is_missing(v)]
+        kinds = sorted({str(k) for k in g["peak_memory_kind"] if not _is_missing(k)})
+        params = sorted({int(v) for v in g["parameters"] if not _is_missing(v)})
+        cells = [name, _md(str(norm).upper())] + [fmt_stat(list(g[m])) for m in ML_COLUMNS] + [
+            f"{np.mean(train):.1f}" if train else "n/a",
+            (f"{max(mem):.0f}" + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "n/a",
+            ("{:,}".format(params[0]) if len(params) == 1 else "{:,}–{:,}".format(params[0], params[-1])) if params else "n/a",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, overrides
+
+
+def plot_ml_curves(rows: list[dict], title: str, path: Path) -> None:
+    """Per-phase curves (mAP, micro-F1, macro-F1, base-class macro-F1) vs seen classes: one line per
+    method (colour) and normalisation (line style), mean ± std band over seeds."""
+    seen = np.cumsum(rows[0]["_classes_per_step"]) if rows[0]["_classes_per_step"] else None
+    keys = sorted({(r["method"], r["norm"], r["reference_protocol"]) for r in rows}, key=lambda k: (k[0], _norm_key(k[1]), not k[2]))
+    methods = sorted({k[0] for k in keys})
+    colours = dict(zip(methods, sns.color_palette("tab10", 10) * 10))
+    styles = {"bn": "-", "gn": "--", "cn": ":"}
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(ML_CURVES), figsize=(4.4 * len(ML_CURVES), 3.9), squeeze=False)
+        for ax, (metric, ylabel) in zip(axes[0], ML_CURVES):
+            for key in keys:
+                curves = [r["_curves"].get(metric) for r in rows if (r["method"], r["norm"], r["reference_protocol"]) == key]
+                curves = [[np.nan if v is None else float(v) for v in c] for c in curves if c]
+                if not curves:
+                    continue
+                T = min(len(c) for c in curves)
+                A = np.array([c[:T] for c in curves], dtype=float)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean = np.nanmean(A, axis=0)
+                    std = np.nanstd(A, axis=0, ddof=1) if len(A) > 1 else np.zeros(T)
+                x = seen[:T] if seen is not None and len(seen) >= T else np.arange(1, T + 1)
+                ax.plot(x, mean, marker="o", ms=3.5, color=colours[key[0]], linestyle=styles.get(str(key[1]), "-."),
+                        label=f"{_ml_label(key)} (n={len(A)})")
+                ax.fill_between(x, mean - std, mean + std, color=colours[key[0]], alpha=0.12, linewidth=0)
+            ax.set_title(ylabel, fontsize=9)
+            ax.set_xlabel("number of seen classes")
+            ax.set_ylim(0, 100)
+            if seen is not None and len(seen) <= 12:
+                ax.set_xticks(seen)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:  # below the panels, so no curve is hidden
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3), fontsize=7, frameon=False)
+        fig.suptitle(title, fontsize=10)
+        _save(fig, path)
+
+
+def plot_ap_matrix(rows: list[dict], title: str, path: Path) -> None:
+    """Per-class AP (%) after each phase, mean over seeds; blank: not yet seen or no positive test clip."""
+    mats = []
+    for r in rows:
+        ap = r["_ap"]
+        if not ap:
+            continue
+        C = max(len(a) for a in ap)
+        mats.append(np.array([[np.nan if (j >= len(a) or a[j] is None) else float(a[j]) for j in range(C)] for a in ap], dtype=float))
+    if not mats:
+        return
+    T, C = min(m.shape[0] for m in mats), min(m.shape[1] for m in mats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(np.stack([m[:T, :C] for m in mats]), axis=0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.2 * C + 2.0), 0.45 * T + 1.8))
+    sns.heatmap(mean, mask=np.isnan(mean), vmin=0, vmax=100, cmap="viridis", ax=ax, cbar_kws={"label": "AP (%)"})
+    ax.set_xlabel("class index")
+    ax.set_ylabel("after phase t")
+    ax.set_title(f"{title} (n={len(mats)})", fontsize=9)
+    _save(fig, path)
+
+
+def render_ml_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping, titles: Mapping[str, str],
+                    out_dir: Path) -> tuple[str, set[str]]:
+    """The page of a multi-label suite: rows method x normalisation, per-phase curves, AP matrices."""
+    plots: set[str] = set()
+    title = info.get("title", suite)
+    newest = max((r["_created"] for r in rows), key=_created_key, default=None)
+    csv_name = f"results-{safe_name(suite)}.csv"
+    lines = [f"# Leaderboard: {_md(title)}", "",
+             f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · [{csv_name}]({csv_name})", ""]
+    for note in info.get("notes", []) or []:
+        lines += [f"> {note}", ""]
+    overrides: set = set()
+    if not rows:
+        lines += ["No results yet for this suite.", ""]
+    by_dp: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_dp.setdefault((r["dataset"], r["protocol"]), []).append(r)
+    for (dataset, protocol), dp_rows in sorted(by_dp.items()):
+        dtitle = titles.get(dataset, dataset)
+        heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
+        lines += [f"## {heading}, protocol `{protocol}`", ""]
+        streams: dict[str, list[dict]] = {}
+        for r in dp_rows:
+            streams.setdefault(r["stream_hash"], []).append(r)
+        order = sorted(streams)
+        order.sort(key=lambda h: max(_created_key(r["_created"]) for r in streams[h]), reverse=True)
+        if len(order) > 1:
+            lines += [f"> **{len(order)} different streams** (phase files) exist for this dataset and protocol. "
+                      "Each has its own table below; their numbers are never averaged together.", ""]
+        for h in order:
+            srows = streams[h]
+            first = srows[0]
+            if len(order) > 1:
+                lines += [f"### Stream `{h[:12]}`", ""]
+            widths = sorted({r["widths"] for r in srows})
+            fr = first["_frames"]
+            front = (f"log-mel {fr.get('seconds')} s at {fr.get('sample_rate')} Hz, {fr.get('n_mels')} mels" if fr else "log-mel")
+            lines.append(f"Last-epoch model of each phase (no validation split, as in the reference). Stream `{h[:12]}`; "
+                         f"classes per phase {first['_classes_per_step']}; {front}; CNN14 widths {' / '.join(w or '?' for w in widths)}."
+                         + (f" {first['_skipped']} skipped records (listed in the records)." if first["_skipped"] else ""))
+            lines.append("")
+            table, ovr = _ml_table(srows)
+            overrides |= ovr
+            lines += table + [""]
+            stem = safe_name(suite, dataset, protocol, h[:12])
+            curve = f"{stem}__curves.png"
+            plot_ml_curves(srows, f"{dtitle} {protocol} (stream {h[:8]}): per-phase metrics, mean ± std over seeds", out_dir / "plots" / curve)
+            plots.add(curve)
+            lines += [f"![per-phase metrics vs seen classes](plots/{curve})", ""]
+            links = []
+            for key in sorted({(r["method"], r["norm"], r["reference_protocol"]) for r in srows}, key=lambda k: (k[0], _norm_key(k[1]), not k[2])):
+                krows = [r for r in srows if (r["method"], r["norm"], r["reference_protocol"]) == key]
+                name = f"{stem}__AP__{safe_name(key[0] + '-' + str(key[1]) + ('' if key[2] else '-override'))}.png"
+                plot_ap_matrix(krows, f"{dtitle} {protocol}, {_ml_label(key)}: per-class AP after each phase", out_dir / "plots" / name)
+                if (out_dir / "plots" / name).exists():
+                    plots.add(name)
+                    links.append(f"[{_md(_ml_label(key))}](plots/{name})")
+            if links:
+                lines += ["Per-class AP matrices (heatmaps): " + " · ".join(links), ""]
+    lines += ["## Missing datasets", "", *_missing(info.get("missing")), ""]
+    if info.get("reported"):
+        lines += ["## Reported by the references (not this harness's results)", "",
+                  "| Dataset | Method | " + " | ".join(MLM.HEADLINE_NAMES[m] for m in ML_COLUMNS) + " | Source |",
+                  "|---|---|" + "---:|" * len(ML_COLUMNS) + "---|"]
+        for e in sorted(info["reported"], key=lambda e: (e["dataset"], e["method"])):
+            vals = " | ".join("" if e.get(m) is None else f"{float(e[m]):.2f}" for m in ML_COLUMNS)
+            lines.append(f"| {_md(titles.get(e['dataset'], e['dataset']))} | {_md(e['method'])} | {vals} | {_md(e['source'])} |")
+        lines.append("")
+    lines += ["## Failed cells", "", *_failed_cells(errors), ""]
+    lines += ["## Notes", ""]
+    if overrides:
+        lines.append(f"- {DAGGER} epochs overridden with --epochs {', '.join(sorted(overrides))}: not the reference protocol.")
+    lines.append("- Rows: method × normalisation of the CNN14 conv blocks (BN: BatchNorm; GN: GroupNorm(32); CN: Continual "
+                 "Normalization = GroupNorm without affine, then BatchNorm).")
+    lines.append("- ± is the sample standard deviation over seeds (0 when n=1); n is the number of seeds with a value; n/a: undefined "
+                 "(e.g. no class with a positive test clip) or not recorded. All values in %.")
+    lines.append("- Evaluated after each phase t on its cumulative test set, over the 30 + 5t seen classes; threshold 0.5 on the "
+                 "sigmoid for F1. A class without positive test clips in a phase has no AP and is left out of mAP; a class with "
+                 "F1 = 0/0 is left out of macro-F1 (benchmarks/ml_metrics.py). lwlrap and the reference's binarised mAP: "
+                 f"[{csv_name}]({csv_name}).")
+    for m in ML_COLUMNS:
+        lines.append(f"- **{MLM.HEADLINE_NAMES[m]}**: {MLM.FORMULAS[m]}")
+    return "\n".join(lines) + "\n", plots
+
+
+def _suite_kind(results_dir: Path, suite: str, info: Mapping) -> str:
+    if info.get("kind"):
+        return info["kind"]
+    root = Path(results_dir) / suite
+    if root.is_dir():
+        for rec in iter_records(results_dir, suite):
+            return "multilabel" if (rec.get("results") or {}).get("kind") == "multilabel" else "single-label"
+    return "single-label"
+
 
 def _suites_in(results_dir: Path) -> list[str]:
     root = Path(results_dir)
@@ -432,33 +670,47 @@ def render(results_dir: Path, out_dir: Path, suites: Mapping[str, Mapping] | Non
     titles = dict(titles or {})
     names = sorted(set(suites) | set(_suites_in(results_dir)))
     all_rows: list[dict] = []
+    ml_rows: list[dict] = []  # multi-label records: their own pages and CSVs
     written: dict[str, Path] = {}
     plots: set[str] = set()
     index = []
     for suite in names:
-        rows = load_rows(results_dir, suite) if (results_dir / suite).is_dir() else []
         errors = list(iter_errors(results_dir, suite)) if (results_dir / suite).is_dir() else []
         info = suites.get(suite, {})
-        text, suite_plots = render_suite(suite, rows, errors, info, titles, out_dir)
+        if _suite_kind(results_dir, suite, info) == "multilabel":
+            rows = [ml_record_row(suite, r) for r in iter_records(results_dir, suite)] if (results_dir / suite).is_dir() else []
+            text, suite_plots = render_ml_suite(suite, rows, errors, info, titles, out_dir)
+            csv_name = f"results-{safe_name(suite)}.csv"
+            atomic_write_text(out_dir / csv_name, ml_results_frame(rows).to_csv(index=False, lineterminator="\n"))
+            written[csv_name] = out_dir / csv_name
+            ml_rows += rows
+            random = ""
+        else:
+            rows = load_rows(results_dir, suite) if (results_dir / suite).is_dir() else []
+            text, suite_plots = render_suite(suite, rows, errors, info, titles, out_dir)
+            all_rows += rows
+            random = " **(random encoders)**" if any(r["pretrained_encoders"] is False for r in rows) else ""
         page = f"{safe_name(suite)}.md"
         atomic_write_text(out_dir / page, text)
         written[page] = out_dir / page
         plots |= suite_plots
-        all_rows += rows
         missing = info.get("missing") or {}
-        random = " **(random encoders)**" if any(r["pretrained_encoders"] is False for r in rows) else ""
         index.append(f"- [{_md(info.get('title', suite))}]({page}): {len(rows)} records, "
                      f"{len({r['dataset'] for r in rows})} datasets, {len(missing)} missing datasets, {len(errors)} failed cells{random}")
     csv = results_frame(all_rows).to_csv(index=False, lineterminator="\n")
     atomic_write_text(out_dir / "results.csv", csv)
     written["results.csv"] = out_dir / "results.csv"
-    newest = max((r["_created"] for r in all_rows), key=_created_key, default=None)
+    newest = max((r["_created"] for r in all_rows + ml_rows), key=_created_key, default=None)
     readme = ["# Leaderboard", "", *index, "",
-              f"Rendered by `benchmarks/leaderboard.py` from the JSON result records alone ({len(all_rows)} records)"
+              f"Rendered by `benchmarks/leaderboard.py` from the JSON result records alone ({len(all_rows) + len(ml_rows)} records)"
               + (f"; results produced by `{produced_by}`." if produced_by else "."),
               f"Newest record: {newest or 'none'}.", "",
               "All numbers: best-validation checkpoint of each step (as in the reference). "
               "Every record, with last-epoch numbers too: [results.csv](results.csv).", ""]
+    if any(_suite_kind(results_dir, s_, suites.get(s_, {})) == "multilabel" for s_ in names):
+        readme[-2:-1] = ["Single-label suites: best-validation checkpoint of each step (as in the reference); every record, with "
+                         "last-epoch numbers too: [results.csv](results.csv). Multi-label suites: the last-epoch model of each "
+                         "phase (the reference has no validation split); every record: results-<suite>.csv."]
     atomic_write_text(out_dir / "README.md", "\n".join(readme))
     written["README.md"] = out_dir / "README.md"
     # plots/ belongs to the leaderboard: drop figures of cells that no longer exist

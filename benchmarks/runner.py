@@ -105,9 +105,11 @@ def environment(device: torch.device) -> dict:
 class GridContext:
     """Stores and streams shared by all cells of a grid (built once per dataset/protocol)."""
 
-    def __init__(self, data_root: Path, results_dir: Path, device: torch.device, progress: bool = True, overrides: dict | None = None):
+    def __init__(self, data_root: Path, results_dir: Path, device: torch.device, progress: bool = True, overrides: dict | None = None,
+                 options: dict | None = None):
         self.data_root, self.results_dir, self.device, self.progress = Path(data_root), Path(results_dir), device, progress
-        self.overrides = overrides or {}
+        self.overrides = overrides or {}  # enter the resolved config (and so the cell key)
+        self.options = options or {}  # run options that do not change results (e.g. keep_phase_checkpoints)
         self._stores: dict[str, FeatureStore] = {}
         self._streams: dict[tuple[str, str], CILStream] = {}
 
@@ -241,6 +243,13 @@ def _latest_checkpoint(ckpt_dir: Path, key: str) -> dict | None:
         if state.get("key") == key:
             return state
     return None
+
+
+def summary_line(rec: dict) -> str:
+    """The per-cell line run_all prints: this suite's headline metrics."""
+    m = rec["results"]["metrics"]
+    fgt = "n/a" if m["avg_forgetting"] is None else f"{m['avg_forgetting']:.2f}"
+    return f"avg inc acc {m['avg_inc_acc']:.2f}  last {m['last_acc']:.2f}  forgetting {fgt}"
 
 
 def fail_cell(cell: Cell, ctx: GridContext, message: str) -> None:

@@ -1,6 +1,7 @@
 """Suites: which datasets, methods, modalities and seeds a `run_all.py --suite` grid holds."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,28 @@ class Suite:
     name: str
     description: str
     seeds: tuple[int, ...] = (0, 1)
+    #: module running the cells: GridContext, is_done, run_cell, fail_cell, summary_line, and optionally
+    #: method_registry (default: the single-label `methods.registry`)
+    runner: str = "benchmarks.runner"
+    #: leaderboard layout: "single-label" (accuracy matrices) or "multilabel" (mAP / F1 per phase)
+    kind: str = "single-label"
 
 
 SUITES = {
     "audio-visual": Suite("audio-visual", "single-label audio-visual class-incremental learning (AV-CIL protocol)"),
+    "audio-multilabel": Suite("audio-multilabel", "multi-label audio class-incremental learning (Mulimani & Mesaros: 30 base classes + 4 phases of 5)",
+                              runner="benchmarks.multilabel", kind="multilabel"),
 }
+
+
+def suite_runner(suite: Suite):
+    return importlib.import_module(suite.runner)
+
+
+def suite_methods(suite: Suite) -> dict:
+    """Every method the suite's runner knows (filtered by `spec.suites` in build_grid)."""
+    registry = getattr(suite_runner(suite), "method_registry", None)
+    return registry() if registry is not None else method_registry()
 
 
 def get_suite(name: str) -> Suite:
@@ -31,7 +49,7 @@ def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modal
     """Cells for the present datasets, {dataset: message} for the missing ones, and notes on
     (dataset, method, modality) combinations skipped because the dataset lacks a view the method reads."""
     all_datasets = {k: a for k, a in dataset_registry().items() if suite.name in a.suites}
-    all_methods = {k: m for k, m in method_registry().items() if suite.name in m.suites}
+    all_methods = {k: m for k, m in suite_methods(suite).items() if suite.name in m.suites}
     for kind, chosen, known in (("dataset", datasets, all_datasets), ("method", methods, all_methods)):
         unknown = sorted(set(chosen or []) - set(known))
         if unknown:
