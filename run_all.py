@@ -159,12 +159,21 @@ def main(argv=None) -> int:
     if not args.no_leaderboard:
         from benchmarks.leaderboard import render
 
+        from datasets import registry as dataset_registry
+
         notes = [f"{len(failed)} cell(s) failed in the last run; see Failed cells."] if failed else []
         notes += [f"Not applicable: {note}." for note in not_applicable]
-        reported = yaml.safe_load((ROOT / "benchmarks" / "reported.yaml").read_text()).get(suite.name, [])
-        render(args.results_dir, args.leaderboard_dir,
-               {suite.name: {"missing": missing, "title": suite.description, "notes": notes, "reported": reported, "kind": suite.kind}},
-               titles={k: a.title for k, a in datasets.items()}, produced_by=f"python run_all.py --suite {suite.name}")
+        reported = yaml.safe_load((ROOT / "benchmarks" / "reported.yaml").read_text())
+        adapters = dataset_registry()
+        # Every suite's page is re-rendered from its records, so each gets its own missing datasets
+        # and reported numbers (not only the suite that just ran).
+        info = {}
+        for other in SUITES.values():
+            absent = {k: st.message for k, a in sorted(adapters.items()) if other.name in a.suites and not (st := a.availability(args.data_root)).present}
+            info[other.name] = {"missing": missing if other is suite else absent, "title": other.description,
+                                "notes": notes if other is suite else [], "reported": reported.get(other.name, []), "kind": other.kind}
+        render(args.results_dir, args.leaderboard_dir, info, titles={k: a.title for k, a in adapters.items()},
+               produced_by="python run_all.py --suite <suite>")
         print(f"leaderboard written to {args.leaderboard_dir}")
     return 1 if failed else 0
 
