@@ -281,14 +281,33 @@ class StoreTemplate(SupervisedTemplate):
             self.memory[c] = rows[idx[chosen]]
 
     # ------------------------------------------------------------------ prediction
+    @property
+    def nme(self) -> bool:
+        """Nearest-mean-of-exemplars classifier (config `classifier: nme`, iCaRL/AFC variants)."""
+        return self.cfg.get("classifier") == "nme"
+
     def prepare_prediction(self):
-        """Hook before predicting a split (e.g. NME class means)."""
+        """Hook before predicting a split. NME: re-select the exemplars with the current model and
+        take each class's mean of L2-normalised exemplar features, not re-normalised (reference
+        iCaRL/AFC), before every validation (each epoch) and test prediction."""
+        if not self.nme:
+            return
+        self.select_memory()
+        rows, targets = self.memory_tensors()
+        feats = self.features_of(rows)
+        targets = targets.to(feats.device)
+        means = torch.zeros(self.seen_classes, feats.shape[1], device=feats.device)
+        means.index_add_(0, targets, feats)
+        self.class_means = means / torch.bincount(targets, minlength=self.seen_classes).clamp(min=1)[:, None]
 
     @torch.no_grad()
     def predict_batch(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Argmax over the seen classes' logits, or (NME) the nearest class mean in L2 distance."""
         with self.autocast():
-            logits = self.model(views)["logits"]
-        return logits[:, : self.seen_classes].float().argmax(1)
+            out = self.model(views)
+        if self.nme:
+            return torch.cdist(torch.nn.functional.normalize(out["features"].float(), dim=1), self.class_means).argmin(1)
+        return out["logits"][:, : self.seen_classes].float().argmax(1)
 
     @torch.no_grad()
     def predict_rows(self, rows: torch.Tensor) -> torch.Tensor:

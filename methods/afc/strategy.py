@@ -106,23 +106,3 @@ class AFC(StoreTemplate):
         weights = importance_weights(list(grads)).detach()
         return feature_distillation([out[k] for k in keys], [old[k] for k in keys], weights), weights
 
-    # ------------------------------------------------------------------ prediction
-    def prepare_prediction(self):
-        if self.cfg["classifier"] != "nme":
-            return
-        self.select_memory()
-        rows, targets = self.memory_tensors()
-        feats = self.features_of(rows)
-        targets = targets.to(feats.device)
-        means = torch.zeros(self.seen_classes, feats.shape[1], device=feats.device)
-        means.index_add_(0, targets, feats)
-        # mean of the normalised exemplar features, not re-normalised (reference NME)
-        self.class_means = means / torch.bincount(targets, minlength=self.seen_classes).clamp(min=1)[:, None]
-
-    @torch.no_grad()
-    def predict_batch(self, views):
-        if self.cfg["classifier"] == "lsc":
-            return super().predict_batch(views)  # arg max of the pooled LSC similarities
-        with self.autocast():
-            f = self.model(views)["features"].float()
-        return torch.cdist(F.normalize(f, dim=1), self.class_means).argmin(1)

@@ -25,23 +25,3 @@ class ICaRL(StoreTemplate):
                 old_logits = self.old_model(self.mb_x)["logits"]
             loss = loss + self.cfg["distillation_weight"] * sigmoid_distillation(logits[:, :old_classes], old_logits[:, :old_classes])
         return loss
-
-    def prepare_prediction(self):
-        if self.cfg["classifier"] != "nme":
-            return
-        self.select_memory()
-        rows, targets = self.memory_tensors()
-        feats = self.features_of(rows)
-        targets = targets.to(feats.device)
-        means = torch.zeros(self.seen_classes, feats.shape[1], device=feats.device)
-        means.index_add_(0, targets, feats)
-        # Mean of normalised exemplar features, not re-normalised (reference).
-        self.class_means = means / torch.bincount(targets, minlength=self.seen_classes).clamp(min=1)[:, None]
-
-    @torch.no_grad()
-    def predict_batch(self, views):
-        if self.cfg["classifier"] != "nme":
-            return super().predict_batch(views)
-        with self.autocast():
-            f = self.model(views)["features"].float()
-        return torch.cdist(F.normalize(f, dim=1), self.class_means).argmin(1)
