@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="training/inference precision (default: the method config's, fp32)")
     p.add_argument("--epochs", type=int, help="override every method's epochs (recorded; the leaderboard marks such cells as not the reference protocol)")
+    p.add_argument("--random-encoders", action="store_true",
+                   help="allow methods that train on raw media (CIGN raw mode) to start their encoders from random weights when no "
+                        "pretrained weights are given (recorded in every cell's config)")
     p.add_argument("--list", action="store_true", help="list datasets with present/missing status, methods and suites, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the grid (and which cells are already done) without running")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     for note in not_applicable:
         print(f"[skipped] {note}")
     device = pick_device(args.device)
-    overrides = {"epochs": args.epochs, "precision": args.precision}
+    overrides = {"epochs": args.epochs, "precision": args.precision, "random_encoders": True if args.random_encoders else None}
 
     runner = suite_runner(suite)
     ctx = runner.GridContext(args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides,

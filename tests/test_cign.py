@@ -279,7 +279,9 @@ def raw_store(path, n_classes=4, per_split=(6, 2, 2), size=32, freq=32, frames=2
 
 def test_raw_mode_on_tiny_tensors(tmp_path):
     store = raw_store(tmp_path / "raw")
-    net = build_cign("audio-visual", store, 2, {**TINY, "input": "auto"})
+    with pytest.raises(ValueError, match="--random-encoders"):
+        build_cign("audio-visual", store, 2, {**TINY, "input": "auto"})  # random visual encoder only on request
+    net = build_cign("audio-visual", store, 2, {**TINY, "input": "auto", "random_encoders": True})
     assert net.input_mode == "raw" and net.views == ("spectrogram", "image")
     assert "random" in net.init_info["visual_encoder"]
     views = {"spectrogram": torch.randn(3, 32, 24), "image": torch.randn(3, 3, 32, 32)}
@@ -295,7 +297,7 @@ def test_raw_mode_on_tiny_tensors(tmp_path):
 
     protocol = Protocol("2x2", (0, 1, 2, 3), (2, 2), memory=0)
     stream = build_stream(store, protocol)
-    s = strategy(store, stream, "audio-visual", epochs=1, input="raw", **TINY)
+    s = strategy(store, stream, "audio-visual", epochs=1, input="raw", random_encoders=True, **TINY)
     assert s.views == ["spectrogram", "image"] and s.cfg["model_init"]["input"] == "raw"
     for t, exp in enumerate(stream.benchmark.train_stream):
         s.train(exp, eval_streams=[])

@@ -494,6 +494,11 @@ def build_cign(modality: str, store, num_classes: int, cfg: dict | None = None) 
         kw["visual_pool_time"] = cfg.get("visual_tokens", "all") == "mean_t"
     else:
         kw["visual_weights"] = cfg.get("visual_weights")
+        if modality != "audio" and not kw["visual_weights"] and not cfg.get("random_encoders"):
+            # Offline-first: the reference's ImageNet ResNet-18 comes only from a user path; a random
+            # visual encoder must be asked for explicitly, and is then recorded in the cell's config.
+            raise ValueError("CIGN raw mode: no ImageNet ResNet-18 weights (config visual_weights: a local torchvision state dict); "
+                             "give them, or pass --random-encoders to run with a random visual encoder")
         kw["spec_std"] = float(cfg.get("spec_std", 12.0))
         kw["flip"] = bool(cfg.get("flip", True))
     net = CIGNNet(
