@@ -461,13 +461,7 @@ def _run_phases(cell, spec, ctx, cfg, stream, key, path, store, strategy, rows, 
     summary = ml_metrics.summarize(rows["phases"])
     model = strategy.model
     record = {
-        "suite": cell.suite,
-        "cell": asdict(cell),
-        "cell_key": key,
-        "config": cfg,
-        "reference_protocol": ctx.overrides.get("epochs") is None,
-        "epochs_override": ctx.overrides.get("epochs"),
-        "stream": stream.describe(),
+        **base_runner.record_header(cell, key, cfg, ctx, stream),
         "results": {
             "kind": "multilabel",
             "selection": "last-epoch",

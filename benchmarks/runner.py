@@ -188,13 +188,7 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
             rows["counts"] = counts
             _save_checkpoint(ckpt_dir, t, {"key": key, "strategy": strategy.resume_state(), "rows": rows, "train_seconds": train_seconds})
     record = {
-        "suite": cell.suite,
-        "cell": asdict(cell),
-        "cell_key": key,
-        "config": cfg,
-        "reference_protocol": ctx.overrides.get("epochs") is None,
-        "epochs_override": ctx.overrides.get("epochs"),
-        "stream": stream.describe(),
+        **record_header(cell, key, cfg, ctx, stream),
         "results": {
             "selection": "best-val",
             "R": rows["R"], "A": rows["A"], "test_counts": rows["counts"],
@@ -218,6 +212,19 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
     write_record(path, record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record
+
+
+def record_header(cell: Cell, key: str, cfg: dict, ctx: "GridContext", stream) -> dict:
+    """The record fields every suite's cell runner writes first (see benchmarks.records)."""
+    return {
+        "suite": cell.suite,
+        "cell": asdict(cell),
+        "cell_key": key,
+        "config": cfg,
+        "reference_protocol": ctx.overrides.get("epochs") is None,
+        "epochs_override": ctx.overrides.get("epochs"),
+        "stream": stream.describe(),
+    }
 
 
 def _save_checkpoint(ckpt_dir: Path, t: int, state: dict) -> None:

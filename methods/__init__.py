@@ -19,7 +19,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import yaml
 
@@ -49,9 +49,12 @@ class MethodSpec:
     #: lacks one is skipped with a note (e.g. a raw-media-only dataset for a feature-based method)
     required_views: Callable = feature_views
 
+    #: the shared training-protocol file read before the folder's config.yaml
+    protocol_file: ClassVar[Path] = COMMON_PROTOCOL
+
     def config(self, dataset: str, modality: str, overrides: dict | None = None) -> dict:
         cfg: dict = {}
-        for path in (COMMON_PROTOCOL, self.folder / "config.yaml"):
+        for path in (self.protocol_file, self.folder / "config.yaml"):
             layer = _read_yaml(path)
             cfg.update(layer.get("defaults") or {})
             cfg.update((layer.get("datasets") or {}).get(dataset) or {})
@@ -70,17 +73,22 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def registry() -> dict[str, MethodSpec]:
+def discover(attr: str = "METHODS") -> dict[str, MethodSpec]:
+    """Specs listed in `<attr>` by the method folders (`METHODS`: single-label, `ML_METHODS`: multi-label)."""
     found: dict[str, MethodSpec] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.ispkg or info.name in ("common",) or info.name.startswith("_"):
+        if not info.ispkg or info.name in ("common", "cnn14_common") or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        for spec in getattr(module, "METHODS", []):
+        for spec in getattr(module, attr, []):
             if spec.name in found:
                 raise RuntimeError(f"method name {spec.name!r} registered twice ({module.__name__})")
             found[spec.name] = spec
     return found
+
+
+def registry() -> dict[str, MethodSpec]:
+    return discover("METHODS")
 
 
 def get_method(name: str) -> MethodSpec:

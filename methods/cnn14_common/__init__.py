@@ -11,13 +11,11 @@ command line (`--epochs`, `--precision`).
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
-from methods import MethodSpec, _read_yaml
+from methods import MethodSpec
 from methods.cnn14_common.model import NORMS, build_cnn14
 
 ML_PROTOCOL = Path(__file__).parent / "protocol.yaml"
@@ -35,15 +33,7 @@ class MLMethodSpec(MethodSpec):
     model_builder: Callable = build_cnn14
     required_views: Callable = logmel_view
 
-    def config(self, dataset: str, modality: str, overrides: dict | None = None) -> dict:
-        cfg: dict = {}
-        for path in (ML_PROTOCOL, self.folder / "config.yaml"):
-            layer = _read_yaml(path)
-            cfg.update(layer.get("defaults") or {})
-            cfg.update((layer.get("datasets") or {}).get(dataset) or {})
-        cfg.update(self.options)
-        cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return {k: (v[modality] if isinstance(v, dict) and modality in v else v) for k, v in cfg.items()}
+    protocol_file: ClassVar[Path] = ML_PROTOCOL
 
 
 def variants(name: str, strategy: type, folder: Path) -> list[MLMethodSpec]:
@@ -52,15 +42,6 @@ def variants(name: str, strategy: type, folder: Path) -> list[MLMethodSpec]:
 
 
 def ml_registry() -> dict[str, MLMethodSpec]:
-    import methods
+    from methods import discover
 
-    found: dict[str, MLMethodSpec] = {}
-    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda m: m.name):
-        if not info.ispkg or info.name in ("common", "cnn14_common") or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"methods.{info.name}")
-        for spec in getattr(module, "ML_METHODS", []):
-            if spec.name in found:
-                raise RuntimeError(f"method name {spec.name!r} registered twice ({module.__name__})")
-            found[spec.name] = spec
-    return found
+    return discover("ML_METHODS")
