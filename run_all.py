@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from benchmarks.suites import SUITES, build_grid, get_suite, suite_methods, suite_runner
+from methods import SETTINGS_KEY
 from datasets.base import DatasetError
 
 ROOT = Path(__file__).resolve().parent
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--random-encoders", action="store_true",
                    help="allow methods that train on raw media (CIGN raw mode) to start their encoders from random weights when no "
                         "pretrained weights are given (recorded in every cell's config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="set a method config value (YAML-parsed) in every method whose config has KEY, e.g. "
+                        "--set audioclip_ckpt=/weights/AudioCLIP-Full-Training.pt; recorded in the cell's config; repeatable")
     p.add_argument("--list", action="store_true", help="list datasets with present/missing status, methods and suites, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the grid (and which cells are already done) without running")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -50,9 +54,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--audio-root", action="append", metavar="[DATASET=]DIR",
                    help="multi-label suite: read the wavs named in a dataset's phase files under DIR (re-roots absolute paths from "
                         "another machine; see README). Without DATASET= it applies to every multi-label dataset; repeatable")
+    p.add_argument("--paired-folder", action="append", metavar="PATH[=NAME]",
+                   help="audio-visual suite: add a paired image+audio folder (PATH/image/{train,test}/<class>/, PATH/audio/...; see "
+                        "datasets/paired_folder.py) as dataset NAME (default: the folder name); repeatable")
+    p.add_argument("--paired-protocol", metavar="INITIAL,PER_STEP",
+                   help="protocol of the --paired-folder datasets that have no protocol.yaml, e.g. 4,3 (4 classes, then steps of 3)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="paired image+audio datasets: leave unreadable files out (listed in the store meta) instead of stopping "
+                        "(same as PAIRED_SKIP_BAD=1)")
     p.add_argument("--keep-phase-checkpoints", action="store_true",
                    help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.cka)")
     return p.parse_args(argv)
+
+
+def parse_settings(values) -> dict:
+    """--set KEY=VALUE values -> {KEY: YAML-parsed VALUE}."""
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def audio_roots(values) -> dict:
@@ -65,6 +88,21 @@ def audio_roots(values) -> dict:
         else:
             out[None] = v
     return out
+
+
+def register_paired(args) -> None:
+    """--paired-folder / --paired-protocol / --skip-bad -> run-time dataset registrations (before the grid is built)."""
+    from datasets.paired_folder import configure, parse_paired_protocol, register_paired_folder
+
+    configure(skip_bad=True if args.skip_bad else None)
+    protocol = parse_paired_protocol(args.paired_protocol) if args.paired_protocol else None
+    for value in args.paired_folder or []:
+        path, sep, name = value.rpartition("=")
+        if not (sep and path and name and "/" not in name):
+            path, name = value, None
+        if protocol is not None and (Path(path) / "protocol.yaml").is_file():
+            print(f"[note] {Path(path) / 'protocol.yaml'} is used; --paired-protocol applies only to folders without one")
+        register_paired_folder(Path(path), name, None if (Path(path) / "protocol.yaml").is_file() else protocol)
 
 
 def pick_device(name: str) -> torch.device:
@@ -103,6 +141,11 @@ def main(argv=None) -> int:
         from datasets.audio_multilabel import configure
 
         configure(audio_roots(args.audio_root))
+    try:
+        register_paired(args)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.list:
         list_everything(args)
         return 0
@@ -120,7 +163,8 @@ def main(argv=None) -> int:
     for note in not_applicable:
         print(f"[skipped] {note}")
     device = pick_device(args.device)
-    overrides = {"epochs": args.epochs, "precision": args.precision, "random_encoders": True if args.random_encoders else None}
+    overrides = {"epochs": args.epochs, "precision": args.precision, "random_encoders": True if args.random_encoders else None,
+                 SETTINGS_KEY: parse_settings(args.settings)}
 
     runner = suite_runner(suite)
     ctx = runner.GridContext(args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides,
@@ -173,7 +217,9 @@ def main(argv=None) -> int:
         info = {}
         for other in SUITES.values():
             absent = {k: st.message for k, a in sorted(adapters.items()) if other.name in a.suites and not (st := a.availability(args.data_root)).present}
-            info[other.name] = {"missing": missing if other is suite else absent, "title": other.description,
+            gone = missing if other is suite else absent
+            info[other.name] = {"missing": gone, "missing_protocols": {k: [p.name for p in adapters[k].protocols()] for k in gone if k in adapters},
+                                "title": other.description,
                                 "notes": notes if other is suite else [], "reported": reported.get(other.name, []), "kind": other.kind}
         render(args.results_dir, args.leaderboard_dir, info, titles={k: a.title for k, a in adapters.items()},
                produced_by="python run_all.py --suite <suite>")

@@ -231,9 +231,18 @@ class StoreTemplate(SupervisedTemplate):
         self.epoch_batches += 1
         super()._after_training_iteration(**kwargs)
 
+    @property
+    def selects_on_val(self) -> bool:
+        """`model_selection: best-val` (default, the AV-CIL family) or `last` (keep the last epoch's model)."""
+        return self.cfg.get("model_selection", "best-val") == "best-val"
+
     def _after_training_epoch(self, **kwargs):
         super()._after_training_epoch(**kwargs)
         self.epoch += 1
+        if not self.selects_on_val:  # no validation pass at all
+            self.bar.set_postfix(loss=f"{float(self.epoch_loss) / max(1, self.epoch_batches):.3f}")
+            self.bar.update()
+            return
         val_acc = self.evaluate_split("val")
         if val_acc > self.best["acc"]:  # strictly greater, as in the reference
             self.best = {"acc": val_acc, "epoch": self.epoch, "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
@@ -243,10 +252,11 @@ class StoreTemplate(SupervisedTemplate):
     def _after_training_exp(self, **kwargs):
         self.bar.close()
         self.resident = None
-        self.last_epoch_test = self.predict_split("test")  # the last-epoch model, for comparison
+        # the last-epoch model, for comparison (None: it is the selected model, so the runner reuses its test pass)
+        self.last_epoch_test = self.predict_split("test") if self.selects_on_val else None
         if self.best["state"] is not None:
             self.model.load_state_dict(self.best["state"])
-        self.history.append({"best_val_epoch": self.best["epoch"], "val_acc": self.best["acc"]})
+        self.history.append({"best_val_epoch": self.best["epoch"], "val_acc": self.best["acc"] if self.selects_on_val else None})
         self.best = None
         self.after_step()
         super()._after_training_exp(**kwargs)
@@ -373,6 +383,19 @@ class StoreTemplate(SupervisedTemplate):
         self.memory = {int(c): rows[targets == c] for c in torch.unique(targets).tolist()}
         self.history = list(state["history"])
         self.load_extra_state(state["extra"])
+
+    # ------------------------------------------------------------------ what a method adds to its record
+    def step_report(self) -> dict:
+        """Method-specific numbers after a step's test pass (JSON-serialisable), kept per step in the record."""
+        return {}
+
+    def method_metrics(self, rows: dict) -> dict:
+        """Method-specific metrics from the runner's rows (R, A, reports) at the end of the run."""
+        return {}
+
+    def method_info(self) -> dict:
+        """Method-specific facts for the record (e.g. which weights were loaded)."""
+        return {}
 
     def extra_state(self) -> dict:
         return {}

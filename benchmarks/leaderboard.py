@@ -55,7 +55,19 @@ CSV_COLUMNS = (
     + METRICS
     + [f"last_epoch_{m}" for m in METRICS]
     + ["train_seconds", "peak_memory_mb", "peak_memory_kind", "parameters", "reference_protocol", "epochs_override", "pretrained_encoders"]
+    + ["selection", "mcil_m1", "mcil_m2", "mcil_m1_last_batch", "mcil_m2_last_batch", "towers"]
 )
+# The MCIL-AudioCLIP metrics (benchmarks.metrics.mcil_metrics): a column only in tables that have them.
+MCIL_COLUMNS = {"mcil_m1": "MCIL M1", "mcil_m2": "MCIL M2"}
+MCIL_FORMULAS = {
+    "mcil_m1": "M1 = Ā/2 + (1/T) Σ_t (1 − s_t)(100 − F_t)/2, Ā the average incremental accuracy (%), F_t continuum-1.2.7 "
+               "forgetting after step t (%), s_t the task similarity (s_0 = 1; mean of the rescaled cosines of consecutive "
+               "steps' mean text embedding and mean test image feature). MCIL-AudioCLIP's Metric 1 as released, with the image "
+               "mean over the whole test set (the release: its last batch; that form is in results.csv as *_last_batch).",
+    "mcil_m2": "M2 = ½[½Ā_frac + ½(1/T) Σ_t (BWT_t + FWT_t)] + ½[½NMI(v,f) + ½NMI(a,f)] (0–1 scale), continuum-1.2.7 BWT/FWT "
+               "(fractions), softmax NMIs of image v / audio a against the fused feature f over the whole test set after the "
+               "last step (the release: its last batch). Only methods with text prototypes and a fusion report them.",
+}
 INT_COLUMNS = ["seed", "parameters", "epochs_override"]
 
 
@@ -151,8 +163,13 @@ def record_row(suite: str, rec: Mapping) -> dict:
         "parameters": cost.get("parameters"),
         "reference_protocol": bool(rec.get("reference_protocol", True)),
         "epochs_override": rec.get("epochs_override"),
-        "pretrained_encoders": enc.get("pretrained"),
+        "pretrained_encoders": _pretrained(rec),
+        "selection": res.get("selection", "best-val"),
+        **_mcil_values(res.get("method_metrics")),
+        "towers": (rec.get("method_info") or {}).get("towers"),
         # not in the CSV:
+        "_method_info": rec.get("method_info") or {},
+        "_method_metrics": res.get("method_metrics") or {},
         "_R": res.get("R"),
         "_A": res.get("A"),
         "_classes_per_step": list(stream.get("classes_per_step") or []),
@@ -160,6 +177,22 @@ def record_row(suite: str, rec: Mapping) -> dict:
         "_created": rec.get("created", ""),
         "_override": "" if _is_missing(rec.get("epochs_override")) else str(rec.get("epochs_override")),
     }
+
+
+def _pretrained(rec: Mapping):
+    """Whether the numbers come from pretrained encoders: the store's flag, and for methods that
+    carry their own towers (method_info.weights) whether weights were loaded."""
+    flag = (rec.get("encoders") or {}).get("pretrained")
+    weights = ((rec.get("method_info") or {}).get("weights") or {})
+    if weights:
+        return flag is not False and "init" not in weights
+    return flag
+
+
+def _mcil_values(mm: Mapping | None) -> dict:
+    mm = mm or {}
+    whole, last = mm.get("whole-set") or {}, mm.get("last-batch") or {}
+    return {"mcil_m1": whole.get("m1"), "mcil_m2": whole.get("m2"), "mcil_m1_last_batch": last.get("m1"), "mcil_m2_last_batch": last.get("m2")}
 
 
 def load_rows(results_dir: Path, suite: str) -> list[dict]:
@@ -272,7 +305,8 @@ def _encoder_note(values, short: bool = False) -> str:
 
 def _table(rows: list[dict]) -> tuple[list[str], set]:
     """One markdown table for one (dataset, protocol, stream); returns its lines and the overrides seen."""
-    cols = ["Method", "Modality"] + [M.METRIC_NAMES[m] for m in METRICS] + ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
+    mcil = [c for c in MCIL_COLUMNS if any(not _is_missing(r.get(c)) for r in rows)]
+    cols = ["Method", "Modality"] + [M.METRIC_NAMES[m] for m in METRICS] + [MCIL_COLUMNS[c] for c in mcil] + ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
     overrides: set = set()
     df = pd.DataFrame(rows)
@@ -287,13 +321,50 @@ def _table(rows: list[dict]) -> tuple[list[str], set]:
         mem = [v for v in g["peak_memory_mb"] if not _is_missing(v)]
         kinds = sorted({str(k) for k in g["peak_memory_kind"] if not _is_missing(k)})
         params = sorted({int(v) for v in g["parameters"] if not _is_missing(v)})
-        cells = [name, _md(modality)] + [fmt_stat(list(g[m])) for m in METRICS] + [
+        cells = [name, _md(modality)] + [fmt_stat(list(g[m])) for m in METRICS + mcil] + [
             f"{np.mean(train):.1f}" if train else "n/a",
             (f"{max(mem):.0f}" + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "n/a",
             ("{:,}".format(params[0]) if len(params) == 1 else "{:,}–{:,}".format(params[0], params[-1])) if params else "n/a",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines, overrides
+
+
+def _method_notes(rows: list[dict]) -> list[str]:
+    """Per-method facts under a table: the model selection when it is not best-val, and for methods
+    with their own towers which configuration ran (random or pretrained) and MCIL diagnostics."""
+    out = []
+    for method in sorted({r["method"] for r in rows}):
+        mrows = [r for r in rows if r["method"] == method]
+        facts = []
+        if any(r["selection"] == "last" for r in mrows):
+            facts.append("last-epoch model of each step (no validation selection, as its reference)")
+        towers = sorted({str(r["towers"]) for r in mrows if r.get("towers")})
+        if towers:
+            inits = sorted({str(w.get("init", "pretrained weights loaded")) for r in mrows if (w := r["_method_info"].get("weights")) is not None})
+            facts.append(f"towers {', '.join(towers)} ({'; '.join(inits)})")
+        fired = [v for r in mrows for v in ((r["_method_metrics"].get("fusion_fired_test") or [])[-1:])]
+        if fired:
+            facts.append(f"fusion fired on {100 * np.mean(fired):.1f} % of test samples after the last step (mean over seeds)")
+        sel = [v for r in mrows for v in ((r["_method_metrics"].get("task_selection_acc") or [])[-1:]) if v is not None]
+        if sel:
+            facts.append(f"task-selection accuracy after the last step {np.mean(sel):.1f} %")
+        if facts:
+            out.append(f"- `{_md(method)}`: " + "; ".join(facts) + ".")
+    return out + [""] if out else []
+
+
+def _missing_protocols(missing_protocols: Mapping[str, Sequence[str]], titles: Mapping[str, str]) -> list[str]:
+    """A heading per protocol of every missing dataset, so the page shows where its table will be."""
+    lines = []
+    for dataset, protocols in sorted(missing_protocols.items()):
+        dtitle = titles.get(dataset, dataset)
+        heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
+        for protocol in protocols:
+            lines += [f"## {heading}, protocol `{protocol}`", "",
+                      "**Missing**: the dataset is not on this machine, so this table is empty; "
+                      "[Missing datasets](#missing-datasets) says what to put where.", ""]
+    return lines
 
 
 def _failed_cells(errors: list[dict]) -> list[str]:
@@ -378,7 +449,7 @@ def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping
             lines += ["", _encoder_note((r["pretrained_encoders"] for r in srows), short=True), ""]
             table, ovr = _table(srows)
             overrides |= ovr
-            lines += table + [""]
+            lines += table + [""] + _method_notes(srows)
             stem = safe_name(suite, dataset, protocol, h[:12])
             curve = f"{stem}__acc.png"
             plot_accuracy_curves(srows, f"{dtitle} {protocol} (stream {h[:8]}): A_t, mean ± std over seeds", out_dir / "plots" / curve)
@@ -396,6 +467,7 @@ def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping
                 links.append(f"[{_md(label)}](plots/{heat})")
             if links:
                 lines += ["Accuracy matrices R (heatmaps): " + " · ".join(links), ""]
+    lines += _missing_protocols(info.get("missing_protocols") or {}, titles)
     lines += ["## Missing datasets", "", *_missing(info.get("missing")), ""]
     lines += _reported(info.get("reported") or [], titles)
     lines += ["## Failed cells", "", *_failed_cells(errors), ""]
@@ -408,6 +480,8 @@ def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping
     lines.append("- Train time: mean over seeds; peak memory: max over seeds (rss = host memory, cuda = GPU memory).")
     for m in METRICS:
         lines.append(f"- **{M.METRIC_NAMES[m]}**: {M.FORMULAS[m]}")
+    if any(not _is_missing(r.get("mcil_m1")) for r in rows):
+        lines += [f"- **{MCIL_COLUMNS[c]}**: {MCIL_FORMULAS[c]}" for c in MCIL_COLUMNS]
     return "\n".join(lines) + "\n", plots
 
 # ----------------------------------------------------------------------------- multi-label suites

@@ -163,7 +163,7 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
         views=spec.required_views(cell.modality, cfg),
     )
     ckpt_dir = path.with_name(path.stem + ".ckpt")
-    rows: dict[str, list] = {"R": [], "A": [], "R_last": [], "A_last": [], "counts": []}
+    rows: dict[str, list] = {"R": [], "A": [], "R_last": [], "A_last": [], "counts": [], "reports": []}
     train_seconds, start_step = 0.0, 0
     resumed = _latest_checkpoint(ckpt_dir, key)
     if resumed is not None:
@@ -181,7 +181,9 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             train_seconds += time.time() - t0
-            for suffix, (pred, targets) in (("", strategy.predict_split("test")), ("_last", strategy.last_epoch_test)):
+            test = strategy.predict_split("test")
+            rows.setdefault("reports", []).append(strategy.step_report())
+            for suffix, (pred, targets) in (("", test), ("_last", strategy.last_epoch_test or test)):
                 row, acc, counts = metrics.accuracy_matrix_from_predictions(pred.numpy(), targets.numpy(), step_of[targets].numpy(), t)
                 rows["R" + suffix].append(row)
                 rows["A" + suffix].append(acc)
@@ -190,9 +192,11 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
     record = {
         **record_header(cell, key, cfg, ctx, stream),
         "results": {
-            "selection": "best-val",
+            "selection": cfg.get("model_selection", "best-val"),
             "R": rows["R"], "A": rows["A"], "test_counts": rows["counts"],
             "metrics": metrics.summarize(rows["R"], rows["A"]),
+            **({"step_reports": rows["reports"]} if any(rows["reports"]) else {}),
+            **({"method_metrics": mm} if (mm := strategy.method_metrics(rows)) else {}),
             "last_epoch": {"R": rows["R_last"], "A": rows["A_last"], "metrics": metrics.summarize(rows["R_last"], rows["A_last"])},
             "best_val_epoch": [h["best_val_epoch"] for h in strategy.history],
             "val_acc": [h["val_acc"] for h in strategy.history],
@@ -205,6 +209,7 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
             "parameters": sum(p.numel() for p in strategy.model.parameters()),
         },
         "encoders": {"store": store.fingerprint, **store.meta},
+        **({"method_info": info} if (info := strategy.method_info()) else {}),
         "environment": environment(ctx.device),
         "seeds": {"train_seed": cell.seed},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

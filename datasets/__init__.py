@@ -12,6 +12,9 @@ import pkgutil
 from datasets.base import DatasetAdapter, DatasetError
 
 _SKIP = {"base", "store"}
+# Adapters added at run time (`register`), e.g. a user's paired image+audio folder from
+# `run_all.py --paired-folder`: they have no module of their own to be discovered from.
+_RUNTIME: dict[str, DatasetAdapter] = {}
 
 
 def registry() -> dict[str, DatasetAdapter]:
@@ -24,7 +27,20 @@ def registry() -> dict[str, DatasetAdapter]:
             if adapter.name in found:
                 raise RuntimeError(f"dataset name {adapter.name!r} registered twice ({module.__name__})")
             found[adapter.name] = adapter
+    for name, adapter in _RUNTIME.items():
+        if name in found:
+            raise RuntimeError(f"dataset name {name!r} is both a module adapter and a run-time registration")
+        found[name] = adapter
     return found
+
+
+def register(adapter: DatasetAdapter) -> DatasetAdapter:
+    """Add (or replace) a run-time adapter under `adapter.name`; a module adapter's name is refused."""
+    _RUNTIME.pop(adapter.name, None)
+    if adapter.name in registry():
+        raise DatasetError(f"dataset name {adapter.name!r} is taken by a built-in dataset; register the folder under another name (PATH=NAME)")
+    _RUNTIME[adapter.name] = adapter
+    return adapter
 
 
 def get_adapter(name: str) -> DatasetAdapter:

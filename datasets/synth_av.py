@@ -30,6 +30,15 @@ decoding the files and running the built-in random light encoders (datasets.enco
 into `<data_root>/cache/store/synth_av-<hash>`, resumably, where the hash covers the
 generator config, the decoding parameters and the encoder configs.
 
+Besides the `audio`/`visual` feature views, the store holds raw views for image+audio+text
+methods (MCIL-AudioCLIP and the CLIP-style baselines): `image` (3, 64, 64), the middle decoded
+frame (index frames // 2) CLIP-normalised, and `waveform` (16000,), the decoded 1-s mono
+waveform at 16 kHz in [-1, 1]; meta audio_bank "self" makes the store its own clip bank
+(datasets.paired_folder.AudioPairing pairs row i with row i), and prompt_template "a video of {}."
+with class_prompt_names ("<audio words> with a <hue> <visual words>") gives them text. The
+feature views are computed from the same decoded batch as before, so they are bit-identical to
+the EXTRACT_VERSION 1 store's.
+
 Measured separability (harness upper-bound method, joint training on all seen classes,
 30 epochs, seeds 0 and 1, `python run_all.py --methods upper_bound`): accuracy on all 20
 classes after the last step, audio-visual 93.1 %, audio only 65.8 %, visual only 55.2 %
@@ -61,6 +70,10 @@ from datasets import media
 from datasets.base import Availability, DatasetAdapter, DatasetError, ProtocolSpec, SampleTable
 from datasets.encoders import AudioEncoder, VisualEncoder
 from datasets.store import FeatureStore, StoreWriter, ViewSpec, atomic_write_text, config_hash
+
+# CLIP's image normalisation (as datasets.paired_folder; repeated so this module stays import-light).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 AUDIO_FAMILIES = ("hum", "whistle", "tremolo", "siren", "hiss", "rumble", "chirp-up", "chirp-down", "clicks", "reed")
 AUDIO_WORDS = (
@@ -332,7 +345,11 @@ class SynthAV(DatasetAdapter):
     name = "synth_av"
     title = "SynthAV"
     suites = ("audio-visual",)
-    EXTRACT_VERSION = 1  # bump whenever extraction changes the features
+    # `image` / `waveform` are the raw views for image+audio+text methods (the middle frame and
+    # the decoded waveform); the store is its own audio bank (meta audio_bank "self").
+    views = ("audio", "visual", "clip_image", "waveform")
+    prompt_template = "a video of {}."
+    EXTRACT_VERSION = 3  # bump whenever extraction changes the features (2: raw image/waveform views)
 
     def __init__(self, config: SynthConfig | None = None, *, audio_dim: int = 64, visual_dim: int = 64,
                  encoder_seed: int = 0, batch_size: int = 64, workers: int | None = None):
@@ -343,6 +360,13 @@ class SynthAV(DatasetAdapter):
         self.class_names = [f"{AUDIO_FAMILIES[audio_family(c, cfg.num_classes)]}+{VISUAL_FAMILIES[visual_family(c, cfg.num_classes)]}"
                             for c in range(cfg.num_classes)]
         self.prompts = [self._prompt(c) for c in range(cfg.num_classes)]
+        self.class_prompt_names = [self._prompt_name(c) for c in range(cfg.num_classes)]
+
+    def _prompt_name(self, c: int) -> str:
+        """A short natural name for `prompt_template`, e.g. "a deep rumble with a red ball sliding sideways"."""
+        a, v = audio_family(c, self.config.num_classes), visual_family(c, self.config.num_classes)
+        article = "an" if HUE_WORDS[v][0] in "aeiou" else "a"
+        return f"{AUDIO_WORDS[a]} with {article} {HUE_WORDS[v]} {VISUAL_WORDS[v]}"
 
     def _prompt(self, c: int) -> str:
         a, v = audio_family(c, self.config.num_classes), visual_family(c, self.config.num_classes)
@@ -477,6 +501,17 @@ class SynthAV(DatasetAdapter):
             v = visual_enc(torch.from_numpy(frames).permute(0, 1, 4, 2, 3))
         return a, v
 
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.config.seconds * self.config.sample_rate))
+
+    def _raw_views(self, frames: np.ndarray, waves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch -> (image (B, 3, S, S): the middle decoded frame (index F // 2), CLIP-normalised;
+        waveform (B, samples): the decoded mono waveform clipped to [-1, 1])."""
+        mid = frames[:, frames.shape[1] // 2].astype(np.float32) / 255.0
+        image = (mid - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
+        return np.ascontiguousarray(image.transpose(0, 3, 1, 2)), np.clip(waves, -1.0, 1.0).astype(np.float32)
+
     def _extract(self, data_root: Path, table: SampleTable, path: Path, progress: bool) -> FeatureStore:
         cfg = self.config
         enc = self.encoders()
@@ -490,9 +525,22 @@ class SynthAV(DatasetAdapter):
             "generator": cfg.to_json(),
             "decode": self._decode_params(),
             "prompts": self.prompts,
+            # raw views for image+audio+text methods (datasets.paired_folder.AudioPairing: "self" = identity pairing)
+            "audio_bank": "self",
+            "pairing": "self",
+            "sample_rate": cfg.sample_rate,
+            "clip_samples": self.clip_samples,
+            "image_size": cfg.size,
+            "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD),
+            "image_frame": cfg.frames // 2,
+            "prompt_template": self.prompt_template,
+            "class_prompt_names": self.class_prompt_names,
         }
         source = self.raw_dir(data_root) / "metadata.csv"
-        writer = StoreWriter(path, table, [ViewSpec("audio", (self.audio_dim,)), ViewSpec("visual", grid)], meta, str(source))
+        views = [ViewSpec("audio", (self.audio_dim,)), ViewSpec("visual", grid),
+                 ViewSpec("clip_image", (3, cfg.size, cfg.size)), ViewSpec("waveform", (self.clip_samples,))]
+        writer = StoreWriter(path, table, views, meta, str(source))
         start = min(writer.filled.values())
         start -= start % self.batch_size  # batches stay aligned, so a resumed run computes the same batches
         videos = self.raw_dir(data_root) / "videos"
@@ -504,8 +552,10 @@ class SynthAV(DatasetAdapter):
             batch_f.append(frames)
             batch_w.append(wave)
             if len(batch_f) == self.batch_size or row + len(batch_f) == len(table.ids):
-                a, v = self._encode(enc, np.stack(batch_f), np.stack(batch_w))
-                for name, values in (("audio", a), ("visual", v)):
+                stacked_f, stacked_w = np.stack(batch_f), np.stack(batch_w)
+                a, v = self._encode(enc, stacked_f, stacked_w)
+                image, waveform = self._raw_views(stacked_f, stacked_w)
+                for name, values in (("audio", a), ("visual", v), ("clip_image", image), ("waveform", waveform)):
                     skip = writer.filled[name] - row  # rows of this batch already written before an interruption
                     if skip < len(values):
                         writer.write(name, row + skip, values[skip:])

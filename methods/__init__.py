@@ -9,7 +9,7 @@ Config resolution for a cell (later wins):
    (optimizer, batch sizes), `defaults` then `datasets.<dataset>`;
 2. the method's `config.yaml`: `defaults` then `datasets.<dataset>`;
 3. the variant's `options` (e.g. iCaRL's classifier);
-4. command-line overrides (e.g. `--epochs`).
+4. command-line overrides (e.g. `--epochs`; `--set KEY=VALUE` only where the config has KEY).
 A value given as a mapping by modality (`epochs: {audio: 300, visual: 200, audio-visual: 150}`)
 resolves to the cell's modality.
 """
@@ -26,6 +26,7 @@ import yaml
 from methods.common.model import MODALITIES, build_model
 
 COMMON_PROTOCOL = Path(__file__).parent / "common" / "protocol.yaml"
+SETTINGS_KEY = "settings"  # overrides[SETTINGS_KEY]: run_all --set values, applied only to keys a method's config has
 MODALITY_VIEWS = {"audio": ("audio",), "visual": ("visual",), "audio-visual": ("audio", "visual")}
 
 
@@ -59,7 +60,10 @@ class MethodSpec:
             cfg.update(layer.get("defaults") or {})
             cfg.update((layer.get("datasets") or {}).get(dataset) or {})
         cfg.update(self.options)
-        cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        overrides = dict(overrides or {})
+        settings = overrides.pop(SETTINGS_KEY, None) or {}
+        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        cfg.update({k: v for k, v in settings.items() if k in cfg})  # --set: only keys this method has
         return {k: (v[modality] if isinstance(v, dict) and modality in v else v) for k, v in cfg.items()}
 
 

@@ -82,3 +82,29 @@ def toy_registry(monkeypatch):
     monkeypatch.setattr(datasets, "registry", lambda: adapters)
     monkeypatch.setattr(benchmarks.suites, "dataset_registry", lambda: adapters)
     return adapters
+
+
+def make_toy_paired_store(path, n_classes=6, per_split=(8, 2, 4), image_size=64, sample_rate=16000, seconds=0.5, seed=0):
+    """A paired image+audio store like SynthAV's raw views: colour-coded images, class-pitched tones,
+    its own aligned `waveform` view (audio_bank "self")."""
+    rng = np.random.default_rng(seed)
+    ids, labels, splits = [], [], []
+    for c in range(n_classes):
+        for split, n in zip(("train", "val", "test"), per_split):
+            for i in range(n):
+                ids.append(f"c{c}-{split}-{i}")
+                labels.append(c)
+                splits.append(split)
+    labels = np.array(labels)
+    table = SampleTable(ids, labels, np.array(splits), [f"class_{c}" for c in range(n_classes)])
+    colours = rng.normal(size=(n_classes, 3, 1, 1))
+    images = colours[labels] + 0.5 * rng.normal(size=(len(ids), 3, image_size, image_size))
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    waves = 0.3 * np.sin(2 * np.pi * (200 + 150 * labels[:, None]) * t) + 0.05 * rng.normal(size=(len(ids), len(t)))
+    meta = {"dataset": "toy_paired", "pretrained": False, "audio_bank": "self", "pairing": "self", "sample_rate": sample_rate,
+            "clip_samples": len(t), "image_size": image_size, "prompt_template": "a toy video of {}.",
+            "class_prompt_names": [f"toy class {c}" for c in range(n_classes)]}
+    w = StoreWriter(path, table, [ViewSpec("clip_image", (3, image_size, image_size)), ViewSpec("waveform", (len(t),))], meta, "toy")
+    w.write("clip_image", 0, images)
+    w.write("waveform", 0, waves)
+    return w.finalize()

@@ -1,0 +1,186 @@
+"""The MCIL-AudioCLIP network: CLIP image/text towers with MoE adapters (MIFE), a frozen audio
+tower with a projection, and the adaptive fusion (AAVFM). See README.md for every choice.
+
+Forward pieces (the strategy composes them):
+- `image_features(images, route_tasks)`: v = norm(E_img(x)), MoE routed per sample;
+- `audio_features(waves)`: a = norm(P(E_aud(audio_input_scale * w))), the audio tower frozen
+  (no gradient; its BatchNorm in train mode only in `code` mode, as the release);
+- `text_prototypes(classes, pool)`: per class, the text tower over the pool's templates with the
+  class's own task router, averaged (`normalized`: each template embedding L2-normalised
+  before the mean and the mean re-normalised; `unnormalized`: the release's raw mean);
+- `logits(f, protos)`: scale * f protos^T, scale = exp(logit_scale) (`exp`) or the raw
+  2.6593 init value the release multiplies by (`raw`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.mcil_audioclip.fusion import AdaptiveFusion
+from methods.mcil_audioclip.moe import MoEAdapter, moe_modules, set_routing
+from methods.mcil_audioclip.towers import build_towers
+
+RAW_LOGIT_SCALE = 2.6593  # ln(1/0.07): CLIP's logit_scale init, used un-exponentiated by the release
+REAL_PRESETS = ("audioclip-rn50", "clip-vit-b16")
+
+
+class MCILAudioCLIP(nn.Module):
+    def __init__(self, cfg: dict, class_names: list[str], task_of_class: list[int], num_tasks: int, pools: dict[str, list[str]]):
+        super().__init__()
+        self.cfg = cfg
+        n_routers = num_tasks if cfg["routers"] == "per-task" else 1
+        n_experts = num_tasks if cfg["experts"] == "per-task" else int(cfg["experts"])
+        n_experts = max(n_experts, int(cfg["top_k"]))
+
+        def factory(d_model: int) -> MoEAdapter:
+            return MoEAdapter(d_model, n_experts, int(cfg["top_k"]), n_routers, int(cfg["adapter_dim"]),
+                              float(cfg["adapter_scale"]), float(cfg["adapter_dropout"]), float(cfg["router_init_std"]))
+
+        self.towers = build_towers(cfg["towers"], factory)
+        self.weights_report = load_weights(self.towers, cfg)
+        d = self.towers.embed_dim
+        self.audio_proj = nn.Linear(self.towers.audio_dim, d)
+        if cfg["audio_projection"] == "learnable" and self.towers.audio_dim == d:
+            with torch.no_grad():  # AudioCLIP's audio head already lives in the joint space: start from it
+                self.audio_proj.weight.copy_(torch.eye(d))
+                self.audio_proj.bias.zero_()
+        self.fusion = AdaptiveFusion(d, float(cfg["fusion_tau"]), cfg["fusion_gate"])
+        self.class_names, self.task_of_class = list(class_names), torch.tensor(task_of_class, dtype=torch.long)
+        self.n_experts, self.n_routers, self.num_tasks = n_experts, n_routers, num_tasks
+        # Tokens of every (class, template) of each pool, built once with the bundled BPE tokenizer.
+        self.pools = {k: list(v) for k, v in pools.items()}
+        for name, templates in self.pools.items():
+            texts = [t.format(c) for c in self.class_names for t in templates]
+            self.register_buffer(f"tokens_{name}", self.towers.tokenizer(texts).view(len(self.class_names), len(templates), -1), persistent=False)
+        self.set_trainable()
+
+    # -- bookkeeping the shared template expects ------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.towers.embed_dim
+
+    def expand_classifier(self, n: int) -> None:
+        """No classifier to grow: classes are text prototypes."""
+
+    def set_trainable(self, task: int | None = None) -> None:
+        """Only the MoE adapters (experts, routers), the fusion module and a learnable audio
+        projection train; every tower weight is frozen (reference 3.6). Routers of other tasks
+        get their gradient zeroed by a hook, so router t changes only during task t."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for m in moe_modules(self):
+            for p in m.parameters():
+                p.requires_grad_(True)
+        for p in self.fusion.parameters():
+            p.requires_grad_(True)
+        for p in self.audio_proj.parameters():
+            p.requires_grad_(self.cfg["audio_projection"] == "learnable")
+        self.current_task = task
+
+    def router_grad_mask(self, task: int):
+        keep = torch.zeros(self.n_routers, 1, 1)
+        keep[task if self.n_routers > 1 else 0] = 1.0
+        return keep
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Frozen towers keep their BatchNorm statistics, except the release's audio tower, whose
+        # BN runs in train mode under no_grad (`audio_bn: train`, code mode; reference 3.3).
+        for module in self.towers.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        self.towers.audio.train(mode and self.cfg["audio_bn"] == "train")
+        return self
+
+    # -- forward pieces ----------------------------------------------------------------
+    def image_features(self, images: torch.Tensor, route_tasks: torch.Tensor | None, adapters: bool = True) -> torch.Tensor:
+        set_routing(self.towers, route_tasks, enabled=adapters)
+        try:
+            return F.normalize(self.towers.encode_image(images).float(), dim=1)
+        finally:
+            set_routing(self.towers, None, enabled=True)
+
+    @torch.no_grad()
+    def audio_embedding(self, waves: torch.Tensor) -> torch.Tensor:
+        """The frozen audio tower's output (no gradient ever reaches the tower)."""
+        return self.towers.encode_audio(waves * float(self.cfg["audio_input_scale"])).float()
+
+    @property
+    def audio_is_static(self) -> bool:
+        """True when the audio tower's output depends on the clip alone (frozen, BN in eval), so a
+        step's clip embeddings can be computed once and reused every epoch."""
+        return self.cfg["audio_bn"] != "train"
+
+    def audio_features(self, waves: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.audio_embedding(waves) if embedding is None else embedding
+        return F.normalize(self.audio_proj(emb), dim=1)
+
+    def text_embeddings(self, classes: torch.Tensor, pool: str, with_grad: bool = False) -> torch.Tensor:
+        """(len(classes), templates, D) raw text-tower outputs, each class through its task's router."""
+        tokens = getattr(self, f"tokens_{pool}")[classes.cpu()].to(self.tokens_device())
+        c, m, length = tokens.shape
+        route = self.task_of_class[classes.cpu()].repeat_interleave(m).to(tokens.device)
+        if self.n_routers == 1:
+            route = torch.zeros_like(route)
+        set_routing(self.towers, route)
+        try:
+            with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+                return self.towers.encode_text(tokens.view(c * m, length)).float().view(c, m, -1)
+        finally:
+            set_routing(self.towers, None)
+
+    def text_prototypes(self, classes: torch.Tensor, pool: str, with_grad: bool) -> torch.Tensor:
+        """(len(classes), D) class prototypes from the templates of `pool`."""
+        emb = self.text_embeddings(classes, pool, with_grad)
+        if self.cfg["text_prototypes"] == "normalized":
+            return F.normalize(F.normalize(emb, dim=2).mean(1), dim=1)
+        return emb.mean(1)  # the release: raw template mean, not normalised (reference 3.7)
+
+    def tokens_device(self) -> torch.device:
+        return next(self.towers.parameters()).device
+
+    def logit_scale(self) -> torch.Tensor | float:
+        if self.cfg["logit_scale"] == "raw":
+            return RAW_LOGIT_SCALE
+        return self.towers.clip.logit_scale.detach().exp().clamp(1.0, 100.0)
+
+    def logits(self, f: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale() * f @ protos.t()
+
+
+def load_weights(towers, cfg: dict) -> dict:
+    """Load the towers' pretrained weights from the user's paths (never downloaded); return a
+    report for the record. Tiny presets are random by definition; a real preset without its
+    checkpoints runs only with --random-encoders (the record says so)."""
+    from methods.mcil_audioclip import weights
+
+    preset = cfg["towers"]
+    if preset not in REAL_PRESETS:
+        return {"init": f"random ({preset}: scaled-down towers, no pretrained weights exist)"}
+    report: dict = {}
+    if preset == "audioclip-rn50":
+        if cfg.get("audioclip_ckpt"):
+            report["audioclip"] = weights.load_audioclip(towers, Path(cfg["audioclip_ckpt"]), option="audioclip_ckpt")
+    else:
+        if cfg.get("clip_ckpt"):
+            report["clip"] = weights.load_openai_clip(towers, Path(cfg["clip_ckpt"]), option="clip_ckpt")
+        if cfg.get("esresnext_ckpt"):
+            report["esresnext"] = weights.load_esresnext(towers, Path(cfg["esresnext_ckpt"]), option="esresnext_ckpt")
+        elif cfg.get("resnext_imagenet_ckpt"):
+            report["resnext_imagenet"] = weights.load_resnext_imagenet(towers, Path(cfg["resnext_imagenet_ckpt"]), option="resnext_imagenet_ckpt")
+    if not report:
+        if not cfg.get("random_encoders"):
+            need = "audioclip_ckpt (AudioCLIP-Full-Training.pt)" if preset == "audioclip-rn50" else \
+                "clip_ckpt (OpenAI ViT-B-16.pt) and resnext_imagenet_ckpt (torchvision resnext50_32x4d .pth)"
+            raise ValueError(f"mcil_audioclip: towers {preset} need pretrained weights: set {need} with "
+                             "`run_all.py --set KEY=PATH` (nothing is downloaded), or pass --random-encoders to run "
+                             "with random towers (recorded as such)")
+        report["init"] = f"random ({preset} with --random-encoders: NOT pretrained)"
+    return report

@@ -1,0 +1,270 @@
+"""MCIL-AudioCLIP as a StoreTemplate strategy (see README.md).
+
+Per task t (no exemplars, no distillation; the reference trains on the current task only):
+- train rows: the task's images; each is paired with an audio clip of its class
+  (`train_pairing: paired`, a fresh deterministic pairing every epoch, datasets.paired_folder.AudioPairing)
+  or, as the release does, with a random clip of the current task (`shuffled`: the batch's
+  clips permuted, so image and audio usually disagree; reference 1.3);
+- forward: v (image tower with router t), a (frozen audio tower + projection), f = AAVFM(v, a),
+  class prototypes of the task's classes from the training template pool (with gradient,
+  every iteration), logits over the task's classes with task-local labels;
+- loss: methods.mcil_audioclip.losses.mcil_loss;
+- optimiser: AdamW over the adapters, routers, fusion (and a learnable audio projection),
+  a per-iteration schedule: linear warm-up over `warmup_iters`, then cosine to 0;
+- the model after the last epoch is kept (`model_selection: last`; the reference selects nothing).
+
+Prediction on seen classes: prototypes of all seen classes from the evaluation templates (each
+class through its own task's router); each test image is routed by the selected task
+(`task_selection: frozen-centroid`: the task whose mean frozen-tower image feature, taken
+from its training images, is nearest in cosine; `none`: the single router), paired with its
+canonical clip, and classified by argmax over the seen classes.
+
+Each test pass also collects what the MCIL metrics need (benchmarks.metrics.mcil_metrics):
+the seen classes' single-template text mean, the mean image feature and the NMIs, over the
+whole test set (default) and over its last batch of `eval_batch_size` (the reference's form),
+plus how often fusion fired and, in paper mode, the task-selection accuracy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.avalanche_layer import ResidentViews, StoreTemplate, step_seed
+from benchmarks.metrics import mcil_metrics, softmax_nmi
+from datasets.paired_folder import AudioPairing
+from methods.mcil_audioclip.losses import mcil_loss
+from methods.mcil_audioclip.moe import moe_modules
+from methods.mcil_audioclip.model import MCILAudioCLIP
+from methods.mcil_audioclip.templates import template_pools
+
+
+class ExtraBatch:
+    """The release runs len(loader) + 1 iterations per task: after the last batch the loader is
+    re-created and one batch of a fresh shuffle follows (reference 2.2). `extra_iteration: true`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader) + 1
+
+    def __iter__(self):
+        yield from self.loader
+        yield next(iter(self.loader))
+
+
+class MCILStrategy(StoreTemplate):
+    exemplar_selection = None
+
+    def __init__(self, *, model_factory, store, stream, modality, config, device, seed, plugins=None, progress=True, views=None):
+        protocol = stream.protocol
+        names = store.meta.get("class_prompt_names") or [n.replace("_", " ") for n in store.class_names]
+        class_names = [names[c] for c in protocol.class_order]
+        task_of_class = [int(t) for t in protocol.step_of_position()]
+        pools = template_pools(config, store)
+        model = MCILAudioCLIP(config, class_names, task_of_class, protocol.num_steps, pools)
+        self.pairing = AudioPairing(store)
+        self.centroids: dict[int, torch.Tensor] = {}
+        self.reports: list[dict] = []
+        self.train_fired = [0, 0]
+        super().__init__(model_factory=lambda n: model, store=store, stream=stream, modality=modality, config=config,
+                         device=device, seed=seed, plugins=plugins, progress=progress, views=["clip_image"])
+
+    # ------------------------------------------------------------------ set-up per task
+    def training_rows(self):
+        return self.stream.step("train", self.step_index)  # current task only: no memory (reference)
+
+    def model_adaptation_step(self):
+        self.model.set_trainable(self.step_index)
+
+    def make_optimizer(self, **kwargs):
+        """A fresh AdamW per task and its per-iteration schedule (avalanche builds the dataloader first)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"]))
+        total = len(self.dataloader) * self.train_epochs
+        warmup, lr = int(self.cfg["warmup_iters"]), float(self.cfg["lr"])
+
+        def schedule(i: int) -> float:  # multiplier of lr at iteration i (utils.cosine_lr of the release)
+            if i < warmup:
+                return (i + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, total - warmup)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    def make_train_dataloader(self, shuffle=True, **kwargs):
+        super().make_train_dataloader(shuffle=shuffle, **kwargs)
+        if self.cfg.get("extra_iteration"):
+            self.dataloader = ExtraBatch(self.dataloader)
+        rows = self.train_rows.numpy()
+        # Every epoch's pairing is fixed up front from (seed, epoch), so the step's clips can be resident.
+        self.epoch_clips = [torch.from_numpy(self.pairing.clip_rows(rows, self.seed, e)).long() for e in range(self.train_epochs)]
+        self.bank = ResidentViews(self.pairing.bank, ["waveform"], torch.cat(self.epoch_clips), self.device)
+        self.audio_cache = self.embed_resident_clips() if self.model.audio_is_static else None
+        self.clip_lookup = torch.full((len(self.store),), -1, dtype=torch.long, device=self.device)
+        self.train_fired = [0, 0]
+
+    @torch.no_grad()
+    def embed_resident_clips(self) -> torch.Tensor:
+        """Audio-tower embeddings of the step's resident clips, in resident order (eval-mode tower)."""
+        was = self.model.towers.audio.training
+        self.model.towers.audio.eval()
+        wav = self.bank.data["waveform"]
+        out = []
+        for b in range(0, len(wav), self.eval_mb_size):
+            with self.autocast():
+                out.append(self.model.audio_embedding(wav[b : b + self.eval_mb_size].float()).float())
+        self.model.towers.audio.train(was)
+        return torch.cat(out)
+
+    def _before_training_epoch(self, **kwargs):
+        super()._before_training_epoch(**kwargs)
+        self.clip_lookup[self.train_rows.to(self.device)] = self.epoch_clips[self.epoch].to(self.device)
+
+    # ------------------------------------------------------------------ minibatch
+    def forward(self):
+        rows, lo, hi = self.mb_rows, *self.step_bounds
+        clips = self.clip_lookup[rows]
+        if self.cfg["train_pairing"] == "shuffled":
+            clips = clips[torch.randperm(len(clips), device=clips.device)]
+        route = torch.full((len(rows),), self.step_index if self.model.n_routers > 1 else 0, dtype=torch.long, device=rows.device)
+        with self.autocast():
+            v = self.model.image_features(self.mb_x["clip_image"], route)
+            if self.audio_cache is not None:
+                a = self.model.audio_features(embedding=self.audio_cache[self.bank.lookup[clips]])
+            else:
+                a = self.model.audio_features(self.bank.gather(clips)["waveform"])
+            f, info = self.model.fusion(v, a)
+            protos = self.model.text_prototypes(torch.arange(lo, hi), "train", with_grad=True)
+            logits = self.model.logits(f, protos.float())
+        self.train_fired[0] += int(info["fired"].sum())
+        self.train_fired[1] += len(rows)
+        return {"logits": logits, "v": v, "a": a, "f": f}
+
+    def criterion(self):
+        out, lo = self.mb_output, self.step_bounds[0]
+        loss, self.loss_parts = mcil_loss(out["logits"], self.mb_y - lo, out["f"], out["v"], out["a"], self.cfg)
+        return loss
+
+    def optimizer_step(self):
+        keep = self.model.router_grad_mask(self.step_index).to(self.device)
+        for m in moe_modules(self.model):
+            if m.routers.grad is not None:
+                m.routers.grad.mul_(keep)  # only the current task's router learns
+        super().optimizer_step()
+        self.scheduler.step()
+
+    # ------------------------------------------------------------------ after a task
+    def after_step(self):
+        if self.cfg["task_selection"] == "frozen-centroid":
+            rows, _ = self.stream.step("train", self.step_index)
+            feats = self.frozen_image_features(rows)
+            self.centroids[self.step_index] = F.normalize(feats.mean(0), dim=0).cpu()
+
+    @torch.no_grad()
+    def frozen_image_features(self, rows: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        out = []
+        for b in range(0, len(rows), self.eval_mb_size):
+            images = self.store.gather("clip_image", rows[b : b + self.eval_mb_size], device=self.device, dtype=torch.float32)
+            with self.autocast():
+                out.append(self.model.image_features(images, None, adapters=False).float())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_split(self, split: str):
+        rows, targets = self.stream.seen(split, self.step_index)
+        return self.predict_rows(rows, targets if split == "test" else None), targets
+
+    @torch.no_grad()
+    def predict_rows(self, rows: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions for store rows; with `targets` (the test split) also the MCIL metric inputs."""
+        model, seen = self.model, self.seen_classes
+        was_training = model.training
+        model.eval()
+        with self.autocast():
+            protos = model.text_prototypes(torch.arange(seen), "eval", with_grad=False).float()
+        tasks = self.step_index + 1
+        centroids = torch.stack([self.centroids[t] for t in range(tasks)]).to(self.device) if self.cfg["task_selection"] == "frozen-centroid" else None
+        preds, vs, as_, fs, fired, routed = [], [], [], [], [], []
+        for b in range(0, len(rows), self.eval_mb_size):
+            chunk = rows[b : b + self.eval_mb_size]
+            images = self.store.gather("clip_image", chunk, device=self.device, dtype=torch.float32)
+            clips = self.pairing.eval_clip_rows(chunk.numpy())
+            waves = self.pairing.bank.gather("waveform", clips, device=self.device, dtype=torch.float32)
+            with self.autocast():
+                if centroids is not None:
+                    v0 = model.image_features(images, None, adapters=False).float()
+                    route = (v0 @ centroids.t()).argmax(1)
+                else:
+                    route = torch.zeros(len(chunk), dtype=torch.long, device=self.device)
+                v = model.image_features(images, route)
+                a = model.audio_features(waves)
+                f, info = model.fusion(v, a)
+            preds.append((f.float() @ protos.t()).argmax(1).cpu())
+            if targets is not None:
+                vs.append(v.float().cpu()), as_.append(a.float().cpu()), fs.append(f.float().cpu())
+                fired.append(info["fired"].cpu()), routed.append(route.cpu())
+        model.train(was_training)
+        pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+        if targets is not None and vs:
+            self.last_report = self.metric_inputs(torch.cat(vs), torch.cat(as_), torch.cat(fs), torch.cat(fired), torch.cat(routed), targets)
+        return pred
+
+    @torch.no_grad()
+    def metric_inputs(self, v, a, f, fired, routed, targets) -> dict:
+        """What the MCIL metrics and the diagnostics need from one test pass (see the module docstring)."""
+        with self.autocast():
+            # e_t: the single eval template's unnormalised text embeddings of all seen classes, averaged (reference 4.2)
+            text_mean = self.model.text_embeddings(torch.arange(self.seen_classes), "single").mean((0, 1)).cpu()
+        last = slice(((len(v) - 1) // self.eval_mb_size) * self.eval_mb_size, len(v))
+        true_task = torch.as_tensor(self.stream.protocol.step_of_position())[targets]
+        report = {
+            "text_mean": text_mean.tolist(),
+            "image_mean": v.mean(0).tolist(),
+            "image_mean_last_batch": v[last].mean(0).tolist(),
+            "nmi_vf": float(softmax_nmi(v, f)), "nmi_af": float(softmax_nmi(a, f)),
+            "nmi_vf_last_batch": float(softmax_nmi(v[last], f[last])), "nmi_af_last_batch": float(softmax_nmi(a[last], f[last])),
+            "fusion_fired_test": float(fired.float().mean()),
+            "fusion_fired_train": self.train_fired[0] / max(1, self.train_fired[1]),
+            "task_selection_acc": float(100.0 * (routed == true_task).float().mean()) if self.cfg["task_selection"] != "none" else None,
+            "router_usage": self.router_usage(),
+        }
+        return report
+
+    def router_usage(self) -> list[list[float]]:
+        """Share of routing choices per (router, expert), summed over all adapters, while training."""
+        mods = moe_modules(self.model)
+        usage = sum(m.usage.cpu() for m in mods)
+        for m in mods:
+            m.usage.zero_()
+        return (usage / usage.sum(1, keepdim=True).clamp_min(1)).tolist()
+
+    # ------------------------------------------------------------------ records
+    def step_report(self) -> dict:
+        return dict(self.last_report)
+
+    def method_metrics(self, rows: dict) -> dict:
+        reports = rows["reports"]
+        out = {}
+        for variant, suffix in (("whole-set", ""), ("last-batch", "_last_batch")):
+            out[variant] = mcil_metrics(
+                rows["R"], rows["A"], [r["text_mean"] for r in reports], [r[f"image_mean{suffix}"] for r in reports],
+                reports[-1][f"nmi_vf{suffix}"], reports[-1][f"nmi_af{suffix}"])
+        out["fusion_fired_test"] = [r["fusion_fired_test"] for r in reports]
+        out["fusion_fired_train"] = [r["fusion_fired_train"] for r in reports]
+        out["task_selection_acc"] = [r["task_selection_acc"] for r in reports]
+        return out
+
+    def method_info(self) -> dict:
+        m = self.model
+        return {"towers": self.cfg["towers"], "weights": m.weights_report, "experts": m.n_experts, "routers": m.n_routers,
+                "trainable_parameters": sum(p.numel() for p in m.parameters() if p.requires_grad)}
+
+    def extra_state(self) -> dict:
+        return {"centroids": {int(k): v for k, v in self.centroids.items()}}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.centroids = {int(k): v for k, v in extra.get("centroids", {}).items()}
