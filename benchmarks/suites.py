@@ -45,6 +45,23 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+def _available_views(adapter, data_root: Path) -> tuple[str, ...]:
+    """What the adapter's store offers under `data_root` now (`available_views`; plain `views` for duck-typed adapters)."""
+    available = getattr(adapter, "available_views", None)
+    return tuple(available(data_root)) if callable(available) else tuple(adapter.views)
+
+
+def _how_to_add(adapter, data_root: Path, lacking: set) -> str:
+    """For a paired image+audio dataset lacking the frozen-encoder views: the command that extracts them."""
+    if not lacking <= {"audio", "visual"}:
+        return ""
+    from datasets.paired_features import extraction_command, is_paired
+
+    if not is_paired(adapter):
+        return ""
+    return f"; extract them with `{extraction_command(adapter, data_root)}`"
+
+
 def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modalities=None, seeds=None):
     """Cells for the present datasets, {dataset: message} for the missing ones, and notes on
     (dataset, method, modality) combinations skipped because the dataset lacks a view the method reads."""
@@ -61,15 +78,17 @@ def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modal
         if not status.present:
             missing[name] = status.message
             continue
+        provided = _available_views(adapter, Path(data_root))
         for protocol in adapter.protocols():
             for method_name in sorted(methods or all_methods):
                 spec = all_methods[method_name]
                 for modality in modalities or spec.modalities:
                     if modality not in spec.modalities or modality not in adapter.modalities:
                         continue
-                    lacking = set(spec.required_views(modality, spec.config(name, modality))) - set(adapter.views)
+                    lacking = set(spec.required_views(modality, spec.config(name, modality))) - set(provided)
                     if lacking:
-                        skipped.append(f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) {sorted(lacking)}, the dataset provides {list(adapter.views)}")
+                        skipped.append(f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) {sorted(lacking)}, "
+                                       f"the dataset provides {list(provided)}{_how_to_add(adapter, Path(data_root), lacking)}")
                         continue
                     for seed in seeds if seeds is not None else suite.seeds:
                         cells.append(Cell(suite.name, name, protocol.name, method_name, modality, seed))

@@ -17,6 +17,12 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
+def _join(words) -> str:
+    """('train', 'val', 'test') -> 'train, val and test'."""
+    words = list(words)
+    return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
 class DatasetError(RuntimeError):
     """Bad or missing input. The message names the file and the fix."""
 
@@ -40,8 +46,13 @@ class SampleTable:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         self.splits = np.asarray(self.splits, dtype="<U5")
 
-    def validate(self, source: str) -> None:
-        """Raise a DatasetError naming `source` on duplicate ids, bad labels/splits or empty classes."""
+    def validate(self, source: str, required_splits: tuple[str, ...] = SPLITS) -> None:
+        """Raise a DatasetError naming `source` on duplicate ids, bad labels/splits or empty classes.
+
+        Every class needs samples in each of `required_splits` (default: train, val and test).
+        A narrower set is for tables that are not a training set of their own, e.g. an audio
+        clip bank that image rows draw from, which has no val split.
+        """
         n = len(self.ids)
         if not (len(self.labels) == len(self.splits) == n):
             raise DatasetError(f"{source}: ids/labels/splits lengths differ ({n}, {len(self.labels)}, {len(self.splits)})")
@@ -59,13 +70,16 @@ class SampleTable:
         n_classes = len(self.class_names)
         if n and (self.labels.min() < 0 or self.labels.max() >= n_classes):
             raise DatasetError(f"{source}: labels must lie in [0, {n_classes}); found {self.labels.min()}..{self.labels.max()}")
-        for split in SPLITS:
+        unknown = sorted(set(required_splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"required_splits: unknown split name(s) {unknown}; use a subset of {SPLITS}")
+        for split in required_splits:
             counts = np.bincount(self.labels[self.splits == split], minlength=n_classes)
             empty = [self.class_names[c] for c in np.flatnonzero(counts == 0)]
             if empty:
                 raise DatasetError(
                     f"{source}: class(es) {empty[:5]}{'...' if len(empty) > 5 else ''} have no {split} samples; "
-                    "every class needs train, val and test samples (fix the split lists or drop the class)"
+                    f"every class needs {_join(required_splits)} samples (fix the split lists or drop the class)"
                 )
 
     def digest(self) -> str:
@@ -103,3 +117,12 @@ class DatasetAdapter(ABC):
 
     @abstractmethod
     def protocols(self) -> list[ProtocolSpec]: ...
+
+    def available_views(self, data_root: Path) -> tuple[str, ...]:
+        """The views `open(data_root)` provides now. Default: the class attribute `views`.
+
+        Adapters whose views depend on what has been built under the data root override it, e.g.
+        a paired image + audio dataset gains `audio`/`visual` once its frozen-encoder feature store
+        exists (`datasets.paired_features.features_store_path`). Keep it cheap: no store is built.
+        """
+        return tuple(self.views)

@@ -5,7 +5,7 @@ AV-CIL authors released:
 
     python -m datasets.extract --dataset ave --audio-ckpt pretrained.pth --visual-ckpt videomae-base/ --trust-pickle
         [--videos DIR] [--dicts DIR] [--data-root data] [--batch N] [--device auto] [--skip-bad]
-        [--audio-rate 11430] [--fbank-norm none|audioset] [--random-encoders] [--force]
+        [--audio-rate 11430] [--fbank-norm none|audioset] [--random-encoders] [--mcil-views] [--force]
 
 Inputs (reference layout):
 
@@ -24,6 +24,24 @@ Per clip (one PyAV pass, `datasets.media.decode_video`):
           frames, 16 are kept: the first, int((i + 1) * N / 15 + 0.5) for i = 0..13, and the last
           (the reference's file numbers 1 + ... minus one) -> VideoMAE-base (`datasets.videomae`)
           -> last_hidden_state (1568, 768) -> t-major grid (8, 196, 768)
+
+`--mcil-views` (opt-in) also stores the raw views the image + audio + text methods read
+(MCIL-AudioCLIP), so they run on these datasets when the videos are present; from the same pass:
+  clip_image  (3, 224, 224) float16: the middle frame, i.e. index N // 2 of the N frames decoded at
+              the dataset's fps above (the frame on screen at about half the clip's length), as
+              RGB uint8 at the video's own resolution -> shorter side to 224 with PIL bicubic (the
+              long side truncated, as torchvision's Resize(224)), centre crop 224 (torchvision's
+              CenterCrop offset rounding) -> / 255 -> CLIP mean/std: CLIP's own eval transform,
+              the same as the paired image stores of `datasets.paired_folder`;
+  waveform    (220500,) float16: the audio track decoded once at its own rate, channels averaged,
+              polyphase-resampled to 44.1 kHz, the centre 5 s (zero-padded on both sides, centred,
+              when shorter). The AudioMAE input is resampled from the same native-rate decode, so
+              `audio` is identical with and without the flag;
+and the meta `audio_bank: "self"`, `pairing: "self"` (each row is its own audio clip),
+`sample_rate: 44100`, `clip_samples: 220500`, `image_size: 224`, `image_mean`, `image_std`,
+`prompt_template: "a video of {}."` and `class_prompt_names` (class names, `_` as spaces).
+Disk cost: 3 * 224 * 224 * 2 + 220500 * 2 bytes = about 0.74 MB per clip (about 3.1 GB for AVE's
+4,143 clips), on top of the 2.4 MB per clip of the `visual` view.
 
 Output: `<data_root>/imported/<name>/` (`datasets.avcil_features.store_path`), views `audio` (768,)
 and `visual` (8, 196, 768) in float16, rows and table identical to what the import writes for the
@@ -84,6 +102,15 @@ STAGING_SUFFIX = ".extract"
 REPORT_SUFFIX = ".extract-report.json"
 BAD_FILE = "excluded_clips.json"  # inside the staging store: {vid: reason}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# --mcil-views: the raw views of the image + audio + text methods (see the module docstring)
+MCIL_IMAGE_VIEW = "clip_image"
+MCIL_IMAGE_SIZE = 224
+MCIL_RATE = 44100
+MCIL_SECONDS = 5
+MCIL_SAMPLES = MCIL_RATE * MCIL_SECONDS  # 220500
+MCIL_PROMPT = "a video of {}."
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Reduced encoders for tests and debugging (`--tiny-encoders`, random weights only).
 TINY_AUDIO = AudioMAEConfig(dim=32, depth=2, heads=2)
 TINY_VIDEO = VideoMAESpec(size=64, dim=32, depth=2, heads=2, mlp=64)
@@ -165,11 +192,51 @@ class _Prep:
     mels: int
     fix: str  # what to tell the user about an unreadable file
     videos_dir: str = ""
+    mcil: bool = False  # also the --mcil-views inputs (middle frame, 5 s at 44.1 kHz)
+
+
+def mcil_image(frame: np.ndarray, size: int = MCIL_IMAGE_SIZE) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (3, size, size): CLIP's eval transform (see the module docstring)."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    im = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    x = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    x = (x - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def mcil_waveform(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float32 at `rate` -> (MCIL_SAMPLES,) at 44.1 kHz: the centre 5 s, or centred zero padding."""
+    from datasets.paired_folder import fit_center
+
+    return np.ascontiguousarray(fit_center(media.mix_resample(wave, int(rate), MCIL_RATE), MCIL_SAMPLES), dtype=np.float32)
+
+
+def _decode(path: Path, prep: "_Prep") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(frames, waveform at prep.audio_rate, 5 s waveform at 44.1 kHz or None without prep.mcil)."""
+    if not prep.mcil:
+        frames, wave = media.decode_video(path, fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix)
+        return frames, wave, None
+    native = media.probe(path, fix=prep.fix).sample_rate
+    if native <= 0:  # the header gives no audio rate: decode a second time (one frame) at 44.1 kHz for the waveform
+        frames, wave = media.decode_video(path, fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix)
+        _, wave44 = media.decode_video(path, num_frames=1, sample_rate=MCIL_RATE, audio="require", fix=prep.fix)
+        return frames, wave, mcil_waveform(wave44, MCIL_RATE)
+    # One decode at the native rate, resampled twice: the same samples as decoding at audio_rate directly
+    # (decode_video averages the channels, then resamples), so `audio` does not depend on the flag.
+    frames, mono = media.decode_video(path, fps=prep.fps, sample_rate=native, audio="require", fix=prep.fix)
+    return frames, media.mix_resample(mono, native, prep.audio_rate), mcil_waveform(mono, native)
 
 
 def _prepare_clip(job: tuple) -> tuple:
     """(vid, path | None, _Prep) -> (fbank float32 (frames, mels), frames uint8 (16, size, size, 3), None),
-    or (None, None, reason) for a missing or unreadable clip.
+    or (None, None, reason) for a missing or unreadable clip. With `prep.mcil` a good clip gives two
+    more items: clip_image float32 (3, 224, 224) and waveform float32 (MCIL_SAMPLES,).
 
     Runs in the decoding processes: PyAV decode, the 16-frame selection, resize + centre crop and
     the fbank, all on the CPU, so the features do not depend on the encoding device.
@@ -178,7 +245,7 @@ def _prepare_clip(job: tuple) -> tuple:
     if path is None:
         return None, None, f"{Path(prep.videos_dir) / (vid + '.mp4')}: missing (no {vid}.<ext> in the videos folder); {prep.fix}"
     try:
-        frames, wave = media.decode_video(Path(path), fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix)
+        frames, wave, wave44 = _decode(Path(path), prep)
     except DatasetError as e:
         return None, None, str(e)
     if len(wave) < int(WINDOW_SECONDS * prep.audio_rate):
@@ -186,6 +253,8 @@ def _prepare_clip(job: tuple) -> tuple:
     with torch.inference_mode():
         fb = fbank(wave, prep.audio_rate, prep.fbank_norm, prep.frames, prep.mels).numpy()
         picked = resize_crop(torch.from_numpy(np.ascontiguousarray(frames[frame_indices(len(frames))])), prep.size).numpy()
+    if prep.mcil:
+        return fb, np.ascontiguousarray(picked), None, mcil_image(frames[len(frames) // 2]), wave44
     return fb, np.ascontiguousarray(picked), None
 
 
@@ -309,7 +378,7 @@ def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, 
     fix = ("excluded (--skip-bad); replace the file and extract again with --force to include it" if skip_bad else
            "replace it with a complete copy (download it again), or pass --skip-bad to exclude it and list it in the report")
     prep = _Prep(fps, encoders.audio_rate, encoders.fbank_norm, encoders.video_spec.size, encoders.audio_cfg.frames,
-                 encoders.audio_cfg.mels, fix, str(videos_dir))
+                 encoders.audio_cfg.mels, fix, str(videos_dir), mcil=any(v.name == MCIL_IMAGE_VIEW for v in run.views))
     jobs = [(v, None if paths[v] is None else str(paths[v]), prep) for v in table.ids[start:]]
     shapes = {v.name: v.shape for v in run.views}
     t0 = time.time()
@@ -334,6 +403,9 @@ def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, 
                 for name, values in (("audio", a), ("visual", v)):
                     _check_values(name, values, [table.ids[row + j] for j in good], encoders.precision)
                     out[name][good] = values
+                if prep.mcil:
+                    out[MCIL_IMAGE_VIEW][good] = np.stack([results[j][3] for j in good])
+                    out["waveform"][good] = np.stack([results[j][4] for j in good])
             for name, values in out.items():
                 skip = writer.filled[name] - row  # rows of this batch already written before an interruption
                 if skip < size:
@@ -394,7 +466,7 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
                      audio_ckpt: Path | None = None, visual_ckpt: Path | None = None, *, trust_pickle: bool = False,
                      random_encoders: bool = False, batch: int = 16, device: str = "auto", precision: str = "auto",
                      skip_bad: bool = False, audio_rate: int = 11430, fbank_norm: str = "none", force: bool = False,
-                     workers: int | None = None, seed: int = 0, progress: bool = True,
+                     workers: int | None = None, seed: int = 0, progress: bool = True, mcil_views: bool = False,
                      audio_config: AudioMAEConfig | None = None, video_config: VideoMAESpec | None = None,
                      log=print) -> FeatureStore:
     """Extract `dataset` from raw videos into `store_path(data_root, dataset)`. See the module docstring.
@@ -473,6 +545,20 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
         "source_files": {f: fingerprint_file(folder / f, whole=True) for f in DICT_FILES},
         "extract_version": EXTRACT_VERSION,
     }
+    if mcil_views:
+        views += [ViewSpec(MCIL_IMAGE_VIEW, (3, MCIL_IMAGE_SIZE, MCIL_IMAGE_SIZE)), ViewSpec("waveform", (MCIL_SAMPLES,))]
+        meta.update({
+            "audio_bank": "self", "pairing": "self", "sample_rate": MCIL_RATE, "clip_samples": MCIL_SAMPLES,
+            "image_size": MCIL_IMAGE_SIZE, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+            "prompt_template": MCIL_PROMPT, "class_prompt_names": [c.replace("_", " ") for c in table.class_names],
+            "mcil_pipeline": {
+                MCIL_IMAGE_VIEW: f"middle frame (index N // 2 of the N frames decoded at {fps} fps), shorter side to "
+                                 f"{MCIL_IMAGE_SIZE} (PIL bicubic, long side truncated), centre crop {MCIL_IMAGE_SIZE} "
+                                 "(torchvision rounding), / 255, CLIP mean/std",
+                "waveform": f"audio decoded at its native rate, channels averaged, resample_poly to {MCIL_RATE} Hz, centre "
+                            f"{MCIL_SECONDS} s (centred zero padding when shorter)",
+            },
+        })
     if random_encoders:
         meta["random_seed"] = seed
     key = config_hash({"table": table.digest(), "views": [v.to_json() for v in views], "meta": meta})
@@ -578,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")
     p.add_argument("--tiny-encoders", action="store_true",
                    help="test/debug only, with --random-encoders: 2-layer 32-wide encoders, 64 px frames")
+    p.add_argument("--mcil-views", action="store_true",
+                   help="also store clip_image (middle frame, CLIP eval transform) and waveform (centre 5 s at 44.1 kHz) for "
+                        "MCIL-AudioCLIP; about 0.74 MB more per clip")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -591,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision, skip_bad=args.skip_bad, audio_rate=args.audio_rate, fbank_norm=args.fbank_norm,
             force=args.force, workers=args.workers, seed=args.seed, progress=not args.no_progress,
             audio_config=TINY_AUDIO if args.tiny_encoders else None, video_config=TINY_VIDEO if args.tiny_encoders else None,
+            mcil_views=args.mcil_views,
         )
     except PickleRefused as e:
         print(f"error: {e}", file=sys.stderr)

@@ -914,6 +914,21 @@ class PairedFolderAdapter(DatasetAdapter):
     # -- open --------------------------------------------------------------------------
 
     def open(self, data_root: Path, progress: bool = True) -> FeatureStore:
+        """The frozen-encoder features store over the image store when one was extracted for it
+        (`python -m datasets.paired_features`: adds `audio`/`visual`, links the raw views), else the image store."""
+        from datasets.paired_features import features_store_path
+
+        raw = self.open_raw(data_root, progress)
+        features = features_store_path(self, data_root, raw)
+        return FeatureStore(features) if features is not None else raw
+
+    def available_views(self, data_root: Path) -> tuple[str, ...]:
+        """The raw views, plus `audio`/`visual` once the features store exists (no scan, no build)."""
+        from datasets.paired_features import FEATURE_VIEWS, features_store_path
+
+        return tuple(self.views) + (FEATURE_VIEWS if features_store_path(self, data_root) is not None else ())
+
+    def open_raw(self, data_root: Path, progress: bool = True) -> FeatureStore:
         """The image store (its clip bank next to it), built first if needed. Needs the data, not the protocol."""
         missing = self.missing_parts(data_root)
         if missing:

@@ -9,6 +9,14 @@ Layout of a store directory (no pickle anywhere; `np.load(..., allow_pickle=Fals
     splits.npy             int8 split code per row (0 train, 1 val, 2 test)
     views/<name>.npy       (N, *shape) array, opened memory-mapped
 
+A view may instead be *linked*: its manifest entry carries `"link": {"store": REL, "view": V,
+"fingerprint": F}`, REL the path of another store directory relative to this one (e.g.
+`../ave-raw`), and `array` opens that store's view V memory-mapped instead of a file of its own.
+Derived stores (e.g. frozen-encoder features over a raw image store) expose the raw views this
+way without copying them. Both stores must hold the same sample table (same table digest);
+opening a store whose link target holds another table, or is gone, is a DatasetError naming
+both paths and the fix. `StoreWriter(..., links={view: (target_dir, target_view)})` writes them.
+
 A store is written by `StoreWriter` into `<dir>.partial/` and renamed to `<dir>` only when
 every row of every view is filled, so a reader never sees a half-written store. Extraction
 is resumable: the writer records how many rows of each view are filled (`progress.json`,
@@ -21,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +72,28 @@ def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_LINKS_OPENING = threading.local()  # store directories whose links are being resolved (cycle guard)
+
+
+def _link_spec(target: "FeatureStore", view: str, base: Path) -> dict:
+    """Manifest entry of a view linked to `target`'s `view` (itself resolved if it is a link)."""
+    if view not in target.views:
+        raise DatasetError(f"{target.path}: has no view {view!r} to link to; it has {sorted(target.views)}")
+    if view in target.links:  # link to the array's owner, so reading never follows a chain
+        owner, owner_view = target.links[view]
+        return _link_spec(FeatureStore(owner), owner_view, base)
+    rel = os.path.relpath(target.path.resolve(), Path(base).resolve())
+    return {"store": Path(rel).as_posix(), "view": view, "fingerprint": target.fingerprint}
+
+
+def link_mismatch_error(store_path: Path, target_path: Path, view: str) -> DatasetError:
+    return DatasetError(
+        f"{store_path}: view {view!r} is linked to {target_path}, which now holds a different sample table "
+        f"(table digests differ: the linked store was rebuilt after {store_path.name} was derived from it); "
+        f"delete {store_path} and derive it again from the current {target_path.name}"
+    )
+
+
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -89,11 +120,21 @@ class FeatureStore:
         self.labels = np.load(self.path / "labels.npy", allow_pickle=False)
         self.splits = np.load(self.path / "splits.npy", allow_pickle=False)
         self.views = {k: ViewSpec(k, tuple(v["shape"]), v["dtype"]) for k, v in self.manifest["views"].items()}
+        #: linked views: name -> (target store directory, target view name); see the module docstring
+        self.links: dict[str, tuple[Path, str]] = {
+            k: (Path(os.path.normpath(self.path / v["link"]["store"])), v["link"]["view"])
+            for k, v in self.manifest["views"].items() if v.get("link")
+        }
         self._arrays: dict[str, np.ndarray] = {}
+        self._table_digest: str | None = None
         for name, spec in self.views.items():
             arr = self.array(name)
             if arr.shape != (len(self.ids), *spec.shape):
-                raise DatasetError(f"{self.path / 'views' / (name + '.npy')}: shape {arr.shape} != expected {(len(self.ids), *spec.shape)}; the store is corrupt, delete it and rebuild")
+                where = (f"{self.path}: view {name!r} linked to {self.links[name][0]} view {self.links[name][1]!r}"
+                         if name in self.links else str(self.path / "views" / (name + ".npy")))
+                fix = (f"the linked store was rebuilt differently; delete {self.path} and derive it again" if name in self.links
+                       else "the store is corrupt, delete it and rebuild")
+                raise DatasetError(f"{where}: shape {arr.shape} != expected {(len(self.ids), *spec.shape)}; {fix}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,10 +143,43 @@ class FeatureStore:
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
 
+    @property
+    def table_digest(self) -> str:
+        """`SampleTable.digest()` of this store's table (what linked stores must share)."""
+        if self._table_digest is None:
+            self._table_digest = self.table().digest()
+        return self._table_digest
+
+    def _linked_array(self, view: str) -> np.ndarray:
+        target_path, target_view = self.links[view]
+        if not (target_path / "manifest.json").is_file():
+            raise DatasetError(f"{self.path}: view {view!r} is linked to the store {target_path}, which is missing or incomplete; "
+                               f"restore or rebuild {target_path}, or delete {self.path} and derive it again")
+        opening = getattr(_LINKS_OPENING, "paths", None)
+        if opening is None:
+            opening = _LINKS_OPENING.paths = set()
+        key = str(self.path.resolve())
+        if key in opening:
+            raise DatasetError(f"{self.path}: linked views form a cycle through {target_path}; delete the derived store and rebuild it")
+        opening.add(key)
+        try:
+            target = FeatureStore(target_path)
+        finally:
+            opening.discard(key)
+        if target.table_digest != self.table_digest:
+            raise link_mismatch_error(self.path, target_path, view)
+        if target_view not in target.views:
+            raise DatasetError(f"{self.path}: view {view!r} is linked to view {target_view!r} of {target_path}, which has no such view "
+                               f"(it has {sorted(target.views)}); delete {self.path} and derive it again")
+        return target.array(target_view)
+
     def array(self, view: str) -> np.ndarray:
         if view not in self._arrays:
             if view not in self.views:
                 raise KeyError(f"store {self.path} has no view {view!r}; it has {sorted(self.views)}")
+            if view in self.links:
+                self._arrays[view] = self._linked_array(view)
+                return self._arrays[view]
             path = self.path / "views" / f"{view}.npy"
             try:
                 self._arrays[view] = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -137,17 +211,36 @@ class FeatureStore:
 class StoreWriter:
     """Write side: fill views in row batches, resumably, then publish atomically."""
 
-    def __init__(self, path: Path, table: SampleTable, views: list[ViewSpec], meta: dict, source: str):
-        table.validate(source)
+    def __init__(self, path: Path, table: SampleTable, views: list[ViewSpec], meta: dict, source: str,
+                 required_splits: tuple[str, ...] = SPLITS, links: dict | None = None):
+        """`links` {view: (store directory or FeatureStore, its view name)}: views this store exposes
+        from another store over the same sample table, without copying (see the module docstring)."""
+        table.validate(source, required_splits)  # narrower for stores that are no training set, e.g. clip banks
         self.final = Path(path)
         self.partial = self.final.with_name(self.final.name + ".partial")
         self.table, self.views, self.meta = table, {v.name: v for v in views}, meta
+        self.links: dict[str, dict] = {}
+        self.linked_views: dict[str, ViewSpec] = {}
+        digest = table.digest()
+        for name, (target, target_view) in (links or {}).items():
+            if name in self.views:
+                raise ValueError(f"view {name!r} is both written and linked")
+            target = target if isinstance(target, FeatureStore) else FeatureStore(Path(target))
+            if target.table_digest != digest:
+                raise DatasetError(
+                    f"cannot link view {name!r} of {self.final} to {target.path}: the two stores hold different sample tables "
+                    f"(table digests differ); derive {self.final.name} from the current {target.path.name} (same ids, labels, "
+                    "splits and classes)")
+            self.links[name] = _link_spec(target, target_view, self.final)
+            self.linked_views[name] = ViewSpec(name, target.views[target_view].shape, target.views[target_view].dtype)
         spec = {
             "format_version": FORMAT_VERSION,
-            "table": table.digest(),
+            "table": digest,
             "views": {k: v.to_json() for k, v in self.views.items()},
             "meta": meta,
         }
+        if self.links:  # only then: stores without links keep their fingerprints
+            spec["links"] = self.links
         self.fingerprint = config_hash(spec)
         spec_path = self.partial / "spec.json"
         if self.partial.exists():
@@ -178,6 +271,12 @@ class StoreWriter:
         self.filled[view] = start + len(values)
         atomic_write_text(self.partial / "progress.json", json.dumps(self.filled))
 
+    def written(self, view: str) -> np.ndarray:
+        """The rows of `view` filled so far (a read-only view of the partial array), e.g. to rebuild a cache on resume."""
+        out = self._maps[view][: self.filled[view]].view()
+        out.flags.writeable = False
+        return out
+
     def add_meta(self, **kv) -> None:
         """Metadata known only after writing (e.g. conversion error); not part of the fingerprint."""
         self.meta = {**self.meta, **kv}
@@ -196,7 +295,8 @@ class StoreWriter:
             "dataset": self.meta.get("dataset", self.final.name),
             "fingerprint": self.fingerprint,
             "class_names": self.table.class_names,
-            "views": {k: v.to_json() for k, v in self.views.items()},
+            "views": {**{k: v.to_json() for k, v in self.views.items()},
+                      **{k: {**v.to_json(), "link": self.links[k]} for k, v in self.linked_views.items()}},
             "meta": self.meta,
         }
         atomic_write_text(self.partial / "manifest.json", json.dumps(manifest, indent=1, default=str))

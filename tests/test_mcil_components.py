@@ -115,21 +115,28 @@ def test_released_weighting_equals_plain_ce():
 def test_weighted_cwcl_by_hand_and_effective():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 1])
-    v = torch.tensor([[1.0, 0.0], [0.6, 0.8]])  # cos = 0.6
+    v = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    logits = torch.cat([logits, torch.tensor([[0.5, 0.5]])])
+    y = torch.tensor([0, 1, 1])
     kappa = 0.5
-    w = math.exp((0.6 - 1) / kappa)
+    # batch-centred features: v~_i = e_i - 1/3; cos(v~_i, v~_j) = -1/2 for i != j
+    w = math.exp((-0.5 - 1) / kappa)
     lp = torch.log_softmax(logits, 1)
-    # sample 0: target (1, w)/(1+w) over classes (0, 1); sample 1: (w, 1)/(1+w)
-    want = -(((lp[0, 0] + w * lp[0, 1]) / (1 + w)) + ((w * lp[1, 0] + lp[1, 1]) / (1 + w))) / 2
+    # sample 0 (class 0): target (1, 2w)/(1+2w); samples 1, 2 (class 1): (w, 1+w)/(1+2w)
+    z = 1 + 2 * w
+    want = -((lp[0, 0] + 2 * w * lp[0, 1]) / z + (w * lp[1, 0] + (1 + w) * lp[1, 1]) / z
+             + (w * lp[2, 0] + (1 + w) * lp[2, 1]) / z) / 3
     torch.testing.assert_close(cwcl(logits, y, v, kappa), want)
     assert not torch.isclose(cwcl(logits, y, v, kappa), F.cross_entropy(logits, y))  # the weighting changes the loss
-    torch.testing.assert_close(similarity_weights(v, kappa).diagonal(), torch.ones(2))
+    torch.testing.assert_close(similarity_weights(v, kappa).diagonal(), torch.ones(3))
+    # a shared component (e.g. CLIP's common direction) does not change the weights: they use centred features
+    torch.testing.assert_close(similarity_weights(v + 5.0, kappa), similarity_weights(v, kappa))
 
 
 def test_weighted_cwcl_reduces_to_ce_for_dissimilar_samples_or_one_class():
     torch.manual_seed(0)
     logits = torch.randn(4, 3)
-    v = torch.eye(4)  # orthogonal: w_ij = exp(-1/kappa) -> 0 as kappa -> 0
+    v = torch.eye(4)  # distinct samples: off-diagonal w -> 0 as kappa -> 0
     y = torch.tensor([0, 1, 2, 0])
     torch.testing.assert_close(cwcl(logits, y, v, 1e-3), F.cross_entropy(logits, y))
     same = torch.zeros(4, dtype=torch.long)

@@ -12,10 +12,12 @@ L_cwcl, "similarity-weighted" cross-entropy (the figure's L_WCCL, after CWCL, Sr
 - `paper` (`cwcl`): the weights enter the target distribution, as CWCL does: sample i's target
   over classes is q_i(c) = sum_j w_ij [y_j = c] / sum_j w_ij, and L = -(1/B) sum_i sum_c q_i(c)
   log p_i(c). A batch-mate j that looks like i in image space is a soft positive for i's
-  prediction of y_j. The weight kernel is w_ij = exp((cos(v_i, v_j) - 1) / kappa) (w_ii = 1,
-  w -> 0 for dissimilar pairs; kappa = `cwcl_kappa`), computed on detached image features:
-  the released linear map gives an orthogonal pair weight 1/2, which would flood the target
-  with the batch's label histogram. With kappa -> 0 (or a batch of one class) L is CE.
+  prediction of y_j. The weight kernel is w_ij = exp((cos(v~_i, v~_j) - 1) / kappa) (w_ii = 1,
+  w -> 0 for dissimilar pairs; kappa = `cwcl_kappa`), computed on detached image features
+  centred over the batch (v~ = v - mean_b v): the released linear map gives an orthogonal pair
+  weight 1/2, and raw CLIP-like features share a large common direction (all pairs cos > 0.5),
+  either of which floods the target with the batch's label histogram. With kappa -> 0 (or a
+  batch of one class) L is CE.
 
 MI(x, y) is the reference's softmax mutual information (benchmarks.metrics.softmax_mutual_information).
 """
@@ -36,8 +38,13 @@ def cwcl_as_released(logits: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> 
 
 
 def similarity_weights(v: torch.Tensor, kappa: float) -> torch.Tensor:
-    vn = F.normalize(v.detach().float(), dim=1)
-    return torch.exp((vn @ vn.t() - 1.0) / kappa)
+    """w_ij = exp((cos(v~_i, v~_j) - 1) / kappa) on batch-centred, detached features v~ = v - mean_b v."""
+    v = v.detach().float()
+    if len(v) > 1:
+        v = v - v.mean(0, keepdim=True)
+    vn = F.normalize(v, dim=1)
+    w = torch.exp((vn @ vn.t() - 1.0) / kappa)
+    return w.fill_diagonal_(1.0)  # a zero centred vector (e.g. a batch of one) is still its own positive
 
 
 def cwcl(logits: torch.Tensor, y: torch.Tensor, v: torch.Tensor, kappa: float) -> torch.Tensor:

@@ -28,7 +28,8 @@ REAL_PRESETS = ("audioclip-rn50", "clip-vit-b16")
 
 
 class MCILAudioCLIP(nn.Module):
-    def __init__(self, cfg: dict, class_names: list[str], task_of_class: list[int], num_tasks: int, pools: dict[str, list[str]]):
+    def __init__(self, cfg: dict, class_names: list[str], task_of_class: list[int], num_tasks: int, pools: dict[str, list[str]],
+                 audio_samples: int = 16000):
         super().__init__()
         self.cfg = cfg
         n_routers = num_tasks if cfg["routers"] == "per-task" else 1
@@ -41,6 +42,8 @@ class MCILAudioCLIP(nn.Module):
 
         self.towers = build_towers(cfg["towers"], factory)
         self.weights_report = load_weights(self.towers, cfg)
+        if "init" in self.weights_report:
+            calibrate_random_batchnorm(self.towers, float(cfg["audio_input_scale"]), audio_samples)
         d = self.towers.embed_dim
         self.audio_proj = nn.Linear(self.towers.audio_dim, d)
         if cfg["audio_projection"] == "learnable" and self.towers.audio_dim == d:
@@ -153,6 +156,31 @@ class MCILAudioCLIP(nn.Module):
 
     def logits(self, f: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         return self.logit_scale() * f @ protos.t()
+
+
+@torch.no_grad()
+def calibrate_random_batchnorm(towers, audio_input_scale: float, audio_samples: int, batches: int = 4, seed: int = 0) -> None:
+    """Random towers only: set the frozen BatchNorm statistics from seeded noise (N(0, 1) images,
+    white-noise audio at 0.1 RMS), so activations stay normalised through the frozen random stack.
+    Without it a random RN/ESResNeXt keeps BN's init statistics (mean 0, var 1), its activations
+    grow stage by stage, and the small adapter outputs vanish next to them (on SynthAV the tiny RN
+    tower then did not learn at all). Data-free and deterministic; pretrained towers are untouched."""
+    g = torch.Generator().manual_seed(seed)
+    for tower, make in ((towers.clip.visual, lambda: torch.randn(32, 3, towers.image_size, towers.image_size, generator=g)),
+                        (towers.audio, lambda: 0.1 * torch.randn(16, audio_samples, generator=g) * audio_input_scale)):
+        norms = [m for m in tower.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            continue
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        was = tower.training
+        tower.train()
+        for _ in range(batches):
+            tower(make())
+        tower.train(was)
+        for m in norms:
+            m.momentum = 0.1
 
 
 def load_weights(towers, cfg: dict) -> dict:

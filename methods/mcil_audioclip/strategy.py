@@ -65,7 +65,7 @@ class MCILStrategy(StoreTemplate):
         class_names = [names[c] for c in protocol.class_order]
         task_of_class = [int(t) for t in protocol.step_of_position()]
         pools = template_pools(config, store)
-        model = MCILAudioCLIP(config, class_names, task_of_class, protocol.num_steps, pools)
+        model = MCILAudioCLIP(config, class_names, task_of_class, protocol.num_steps, pools, int(store.meta.get("clip_samples", 16000)))
         self.pairing = AudioPairing(store)
         self.centroids: dict[int, torch.Tensor] = {}
         self.reports: list[dict] = []
@@ -105,6 +105,7 @@ class MCILStrategy(StoreTemplate):
         self.audio_cache = self.embed_resident_clips() if self.model.audio_is_static else None
         self.clip_lookup = torch.full((len(self.store),), -1, dtype=torch.long, device=self.device)
         self.train_fired = [0, 0]
+        self.add_task_centroid()
 
     @torch.no_grad()
     def embed_resident_clips(self) -> torch.Tensor:
@@ -156,11 +157,14 @@ class MCILStrategy(StoreTemplate):
         super().optimizer_step()
         self.scheduler.step()
 
-    # ------------------------------------------------------------------ after a task
+    # ------------------------------------------------------------------ task selection
     def after_step(self):
+        """No exemplar memory (the method keeps none)."""
+
+    def add_task_centroid(self):
+        """The frozen tower does not change, so the task's centroid is taken before its training."""
         if self.cfg["task_selection"] == "frozen-centroid":
-            rows, _ = self.stream.step("train", self.step_index)
-            feats = self.frozen_image_features(rows)
+            feats = self.frozen_image_features(self.train_rows)
             self.centroids[self.step_index] = F.normalize(feats.mean(0), dim=0).cpu()
 
     @torch.no_grad()
