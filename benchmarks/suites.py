@@ -51,15 +51,9 @@ def _available_views(adapter, data_root: Path) -> tuple[str, ...]:
     return tuple(available(data_root)) if callable(available) else tuple(adapter.views)
 
 
-def _how_to_add(adapter, data_root: Path, lacking: set) -> str:
-    """For a paired image+audio dataset lacking the frozen-encoder views: the command that extracts them."""
-    if not lacking <= {"audio", "visual"}:
-        return ""
-    from datasets.paired_features import extraction_command, is_paired
-
-    if not is_paired(adapter):
-        return ""
-    return f"; extract them with `{extraction_command(adapter, data_root)}`"
+def _hint(adapter, data_root: Path, lacking: set) -> str:
+    hint = getattr(adapter, "missing_views_hint", None)
+    return hint(data_root, lacking) if callable(hint) else ""
 
 
 def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modalities=None, seeds=None):
@@ -88,7 +82,7 @@ def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modal
                     lacking = set(spec.required_views(modality, spec.config(name, modality))) - set(provided)
                     if lacking:
                         skipped.append(f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) {sorted(lacking)}, "
-                                       f"the dataset provides {list(provided)}{_how_to_add(adapter, Path(data_root), lacking)}")
+                                       f"the dataset provides {list(provided)}" + (f"; {hint}" if (hint := _hint(adapter, Path(data_root), lacking)) else ""))
                         continue
                     for seed in seeds if seeds is not None else suite.seeds:
                         cells.append(Cell(suite.name, name, protocol.name, method_name, modality, seed))

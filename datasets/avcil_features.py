@@ -137,6 +137,21 @@ class AVCILFeatures(DatasetAdapter):
     def protocols(self) -> list[ProtocolSpec]:
         return [ProtocolSpec(self.info.protocol, self.info.classes_per_step, self.info.memory)]
 
+    def available_views(self, data_root: Path) -> tuple[str, ...]:
+        """The store's views: the features, plus the raw `clip_image`/`waveform` views when the store was
+        extracted from raw videos with `--mcil-views` (imported released features have none)."""
+        manifest = store_path(Path(data_root), self.name) / "manifest.json"
+        if manifest.is_file():
+            return tuple(json.loads(manifest.read_text()).get("views", {}))
+        return tuple(self.views)
+
+    def missing_views_hint(self, data_root: Path, lacking: set[str]) -> str:
+        if lacking & {"clip_image", "waveform"}:
+            return ("N/A: only pre-extracted features are present, and this method reads raw frames and audio; with the raw "
+                    f"videos, extract a store that has them: `python -m datasets.extract --dataset {self.name} --audio-ckpt "
+                    "AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --mcil-views`")
+        return ""
+
 
 def _download_instructions(info: AVCILInfo, data_root: Path) -> str:
     src = default_src(data_root)

@@ -126,3 +126,7 @@ class DatasetAdapter(ABC):
         exists (`datasets.paired_features.features_store_path`). Keep it cheap: no store is built.
         """
         return tuple(self.views)
+
+    def missing_views_hint(self, data_root: Path, lacking: set[str]) -> str:
+        """How to get views a method needs that this dataset lacks now ("" when there is no way)."""
+        return ""

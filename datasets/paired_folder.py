@@ -928,6 +928,12 @@ class PairedFolderAdapter(DatasetAdapter):
 
         return tuple(self.views) + (FEATURE_VIEWS if features_store_path(self, data_root) is not None else ())
 
+    def missing_views_hint(self, data_root: Path, lacking: set[str]) -> str:
+        """The frozen-encoder views (`audio`, `visual`) come from one extraction command."""
+        from datasets.paired_features import extraction_command
+
+        return f"extract them with `{extraction_command(self, data_root)}`" if lacking <= {"audio", "visual"} else ""
+
     def open_raw(self, data_root: Path, progress: bool = True) -> FeatureStore:
         """The image store (its clip bank next to it), built first if needed. Needs the data, not the protocol."""
         missing = self.missing_parts(data_root)

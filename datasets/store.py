@@ -215,7 +215,10 @@ class StoreWriter:
                  required_splits: tuple[str, ...] = SPLITS, links: dict | None = None):
         """`links` {view: (store directory or FeatureStore, its view name)}: views this store exposes
         from another store over the same sample table, without copying (see the module docstring)."""
-        table.validate(source, required_splits)  # narrower for stores that are no training set, e.g. clip banks
+        if required_splits == SPLITS:
+            table.validate(source)  # any table type (e.g. the multi-label table) checks itself
+        else:
+            table.validate(source, required_splits)  # narrower for stores that are no training set, e.g. clip banks
         self.final = Path(path)
         self.partial = self.final.with_name(self.final.name + ".partial")
         self.table, self.views, self.meta = table, {v.name: v for v in views}, meta

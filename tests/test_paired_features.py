@@ -80,6 +80,9 @@ class TinyPaired(DatasetAdapter):
     def available_views(self, data_root):
         return self.views + (pf.FEATURE_VIEWS if pf.features_store_path(self, data_root) else ())
 
+    def missing_views_hint(self, data_root, lacking):
+        return f"extract them with `{pf.extraction_command(self, data_root)}`" if lacking <= {"audio", "visual"} else ""
+
     def protocols(self):
         return [ProtocolSpec("1x3", (1, 1, 1), 6)]
 

@@ -235,7 +235,7 @@ def test_interrupted_extraction_resumes(built, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fresh.open(tmp_path, progress=False)
     partial = fresh.store_path(tmp_path).with_name(fresh.store_path(tmp_path).name + ".partial")
-    assert json.loads((partial / "progress.json").read_text()) == {"audio": 8, "visual": 8}
+    assert json.loads((partial / "progress.json").read_text()) == {"audio": 8, "visual": 8, "clip_image": 8, "waveform": 8}
     assert not fresh.store_path(tmp_path).exists()
     calls["n"] = -100  # no more failures
     resumed = fresh.open(tmp_path, progress=False)

@@ -130,6 +130,7 @@ class MCILStrategy(StoreTemplate):
         clips = self.clip_lookup[rows]
         if self.cfg["train_pairing"] == "shuffled":
             clips = clips[torch.randperm(len(clips), device=clips.device)]
+        self.mb_clips = clips  # the bank rows this batch trains with (tests check the pairing)
         route = torch.full((len(rows),), self.step_index if self.model.n_routers > 1 else 0, dtype=torch.long, device=rows.device)
         with self.autocast():
             v = self.model.image_features(self.mb_x["clip_image"], route)
