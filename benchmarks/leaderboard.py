@@ -145,7 +145,7 @@ def _metrics_of(block: Mapping | None) -> dict:
 def record_row(suite: str, rec: Mapping) -> dict:
     """One flat row per record: the CSV row plus what the tables and plots need."""
     cell, stream, res = rec["cell"], rec.get("stream") or {}, rec.get("results") or {}
-    cost, enc = rec.get("cost") or {}, rec.get("encoders") or {}
+    cost = rec.get("cost") or {}
     best, last = _metrics_of(res), _metrics_of(res.get("last_epoch"))
     return {
         "suite": rec.get("suite", suite),

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from datasets.base import SPLITS, Availability, DatasetAdapter, DatasetError, ProtocolSpec, SampleTable
+from datasets.base import SPLITS, Availability, DatasetAdapter, DatasetError, ProtocolSpec, SampleTable, run_command
 from datasets.store import FeatureStore, StoreWriter, ViewSpec, atomic_write_text, file_sha256
 
 HF_DATASET = "wiberg/AV-CIL_features"
@@ -93,6 +93,8 @@ def import_command(name: str, src: Path | str = "SRC", data_root: Path | str = "
 
 class PickleRefused(DatasetError):
     """The import was asked to unpickle without --trust-pickle."""
+
+    exit_code = 2
 
 
 def dataset_info(name: str) -> AVCILInfo:
@@ -537,20 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         import_features(args.dataset, args.src if args.src is not None else default_src(args.data_root), args.data_root,
                         trust_pickle=args.trust_pickle, grid=args.grid, batch_rows=args.batch_rows, force=args.force,
                         progress=not args.no_progress)
-    except PickleRefused as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

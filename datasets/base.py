@@ -26,6 +26,24 @@ def _join(words) -> str:
 class DatasetError(RuntimeError):
     """Bad or missing input. The message names the file and the fix."""
 
+    exit_code = 1  # what a data command exits with when it stops on this error
+
+
+def run_command(body) -> int:
+    """Run a data command's body (import, extraction): a DatasetError is printed and becomes its exit
+    code; an interrupt says how to resume (every data command resumes when run again)."""
+    import sys
+
+    try:
+        body()
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
 
 @dataclass(frozen=True)
 class Availability:

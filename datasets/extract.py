@@ -90,7 +90,7 @@ from datasets.avcil_features import (
     default_src,
     store_path,
 )
-from datasets.base import SampleTable, DatasetError
+from datasets.base import DatasetError, SampleTable, run_command
 from datasets.store import FeatureStore, StoreWriter, ViewSpec, atomic_write_text, config_hash, file_sha256
 from datasets.videomae import VideoMAEEncoder, VideoMAESpec, load_videomae_weights, pixel_values, resize_crop, weight_files
 
@@ -673,7 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         extract_features(
             args.dataset, args.data_root, args.videos, args.dicts, args.audio_ckpt, args.visual_ckpt,
             trust_pickle=args.trust_pickle, random_encoders=args.random_encoders, batch=args.batch, device=args.device,
@@ -682,16 +683,8 @@ def main(argv: list[str] | None = None) -> int:
             audio_config=TINY_AUDIO if args.tiny_encoders else None, video_config=TINY_VIDEO if args.tiny_encoders else None,
             mcil_views=args.mcil_views,
         )
-    except PickleRefused as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 from datasets.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, check_shapes, fbank, load_audiomae_checkpoint, summarise_keys
-from datasets.base import DatasetError
-from datasets.extract import AUDIO_PIPELINE, TINY_AUDIO, _device, _precision, _versions
+from datasets.base import DatasetError, run_command
+from datasets.extract import AUDIO_PIPELINE, TINY_AUDIO, _device, _positive_int, _precision, _versions
 from datasets.store import FeatureStore, StoreWriter, ViewSpec, config_hash, file_sha256
 
 RAW_IMAGE_VIEW = "clip_image"  # the raw paired store's image view
@@ -545,12 +545,6 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
 # ----------------------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datasets.paired_features", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -580,9 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from datasets.avcil_features import PickleRefused
 
-    try:
+    def body():
         if args.paired_folder:
             from datasets.paired_folder import register_paired_folder
 
@@ -593,16 +586,8 @@ def main(argv: list[str] | None = None) -> int:
             random_encoders=args.random_encoders, tiny_encoders=args.tiny_encoders, batch=args.batch, device=args.device,
             precision=args.precision, audio_rate=args.audio_rate, fbank_norm=args.fbank_norm, force=args.force, seed=args.seed,
             progress=not args.no_progress)
-    except PickleRefused as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -14,3 +14,11 @@ def test_bf16_matches_fp32(modality):
 
 def test_check_flags_out_of_tolerance():
     assert check({"logits_rel": 0.5, "grad_cos": 0.5}) == ["logits_rel=0.5 (tolerance 0.05)", "grad_cos=0.5 (tolerance 0.98)"]
+
+
+@pytest.mark.parametrize("preset", ["tiny-rn", "tiny-vit"])
+def test_mcil_towers_bf16_match_fp32(preset):
+    from benchmarks.precision import compare_mcil
+
+    report = compare_mcil(preset, batch=8, device=torch.device("cpu"))
+    assert check(report) == [], report

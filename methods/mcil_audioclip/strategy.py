@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.avalanche_layer import ResidentViews, StoreTemplate, step_seed
+from benchmarks.avalanche_layer import ResidentViews, StoreTemplate
 from benchmarks.metrics import mcil_metrics, softmax_nmi
 from datasets.paired_folder import AudioPairing
 from methods.mcil_audioclip.losses import mcil_loss
@@ -85,7 +84,7 @@ class MCILStrategy(StoreTemplate):
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"]))
         total = len(self.dataloader) * self.train_epochs
-        warmup, lr = int(self.cfg["warmup_iters"]), float(self.cfg["lr"])
+        warmup = int(self.cfg["warmup_iters"])
 
         def schedule(i: int) -> float:  # multiplier of lr at iteration i (utils.cosine_lr of the release)
             if i < warmup:
