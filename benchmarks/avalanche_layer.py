@@ -367,7 +367,7 @@ class StoreTemplate(SupervisedTemplate):
         return {
             "step_index": self.step_index,
             "num_classes": self.model.num_classes,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": self.model_state(),
             "memory_rows": mem_rows,
             "memory_targets": mem_targets,
             "history": self.history,
@@ -377,7 +377,7 @@ class StoreTemplate(SupervisedTemplate):
     def load_resume_state(self, state: dict) -> None:
         self.step_index = int(state["step_index"])
         self.model.expand_classifier(int(state["num_classes"]))
-        self.model.load_state_dict(state["model"])
+        self.load_model_state(state["model"])
         self.model.to(self.device)
         rows, targets = state["memory_rows"], state["memory_targets"]
         self.memory = {int(c): rows[targets == c] for c in torch.unique(targets).tolist()}
@@ -396,6 +396,13 @@ class StoreTemplate(SupervisedTemplate):
     def method_info(self) -> dict:
         """Method-specific facts for the record (e.g. which weights were loaded)."""
         return {}
+
+    def model_state(self) -> dict:
+        """The model tensors a step checkpoint keeps (default: the whole state dict)."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def load_model_state(self, state: dict) -> None:
+        self.model.load_state_dict(state)
 
     def extra_state(self) -> dict:
         return {}

@@ -72,13 +72,31 @@ class MissingAdapter(ToyAdapter):
         return Availability(False, "put absent files in DATA/absent")
 
 
+class ToyPairedAdapter(ToyAdapter):
+    """A paired image + audio dataset (SynthAV-like raw views) for the raw-media methods."""
+
+    name, title = "toy_paired", "Toy paired"
+    views = ("clip_image", "waveform")
+
+    def open(self, data_root, progress=True):
+        from datasets.store import FeatureStore
+
+        path = data_root / "toy-paired-store"
+        return FeatureStore(path) if path.exists() else make_toy_paired_store(path)
+
+    def protocols(self):
+        from datasets.base import ProtocolSpec
+
+        return [ProtocolSpec("3x2", (2, 2, 2), 0)]
+
+
 @pytest.fixture
 def toy_registry(monkeypatch):
-    """Make the dataset registry hold only the toy (and a missing) adapter."""
+    """Make the dataset registry hold only the toy (and a missing) adapter, plus a paired toy."""
     import benchmarks.suites
     import datasets
 
-    adapters = {"toy": ToyAdapter(), "absent": MissingAdapter()}
+    adapters = {"toy": ToyAdapter(), "absent": MissingAdapter(), "toy_paired": ToyPairedAdapter()}
     monkeypatch.setattr(datasets, "registry", lambda: adapters)
     monkeypatch.setattr(benchmarks.suites, "dataset_registry", lambda: adapters)
     return adapters

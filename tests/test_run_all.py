@@ -52,7 +52,9 @@ def test_missing_dataset_is_reported_with_instructions(tmp_path, toy_registry, c
             "--no-progress", "--methods", "fine_tuning", "--modalities", "audio", "--seeds", "0", "--epochs", "1"]
     assert run_all.main(argv) == 0
     assert "[missing] absent: put absent files in DATA/absent" in capsys.readouterr().out
-    assert "put absent files" in (tmp_path / "lb" / "audio-visual.md").read_text()
+    page = (tmp_path / "lb" / "audio-visual.md").read_text()
+    assert "put absent files" in page
+    assert "## Absent (`absent`), protocol `3x2`\n\n**Missing**" in page  # its protocol's table, marked missing
 
 
 def test_unknown_names_exit_2(tmp_path, toy_registry, capsys):
@@ -174,3 +176,42 @@ def test_methods_needing_views_a_dataset_lacks_are_skipped_with_a_note(tmp_path,
     out = capsys.readouterr().out
     assert "[skipped] fine_tuning (audio) does not run on RawOnly" in out and "0 cells" in out
     assert "Not applicable: fine_tuning (audio-visual) does not run on RawOnly" in (tmp_path / "lb" / "audio-visual.md").read_text()
+
+
+def test_mcil_cells_record_their_metrics_render_and_resume(tmp_path, toy_registry, monkeypatch):
+    """Both MCIL-AudioCLIP modes through run_all on a paired toy: records carry the MCIL metrics and the
+    towers, the leaderboard shows M1/M2, and a cell killed after step 1 resumes to the same record."""
+    import benchmarks.runner as runner
+
+    base = ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), "--leaderboard-dir",
+            str(tmp_path / "lb"), "--no-progress", "--datasets", "toy_paired", "--seeds", "0", "--epochs", "1",
+            "--set", "towers={paper: tiny-rn, code: tiny-vit}"]  # a mode mapping, resolved per mode
+    calls = {"n": 0}
+    real_save = runner._save_checkpoint
+
+    def crash_after_second(ckpt_dir, t, state):
+        real_save(ckpt_dir, t, state)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_save_checkpoint", crash_after_second)
+    assert run_all.main(base + ["--methods", "mcil_audioclip", "--no-leaderboard"]) == 130
+    state = torch.load(next((tmp_path / "results").rglob("step1.pt")), weights_only=True)
+    assert all(".moe." in k or "fusion" in k or "audio_proj" in k or "running" in k or "num_batches" in k or k.endswith(".window")
+               for k in state["strategy"]["model"])  # frozen tower weights are not checkpointed
+    monkeypatch.setattr(runner, "_save_checkpoint", real_save)
+    assert run_all.main(base + ["--methods", "mcil_audioclip", "mcil_audioclip-code"]) == 0
+    recs = {r["cell"]["method"]: r for r in iter_records(tmp_path / "results")}
+    assert set(recs) == {"mcil_audioclip", "mcil_audioclip-code"}
+    for rec in recs.values():
+        mm = rec["results"]["method_metrics"]
+        assert set(mm["whole-set"]) >= {"m1", "m2"} and len(rec["results"]["step_reports"]) == 3
+        assert rec["results"]["selection"] == "last" and rec["method_info"]["towers"] in ("tiny-rn", "tiny-vit")
+    fresh = tmp_path / "fresh"
+    assert run_all.main([a.replace(str(tmp_path), str(fresh)) for a in base] + ["--methods", "mcil_audioclip", "--no-leaderboard"]) == 0
+    again = next(iter_records(fresh / "results"))
+    assert again["results"]["R"] == recs["mcil_audioclip"]["results"]["R"]
+    page = (tmp_path / "lb" / "audio-visual.md").read_text()
+    assert "MCIL M1" in page and "towers tiny-rn" in page and "last-epoch model of each step" in page
+    assert "protocol `3x2`" in page

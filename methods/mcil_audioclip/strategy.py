@@ -267,6 +267,20 @@ class MCILStrategy(StoreTemplate):
         return {"towers": self.cfg["towers"], "weights": m.weights_report, "experts": m.n_experts, "routers": m.n_routers,
                 "trainable_parameters": sum(p.numel() for p in m.parameters() if p.requires_grad)}
 
+    def model_state(self) -> dict:
+        """Only what training changes: the trainable tensors and every buffer (BN statistics drift in
+        code mode). The frozen towers are rebuilt from the same weights or the same seed on resume;
+        a ViT-B/16 step checkpoint is then a few MB, not 700."""
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        buffers = {n for n, _ in self.model.named_buffers()}
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items() if k in trainable or k in buffers}
+
+    def load_model_state(self, state: dict) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if unexpected or trainable & set(missing):
+            raise ValueError(f"step checkpoint does not fit the model: unexpected {unexpected[:5]}, missing trainable {sorted(trainable & set(missing))[:5]}")
+
     def extra_state(self) -> dict:
         return {"centroids": {int(k): v for k, v in self.centroids.items()}}
 
