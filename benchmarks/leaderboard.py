@@ -47,8 +47,8 @@ METRICS = list(M.METRIC_NAMES)  # column order of the tables and the CSV
 MODALITY_ORDER = ("audio", "visual", "audio-visual")
 DAGGER = "†"
 SELECTION_LINE = (
-    "Numbers from the best-validation checkpoint of each step, as in the reference; "
-    "last-epoch numbers are in [results.csv](results.csv)."
+    "Numbers from the best-validation checkpoint of each step, as in the reference, unless a note under the table "
+    "says a method keeps its last-epoch model (as its own reference does); last-epoch numbers are in [results.csv](results.csv)."
 )
 CSV_COLUMNS = (
     ["suite", "dataset", "protocol", "stream_hash", "method", "modality", "seed"]
@@ -779,10 +779,12 @@ def render(results_dir: Path, out_dir: Path, suites: Mapping[str, Mapping] | Non
               f"Rendered by `benchmarks/leaderboard.py` from the JSON result records alone ({len(all_rows) + len(ml_rows)} records)"
               + (f"; results produced by `{produced_by}`." if produced_by else "."),
               f"Newest record: {newest or 'none'}.", "",
-              "All numbers: best-validation checkpoint of each step (as in the reference). "
+              "All numbers: best-validation checkpoint of each step (as in the reference), except methods whose reference "
+              "selects nothing (noted under their table). "
               "Every record, with last-epoch numbers too: [results.csv](results.csv).", ""]
     if any(_suite_kind(results_dir, s_, suites.get(s_, {})) == "multilabel" for s_ in names):
-        readme[-2:-1] = ["Single-label suites: best-validation checkpoint of each step (as in the reference); every record, with "
+        readme[-2:-1] = ["Single-label suites: best-validation checkpoint of each step (as in the reference; methods whose reference "
+                         "selects nothing keep the last epoch, noted under their table); every record, with "
                          "last-epoch numbers too: [results.csv](results.csv). Multi-label suites: the last-epoch model of each "
                          "phase (the reference has no validation split); every record: results-<suite>.csv."]
     atomic_write_text(out_dir / "README.md", "\n".join(readme))

@@ -161,7 +161,7 @@ def test_notes_sections_and_footnotes(rendered):
     for m, formula in M.FORMULAS.items():
         assert f"**{M.METRIC_NAMES[m]}**: {formula}" in page
     assert "RANDOM ENCODERS" in page
-    assert "best-validation checkpoint of each step, as in the reference; last-epoch numbers are in" in page
+    assert "best-validation checkpoint of each step, as in the reference, unless a note under the table" in page and "last-epoch numbers are in" in page
     assert "Synthetic AV (`synth_av`)" in page and "3 steps x 2 classes; memory 20 exemplars" in page
 
 

@@ -104,6 +104,9 @@ class MCILAudioCLIP(nn.Module):
 
     # -- forward pieces ----------------------------------------------------------------
     def image_features(self, images: torch.Tensor, route_tasks: torch.Tensor | None, adapters: bool = True) -> torch.Tensor:
+        size = self.towers.image_size
+        if images.shape[-1] != size:  # e.g. scaled-down towers on a 224-px store: resize, antialiased
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         set_routing(self.towers, route_tasks, enabled=adapters)
         try:
             return F.normalize(self.towers.encode_image(images).float(), dim=1)
