@@ -462,6 +462,16 @@ def _publish(run: _Run, staging: FeatureStore, bad: dict, videos_dir: Path, batc
     return store
 
 
+def check_audio_options(batch: int, audio_rate: int, fbank_norm: str) -> None:
+    """The AudioMAE front-end options every extraction command takes, checked up front."""
+    if batch <= 0:
+        raise DatasetError(f"--batch must be positive, got {batch}")
+    if audio_rate <= 0:
+        raise DatasetError(f"--audio-rate must be positive, got {audio_rate}")
+    if fbank_norm not in FBANK_NORMS:
+        raise DatasetError(f"--fbank-norm must be one of {FBANK_NORMS}, got {fbank_norm!r}")
+
+
 def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path | None = None, dicts: Path | None = None,
                      audio_ckpt: Path | None = None, visual_ckpt: Path | None = None, *, trust_pickle: bool = False,
                      random_encoders: bool = False, batch: int = 16, device: str = "auto", precision: str = "auto",
@@ -476,12 +486,7 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
     """
     info = dataset_info(dataset)
     data_root = Path(data_root)
-    if batch <= 0:
-        raise DatasetError(f"--batch must be positive, got {batch}")
-    if audio_rate <= 0:
-        raise DatasetError(f"--audio-rate must be positive, got {audio_rate}")
-    if fbank_norm not in FBANK_NORMS:
-        raise DatasetError(f"--fbank-norm must be one of {FBANK_NORMS}, got {fbank_norm!r}")
+    check_audio_options(batch, audio_rate, fbank_norm)
     if not trust_pickle:
         raise PickleRefused(
             "refusing to extract: the AV-CIL dict files (category_encode_dict.npy, all_classId_vid_dict.npy, all_id_category_dict.npy) "

@@ -60,7 +60,7 @@ import torch
 
 from datasets.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, check_shapes, fbank, load_audiomae_checkpoint, summarise_keys
 from datasets.base import DatasetError, run_command
-from datasets.extract import AUDIO_PIPELINE, TINY_AUDIO, _device, _positive_int, _precision, _versions
+from datasets.extract import AUDIO_PIPELINE, TINY_AUDIO, _device, _positive_int, _precision, _versions, check_audio_options
 from datasets.store import FeatureStore, StoreWriter, ViewSpec, config_hash, file_sha256
 
 RAW_IMAGE_VIEW = "clip_image"  # the raw paired store's image view
@@ -387,12 +387,7 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     from datasets.paired_folder import AudioPairing
 
     data_root = Path(data_root)
-    if batch <= 0:
-        raise DatasetError(f"--batch must be positive, got {batch}")
-    if audio_rate <= 0:
-        raise DatasetError(f"--audio-rate must be positive, got {audio_rate}")
-    if fbank_norm not in FBANK_NORMS:
-        raise DatasetError(f"--fbank-norm must be one of {FBANK_NORMS}, got {fbank_norm!r}")
+    check_audio_options(batch, audio_rate, fbank_norm)
     if random_encoders and (audio_ckpt is not None or clip_ckpt is not None):
         raise DatasetError("--random-encoders and --audio-ckpt/--clip-ckpt exclude each other: give the checkpoints, or neither")
     if not random_encoders and (audio_ckpt is None or clip_ckpt is None):

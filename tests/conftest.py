@@ -7,9 +7,8 @@ from datasets.base import SampleTable
 from datasets.store import StoreWriter, ViewSpec
 
 
-def make_toy_store(path, n_classes=6, per_split=(12, 4, 4), audio_dim=8, grid=(2, 3, 8), seed=0):
-    """Gaussian class clusters in both views; enough signal for a few epochs to learn."""
-    rng = np.random.default_rng(seed)
+def toy_table(n_classes, per_split, class_name="class{}") -> SampleTable:
+    """Rows c<k>-<split>-<i>: per_split = (train, val, test) samples of every class."""
     ids, labels, splits = [], [], []
     for c in range(n_classes):
         for split, n in zip(("train", "val", "test"), per_split):
@@ -17,7 +16,14 @@ def make_toy_store(path, n_classes=6, per_split=(12, 4, 4), audio_dim=8, grid=(2
                 ids.append(f"c{c}-{split}-{i}")
                 labels.append(c)
                 splits.append(split)
-    table = SampleTable(ids, np.array(labels), np.array(splits), [f"class{c}" for c in range(n_classes)])
+    return SampleTable(ids, np.array(labels), np.array(splits), [class_name.format(c) for c in range(n_classes)])
+
+
+def make_toy_store(path, n_classes=6, per_split=(12, 4, 4), audio_dim=8, grid=(2, 3, 8), seed=0):
+    """Gaussian class clusters in both views; enough signal for a few epochs to learn."""
+    rng = np.random.default_rng(seed)
+    table = toy_table(n_classes, per_split, "class{}")
+    ids, labels = table.ids, table.labels
     audio_centres = rng.normal(size=(n_classes, audio_dim)) * 2
     visual_centres = rng.normal(size=(n_classes, grid[-1])) * 2
     labels = np.array(labels)
@@ -106,15 +112,8 @@ def make_toy_paired_store(path, n_classes=6, per_split=(8, 2, 4), image_size=64,
     """A paired image+audio store like SynthAV's raw views: colour-coded images, class-pitched tones,
     its own aligned `waveform` view (audio_bank "self")."""
     rng = np.random.default_rng(seed)
-    ids, labels, splits = [], [], []
-    for c in range(n_classes):
-        for split, n in zip(("train", "val", "test"), per_split):
-            for i in range(n):
-                ids.append(f"c{c}-{split}-{i}")
-                labels.append(c)
-                splits.append(split)
-    labels = np.array(labels)
-    table = SampleTable(ids, labels, np.array(splits), [f"class_{c}" for c in range(n_classes)])
+    table = toy_table(n_classes, per_split, "class_{}")
+    ids, labels = table.ids, table.labels
     colours = rng.normal(size=(n_classes, 3, 1, 1))
     images = colours[labels] + 0.5 * rng.normal(size=(len(ids), 3, image_size, image_size))
     t = np.arange(int(sample_rate * seconds)) / sample_rate

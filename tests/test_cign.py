@@ -10,11 +10,10 @@ import torch.nn.functional as F
 
 from benchmarks.protocols import Protocol
 from benchmarks.streams import build_stream
-from datasets.base import SampleTable
 from datasets.store import StoreWriter, ViewSpec
 from methods import registry
 from methods.cign import losses as L
-from methods.cign.model import CIGNNet, GroupingBlock, assign, build_cign, continual_mask, pick_input_mode
+from methods.cign.model import GroupingBlock, assign, build_cign, continual_mask, pick_input_mode
 
 TINY = dict(dim=16, depth=1, heads=2, drop_path=0.0)
 
@@ -259,16 +258,11 @@ def test_required_views_follow_the_input_mode():
 
 
 def raw_store(path, n_classes=4, per_split=(6, 2, 2), size=32, freq=32, frames=24):
+    from tests.conftest import toy_table
+
     rng = np.random.default_rng(0)
-    ids, labels, splits = [], [], []
-    for c in range(n_classes):
-        for split, n in zip(("train", "val", "test"), per_split):
-            for i in range(n):
-                ids.append(f"c{c}-{split}-{i}")
-                labels.append(c)
-                splits.append(split)
-    labels = np.array(labels)
-    table = SampleTable(ids, labels, np.array(splits), [f"class{c}" for c in range(n_classes)])
+    table = toy_table(n_classes, per_split)
+    ids, labels = table.ids, table.labels
     image = rng.normal(size=(len(ids), 3, size, size)) + labels[:, None, None, None]
     spec = rng.normal(size=(len(ids), freq, frames)) * 3 - 10 + 4 * labels[:, None, None]
     w = StoreWriter(path, table, [ViewSpec("spectrogram", (freq, frames)), ViewSpec("image", (3, size, size))], {"dataset": "raw-toy"}, "raw-toy")
