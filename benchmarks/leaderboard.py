@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import io
 import math
-import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -358,12 +357,10 @@ def _missing_protocols(missing_protocols: Mapping[str, Sequence[str]], titles: M
     """A heading per protocol of every missing dataset, so the page shows where its table will be."""
     lines = []
     for dataset, protocols in sorted(missing_protocols.items()):
-        dtitle = titles.get(dataset, dataset)
-        heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
         for protocol in protocols:
-            lines += [f"## {heading}, protocol `{protocol}`", "",
-                      "**Missing**: the dataset is not on this machine, so this table is empty; "
-                      "[Missing datasets](#missing-datasets) says what to put where.", ""]
+            lines += _section_heading(dataset, protocol, titles) + [
+                "**Missing**: the dataset is not on this machine, so this table is empty; "
+                "[Missing datasets](#missing-datasets) says what to put where.", ""]
     return lines
 
 
@@ -408,42 +405,53 @@ def _missing(missing) -> list[str]:
     return lines
 
 
+def _page_head(suite: str, info: Mapping, rows: list[dict], csv_name: str) -> list[str]:
+    """Title, record count and newest record, the caller's notes; "no results" when there are none."""
+    newest = max((r["_created"] for r in rows), key=_created_key, default=None)
+    lines = [f"# Leaderboard: {_md(info.get('title', suite))}", "",
+             f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · [{csv_name}]({csv_name})", ""]
+    for note in info.get("notes", []) or []:
+        lines += [f"> {note}", ""]
+    return lines + ([] if rows else ["No results yet for this suite.", ""])
+
+
+def _section_heading(dataset: str, protocol: str, titles: Mapping[str, str]) -> list[str]:
+    dtitle = titles.get(dataset, dataset)
+    heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
+    return [f"## {heading}, protocol `{protocol}`", ""]
+
+
+def _sections(rows: list[dict]) -> list[tuple[str, str, list[tuple[str, list[dict]]]]]:
+    """(dataset, protocol, [(stream hash, its rows), ...]) sorted; within a section the newest stream
+    first (most likely the current one), ties by hash: deterministic. Streams are never merged."""
+    by_dp: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        by_dp.setdefault((r["dataset"], r["protocol"]), {}).setdefault(r["stream_hash"], []).append(r)
+    out = []
+    for (dataset, protocol), streams in sorted(by_dp.items()):
+        order = sorted(streams)
+        order.sort(key=lambda h: max(_created_key(r["_created"]) for r in streams[h]), reverse=True)
+        out.append((dataset, protocol, [(h, streams[h]) for h in order]))
+    return out
+
+
 def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping, titles: Mapping[str, str],
                  out_dir: Path) -> tuple[str, set[str]]:
     """The markdown of one suite page (plots are written as a side effect); returns it and the plot files."""
     plots: set[str] = set()
-    title = info.get("title", suite)
-    newest = max((r["_created"] for r in rows), key=_created_key, default=None)
-    lines = [f"# Leaderboard: {_md(title)}", ""]
-    lines.append(f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · [results.csv](results.csv)")
-    lines.append("")
+    lines = _page_head(suite, info, rows, "results.csv")
     if rows and any(r["pretrained_encoders"] is not True for r in rows):
-        lines += ["> " + _encoder_note(r["pretrained_encoders"] for r in rows), ""]
-    for note in info.get("notes", []) or []:
-        lines += [f"> {note}", ""]
+        lines[4:4] = ["> " + _encoder_note(r["pretrained_encoders"] for r in rows), ""]
     overrides: set = set()
-    if not rows:
-        lines += ["No results yet for this suite.", ""]
-    by_dp: dict[tuple, list[dict]] = {}
-    for r in rows:
-        by_dp.setdefault((r["dataset"], r["protocol"]), []).append(r)
-    for (dataset, protocol), dp_rows in sorted(by_dp.items()):
+    for dataset, protocol, streams in _sections(rows):
         dtitle = titles.get(dataset, dataset)
-        heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
-        lines += [f"## {heading}, protocol `{protocol}`", ""]
-        streams: dict[str, list[dict]] = {}
-        for r in dp_rows:
-            streams.setdefault(r["stream_hash"], []).append(r)
-        # newest stream first (most likely the current one), ties by hash: deterministic
-        order = sorted(streams)
-        order.sort(key=lambda h: max(_created_key(r["_created"]) for r in streams[h]), reverse=True)
-        if len(order) > 1:
-            lines += [f"> **{len(order)} different class streams** exist for this dataset and protocol (different class order, "
+        lines += _section_heading(dataset, protocol, titles)
+        if len(streams) > 1:
+            lines += [f"> **{len(streams)} different class streams** exist for this dataset and protocol (different class order, "
                       "split or steps). Each has its own table below; their numbers are never averaged together.", ""]
-        for h in order:
-            srows = streams[h]
+        for h, srows in streams:
             first = srows[0]
-            if len(order) > 1:
+            if len(streams) > 1:
                 lines += [f"### Stream `{h[:12]}`", ""]
             lines.append(f"{SELECTION_LINE} Stream `{h[:12]}`; {_fmt_steps(first['_classes_per_step'])}; memory {first['_memory']} exemplars.")
             lines += ["", _encoder_note((r["pretrained_encoders"] for r in srows), short=True), ""]
@@ -631,35 +639,18 @@ def render_ml_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapp
                     out_dir: Path) -> tuple[str, set[str]]:
     """The page of a multi-label suite: rows method x normalisation, per-phase curves, AP matrices."""
     plots: set[str] = set()
-    title = info.get("title", suite)
-    newest = max((r["_created"] for r in rows), key=_created_key, default=None)
     csv_name = f"results-{safe_name(suite)}.csv"
-    lines = [f"# Leaderboard: {_md(title)}", "",
-             f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · [{csv_name}]({csv_name})", ""]
-    for note in info.get("notes", []) or []:
-        lines += [f"> {note}", ""]
+    lines = _page_head(suite, info, rows, csv_name)
     overrides: set = set()
-    if not rows:
-        lines += ["No results yet for this suite.", ""]
-    by_dp: dict[tuple, list[dict]] = {}
-    for r in rows:
-        by_dp.setdefault((r["dataset"], r["protocol"]), []).append(r)
-    for (dataset, protocol), dp_rows in sorted(by_dp.items()):
+    for dataset, protocol, streams in _sections(rows):
         dtitle = titles.get(dataset, dataset)
-        heading = f"{_md(dtitle)} (`{dataset}`)" if dtitle != dataset else f"`{dataset}`"
-        lines += [f"## {heading}, protocol `{protocol}`", ""]
-        streams: dict[str, list[dict]] = {}
-        for r in dp_rows:
-            streams.setdefault(r["stream_hash"], []).append(r)
-        order = sorted(streams)
-        order.sort(key=lambda h: max(_created_key(r["_created"]) for r in streams[h]), reverse=True)
-        if len(order) > 1:
-            lines += [f"> **{len(order)} different streams** (phase files) exist for this dataset and protocol. "
+        lines += _section_heading(dataset, protocol, titles)
+        if len(streams) > 1:
+            lines += [f"> **{len(streams)} different streams** (phase files) exist for this dataset and protocol. "
                       "Each has its own table below; their numbers are never averaged together.", ""]
-        for h in order:
-            srows = streams[h]
+        for h, srows in streams:
             first = srows[0]
-            if len(order) > 1:
+            if len(streams) > 1:
                 lines += [f"### Stream `{h[:12]}`", ""]
             widths = sorted({r["widths"] for r in srows})
             fr = first["_frames"]

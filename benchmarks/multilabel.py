@@ -443,14 +443,8 @@ def run_cell(cell: Cell, spec, ctx: GridContext) -> dict:
 def _run_phases(cell, spec, ctx, cfg, stream, key, path, store, strategy, rows, train_seconds, start, threshold, ckpt_dir, keep, phase_dir):
     wall0 = time.time()
     with base_runner.PeakMemory(ctx.device) as peak:
-        for t, experience in enumerate(stream.benchmark.train_stream):
-            if t < start:
-                continue
-            t0 = time.time()
-            strategy.train(experience, eval_streams=[])
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            train_seconds += time.time() - t0
+        for t, seconds in base_runner.trained_steps(stream, strategy, start, ctx.device):
+            train_seconds += seconds
             test_rows, y = stream.test_set(t)
             scores = strategy.predict_scores(test_rows)
             rows["phases"].append(ml_metrics.phase_metrics(y.numpy(), scores.numpy(), stream.base_classes, threshold))

@@ -173,14 +173,8 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
     step_of = torch.tensor(stream.protocol.step_of_position())
     wall0 = time.time()
     with PeakMemory(ctx.device) as peak:
-        for t, experience in enumerate(stream.benchmark.train_stream):
-            if t < start_step:
-                continue
-            t0 = time.time()
-            strategy.train(experience, eval_streams=[])
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            train_seconds += time.time() - t0
+        for t, seconds in trained_steps(stream, strategy, start_step, ctx.device):
+            train_seconds += seconds
             test = strategy.predict_split("test")
             rows.setdefault("reports", []).append(strategy.step_report())
             for suffix, (pred, targets) in (("", test), ("_last", strategy.last_epoch_test or test)):
@@ -217,6 +211,18 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
     write_record(path, record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return record
+
+
+def trained_steps(stream, strategy, start: int, device: torch.device):
+    """Train every step of the stream from `start` on; yield (step, its training seconds)."""
+    for t, experience in enumerate(stream.benchmark.train_stream):
+        if t < start:
+            continue
+        t0 = time.time()
+        strategy.train(experience, eval_streams=[])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield t, time.time() - t0
 
 
 def record_header(cell: Cell, key: str, cfg: dict, ctx: "GridContext", stream) -> dict:
