@@ -302,16 +302,25 @@ def _encoder_note(values, short: bool = False) -> str:
     return "Encoders: pretraining unknown (the records do not say)."
 
 
-def _table(rows: list[dict]) -> tuple[list[str], set]:
-    """One markdown table for one (dataset, protocol, stream); returns its lines and the overrides seen."""
-    mcil = [c for c in MCIL_COLUMNS if any(not _is_missing(r.get(c)) for r in rows)]
-    cols = ["Method", "Modality"] + [M.METRIC_NAMES[m] for m in METRICS] + [MCIL_COLUMNS[c] for c in mcil] + ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
+COST_COLUMNS = ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
+
+
+def _table(rows: list[dict], second: str = "modality", metrics: Sequence[str] | None = None,
+           names: Mapping[str, str] | None = None) -> tuple[list[str], set]:
+    """One markdown table for one (dataset, protocol, stream): a row per (method, `second` column),
+    reference runs before overridden ones; returns its lines and the overrides seen. Single-label
+    tables (second = modality) add the MCIL columns where some row has them."""
+    if metrics is None:
+        metrics = METRICS + [c for c in MCIL_COLUMNS if any(not _is_missing(r.get(c)) for r in rows)]
+    names = names or {**M.METRIC_NAMES, **MCIL_COLUMNS}
+    cols = ["Method", second.capitalize()] + [names[m] for m in metrics] + COST_COLUMNS
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
     overrides: set = set()
     df = pd.DataFrame(rows)
-    groups = sorted(df.groupby(["method", "modality", "reference_protocol", "_override"]),
-                    key=lambda kv: (kv[0][0], _modality_key(kv[0][1]), not kv[0][2], kv[0][3]))
-    for (method, modality, ref, ovr), g in groups:
+    order = _modality_key if second == "modality" else _norm_key
+    groups = sorted(df.groupby(["method", second, "reference_protocol", "_override"]),
+                    key=lambda kv: (kv[0][0], order(kv[0][1]), not kv[0][2], kv[0][3]))
+    for (method, key, ref, ovr), g in groups:
         name = _md(method)
         if not ref:
             name += f" {DAGGER}"
@@ -320,7 +329,8 @@ def _table(rows: list[dict]) -> tuple[list[str], set]:
         mem = [v for v in g["peak_memory_mb"] if not _is_missing(v)]
         kinds = sorted({str(k) for k in g["peak_memory_kind"] if not _is_missing(k)})
         params = sorted({int(v) for v in g["parameters"] if not _is_missing(v)})
-        cells = [name, _md(modality)] + [fmt_stat(list(g[m])) for m in METRICS + mcil] + [
+        label = _md(key) if second == "modality" else _md(str(key).upper())
+        cells = [name, label] + [fmt_stat(list(g[m])) for m in metrics] + [
             f"{np.mean(train):.1f}" if train else "n/a",
             (f"{max(mem):.0f}" + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "n/a",
             ("{:,}".format(params[0]) if len(params) == 1 else "{:,}–{:,}".format(params[0], params[-1])) if params else "n/a",
@@ -550,28 +560,7 @@ def _ml_label(r_or_key) -> str:
 
 
 def _ml_table(rows: list[dict]) -> tuple[list[str], set]:
-    cols = ["Method", "Norm"] + [MLM.HEADLINE_NAMES[m] for m in ML_COLUMNS] + ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
-    overrides: set = set()
-    df = pd.DataFrame(rows)
-    groups = sorted(df.groupby(["method", "norm", "reference_protocol", "_override"]),
-                    key=lambda kv: (kv[0][0], _norm_key(kv[0][1]), not kv[0][2], kv[0][3]))
-    for (method, norm, ref, ovr), g in groups:
-        name = _md(method)
-        if not ref:
-            name += f" {DAGGER}"
-            overrides.add(ovr or "?")
-        train = [v for v in g["train_seconds"] if not _is_missing(v)]
-        mem = [v for v in g["peak_memory_mb"] if not _is_missing(v)]
-        kinds = sorted({str(k) for k in g["peak_memory_kind"] if not _is_missing(k)})
-        params = sorted({int(v) for v in g["parameters"] if not _is_missing(v)})
-        cells = [name, _md(str(norm).upper())] + [fmt_stat(list(g[m])) for m in ML_COLUMNS] + [
-            f"{np.mean(train):.1f}" if train else "n/a",
-            (f"{max(mem):.0f}" + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "n/a",
-            ("{:,}".format(params[0]) if len(params) == 1 else "{:,}–{:,}".format(params[0], params[-1])) if params else "n/a",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines, overrides
+    return _table(rows, "norm", ML_COLUMNS, MLM.HEADLINE_NAMES)
 
 
 def plot_ml_curves(rows: list[dict], title: str, path: Path) -> None:
