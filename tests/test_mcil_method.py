@@ -86,3 +86,27 @@ def test_real_towers_need_weights_or_random_encoders(paired):
     with pytest.raises(ValueError, match="audioclip_ckpt"):
         spec.strategy(model_factory=None, store=store, stream=stream, modality="audio-visual", config=cfg,
                       device=torch.device("cpu"), seed=0, progress=False)
+
+
+def test_class_pairing_through_a_clip_bank(tmp_path):
+    """A generic paired folder (separate clip bank, 'class' pairing): every training pair shares its label,
+    and an image meets different clips of its class across epochs."""
+    from tests.test_paired_datasets import adapter_for, make_generic
+
+    root = make_generic(tmp_path / "mydata", train=(12, 12, 12))
+    store = adapter_for(root).open(tmp_path, progress=False)
+    assert store.meta["pairing"] == "class" and store.meta["audio_bank"] != "self"
+    stream = build_stream(store, Protocol("1+2x1", tuple(range(3)), (1, 2), memory=0))
+    s = make("mcil_audioclip", store, stream, epochs=3)
+    seen = []
+    s._after_forward = lambda **kw: seen.append((s.epoch, s.mb_rows.numpy().copy(), s.mb_clips.numpy().copy()))
+    s.train(next(iter(stream.benchmark.train_stream)), eval_streams=[])
+    for _, rows, clips in seen:
+        np.testing.assert_array_equal(store.labels[rows], s.pairing.bank.labels[clips])
+    by_row: dict[int, set] = {}
+    for _, rows, clips in seen:
+        for r, c in zip(rows.tolist(), clips.tolist()):
+            by_row.setdefault(r, set()).add(c)
+    assert any(len(c) > 1 for c in by_row.values())  # re-paired across epochs
+    pred, targets = s.predict_split("test")
+    assert len(pred) == len(targets)
