@@ -67,7 +67,6 @@ class MCILStrategy(StoreTemplate):
         model = MCILAudioCLIP(config, class_names, task_of_class, protocol.num_steps, pools, int(store.meta.get("clip_samples", 16000)))
         self.pairing = AudioPairing(store)
         self.centroids: dict[int, torch.Tensor] = {}
-        self.reports: list[dict] = []
         self.train_fired = [0, 0]
         super().__init__(model_factory=lambda n: model, store=store, stream=stream, modality=modality, config=config,
                          device=device, seed=seed, plugins=plugins, progress=progress, views=["clip_image"])
