@@ -68,7 +68,7 @@ class MoEAdapter(nn.Module):
         tasks = self.route_tasks if self.route_tasks is not None else torch.zeros(b, dtype=torch.long, device=router_input.device)
         if tasks.shape[0] != b:
             raise ValueError(f"route_tasks has {tasks.shape[0]} entries for a batch of {b}")
-        w = self.routers[tasks]  # (B, D, E)
+        w = pick(self.routers, tasks)  # (B, D, E)
         logits = torch.einsum("bd,bde->be", router_input.to(w.dtype), w)
         order = torch.sort(logits.detach(), dim=1, descending=True, stable=True).indices[:, : self.top_k]
         kept = logits.gather(1, order)
@@ -83,10 +83,18 @@ class MoEAdapter(nn.Module):
             return torch.zeros_like(x)
         idx, g = self.gates(router_input)
         dt = x.dtype
-        h = torch.einsum("bld,bkdr->bklr", x, self.down_weight[idx].to(dt)) + self.down_bias[idx].to(dt)[:, :, None]
+        h = torch.einsum("bld,bkdr->bklr", x, pick(self.down_weight, idx).to(dt)) + pick(self.down_bias, idx).to(dt)[:, :, None]
         h = self.dropout(torch.relu(h))
-        y = torch.einsum("bklr,bkrd->bkld", h, self.up_weight[idx].to(dt)) + self.up_bias[idx].to(dt)[:, :, None]
+        y = torch.einsum("bklr,bkrd->bkld", h, pick(self.up_weight, idx).to(dt)) + pick(self.up_bias, idx).to(dt)[:, :, None]
         return self.scale * torch.einsum("bk,bkld->bld", g.to(dt), y)
+
+
+def pick(weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """weights[idx] as a one-hot product: (E, ...) indexed by (B, ...) -> (B, ..., ...). The gradient of
+    advanced indexing accumulates into repeated rows in parallel on CPU, in a varying order, so two runs
+    of the same cell drifted apart; a matmul reduces in a fixed order. The extra work is tiny (E <= 10)."""
+    onehot = torch.nn.functional.one_hot(idx, weights.shape[0]).to(weights.dtype)
+    return torch.tensordot(onehot, weights, dims=([onehot.dim() - 1], [0]))
 
 
 def moe_modules(model: nn.Module) -> list[MoEAdapter]:
