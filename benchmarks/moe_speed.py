@@ -7,8 +7,9 @@
 One MoE adapter layer (methods.mcil_audioclip.moe.MoEAdapter) forward + backward, the same
 weights and inputs, measured in one process on one device:
 
-- gathered: the harness's implementation: each sample's top-k experts' weights gathered by
-  index, then one einsum for all samples (no host synchronisation);
+- gathered: the harness's implementation: each sample's top-k experts' weights selected by a
+  one-hot product (a deterministic gradient on CPU), then one einsum for all samples (no host
+  synchronisation);
 - dispatch: the reference's pattern (MoE-Adapters4CL SparseDispatcher, as released in
   MCIL-AudioCLIP `clip/model.py`): group the samples by expert with a per-expert index and a
   Python loop over experts, plus the release's per-(sample, expert) `.item()` reads of the

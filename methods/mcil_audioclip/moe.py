@@ -9,8 +9,9 @@ each stage of an RN50 image tower; see towers.py). For a sample b with tokens x_
 
 Whole samples are routed (every token of a sample goes to the same experts), as in the
 reference's SparseDispatcher (../shared/reference/mcil_audioclip.md 3.4). Experts are held as
-stacked weights and only the k chosen experts of each sample are computed (gathered weights,
-one einsum), instead of the reference's per-sample `.item()` dispatch loop.
+stacked weights and only the k chosen experts of each sample are computed (their weights
+selected by a one-hot product, one einsum), instead of the reference's per-sample `.item()`
+dispatch loop.
 
 Routers: `n_routers` routing matrices; each sample uses the one named by `route_tasks` (set
 by the model before a forward: the training task, or the task selected per test sample).
