@@ -8,7 +8,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 import run_all
@@ -95,12 +94,10 @@ def test_failing_cell_is_isolated_and_reported(tmp_path, toy_registry, monkeypat
     assert "Failed cells" in (tmp_path / "lb" / "audio-visual.md").read_text()
 
 
-def test_resume_after_a_finished_step(tmp_path, toy_registry, monkeypatch):
-    """A cell killed after step 1 continues from its step checkpoint (weights_only load) and
-    produces the same record as an uninterrupted run."""
+def crash_after_second_checkpoint(monkeypatch):
+    """Make the runner raise KeyboardInterrupt right after writing its second step checkpoint; return the real writer."""
     import benchmarks.runner as runner
 
-    argv = args(tmp_path, "--methods", "icarl-fc", "--modalities", "audio-visual", "--seeds", "0", "--epochs", "2", "--no-leaderboard")
     calls = {"n": 0}
     real_save = runner._save_checkpoint
 
@@ -111,6 +108,16 @@ def test_resume_after_a_finished_step(tmp_path, toy_registry, monkeypatch):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "_save_checkpoint", crash_after_second)
+    return real_save
+
+
+def test_resume_after_a_finished_step(tmp_path, toy_registry, monkeypatch):
+    """A cell killed after step 1 continues from its step checkpoint (weights_only load) and
+    produces the same record as an uninterrupted run."""
+    import benchmarks.runner as runner
+
+    argv = args(tmp_path, "--methods", "icarl-fc", "--modalities", "audio-visual", "--seeds", "0", "--epochs", "2", "--no-leaderboard")
+    real_save = crash_after_second_checkpoint(monkeypatch)
     assert run_all.main(argv) == 130
     ckpts = list((tmp_path / "results").rglob("step*.pt"))
     assert [p.name for p in ckpts] == ["step1.pt"]
@@ -186,16 +193,7 @@ def test_mcil_cells_record_their_metrics_render_and_resume(tmp_path, toy_registr
     base = ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), "--leaderboard-dir",
             str(tmp_path / "lb"), "--no-progress", "--datasets", "toy_paired", "--seeds", "0", "--epochs", "1",
             "--set", "towers={paper: tiny-rn, code: tiny-vit}"]  # a mode mapping, resolved per mode
-    calls = {"n": 0}
-    real_save = runner._save_checkpoint
-
-    def crash_after_second(ckpt_dir, t, state):
-        real_save(ckpt_dir, t, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "_save_checkpoint", crash_after_second)
+    real_save = crash_after_second_checkpoint(monkeypatch)
     assert run_all.main(base + ["--methods", "mcil_audioclip", "--no-leaderboard"]) == 130
     state = torch.load(next((tmp_path / "results").rglob("step1.pt")), weights_only=True)
     assert all(".moe." in k or "fusion" in k or "audio_proj" in k or "running" in k or "num_batches" in k or k.endswith(".window")
