@@ -118,7 +118,7 @@ def accuracy_matrix_from_predictions(pred, target, step_of_target, t: int):
 # MCIL-AudioCLIP metrics (continuum-1.2.7 forgetting / BWT / FWT and the two MCIL scores)
 # =====================================================================================
 #
-# Sources (see /work/shared/reference/mcil_audioclip.md, sections 3.8, 3.9 and 4):
+# Sources (see ../shared/reference/mcil_audioclip.md, sections 3.8, 3.9 and 4):
 # - continuum 1.2.7 `continuum/metrics/metrics.py` (Continvvm/continuum): `backward_transfer`
 #   (lines 57-84), `forward_transfer` (123-147), `forgetting` (150-174). The MCIL code reads
 #   them through `continuum.metrics.Logger` after evaluating task t and before `end_task()`, so
