@@ -1,6 +1,8 @@
 """The shared Avalanche strategy template: store-backed, multi-input, checkpointable.
 
-Every method is a subclass of `StoreTemplate` (an avalanche `SupervisedTemplate`), so the
+`HarnessTemplate` (an avalanche `SupervisedTemplate`) holds what every harness strategy shares,
+single- and multi-label (benchmarks.multilabel.MultiLabelTemplate). Every single-label method is a
+subclass of `StoreTemplate`, so the
 Avalanche training loop, plugin callbacks and experience handling stay in charge, while
 this layer makes once the things avalanche-lib 0.6.0 gets wrong for this harness
 (../shared/reference/cil_toolboxes.md 2.3-2.6):
@@ -91,29 +93,28 @@ def step_seed(seed: int, t: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + t * 7919 + salt) % (2**31 - 1)
 
 
-class StoreTemplate(SupervisedTemplate):
-    """Base strategy. Subclasses override `loss`, and optionally `training_rows`,
-    `model_adaptation_step`, `prepare_prediction`, `predict_batch`, `after_step`."""
+class HarnessTemplate(SupervisedTemplate):
+    """What every harness strategy shares (single- and multi-label): the store, stream, config and
+    seed; index-batch views; a placeholder optimizer that `make_optimizer` replaces per step; no
+    avalanche loggers (the harness owns its metrics); the previous step's frozen model as teacher;
+    bf16 autocast on request."""
 
-    #: how exemplars are chosen after each step: None (no memory), "herding" or "random"
-    exemplar_selection: str | None = None
-
-    def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True, views=None):
+    def __init__(self, *, model_factory, store: FeatureStore, stream, modality: str, config: dict, device, seed: int,
+                 views, criterion, plugins=None, progress: bool = True):
         self.model_factory = model_factory
         model = model_factory(stream.protocol.classes_per_step[0])
         self.store, self.stream, self.modality, self.cfg, self.seed = store, stream, modality, config, seed
-        self.views = list(views or {"audio": ["audio"], "visual": ["visual"], "audio-visual": ["audio", "visual"]}[modality])
+        self.views = list(views)
         self.progress = progress
-        self.memory: dict[int, torch.Tensor] = {}  # class position -> exemplar store rows, in priority order
         self.old_model = None
-        self.resident: ResidentViews | None = None
+        self.resident = None
         self.step_index = -1
-        self.history: list[dict] = []  # per step: best_val_epoch, val_acc
+        self.history: list[dict] = []  # per step: e.g. best_val_epoch, val_acc
         self.precision = config.get("precision", "fp32")
         super().__init__(
             model=model,
             optimizer=torch.optim.SGD(model.parameters(), lr=0.0),  # replaced per step by make_optimizer
-            criterion=torch.nn.CrossEntropyLoss(),
+            criterion=criterion,
             train_mb_size=config["batch_size"],
             train_epochs=config["epochs"],
             eval_mb_size=config["eval_batch_size"],
@@ -122,14 +123,47 @@ class StoreTemplate(SupervisedTemplate):
             evaluator=EvaluationPlugin(loggers=[]),  # the harness owns its metrics
         )
 
+    @property
+    def step_bounds(self) -> tuple[int, int]:
+        return self.stream.protocol.step_bounds(self.step_index)
+
+    def check_model_and_optimizer(self, **kwargs):
+        self.model = self.model_adaptation()
+        self.make_optimizer()
+
+    def keep_teacher(self) -> None:
+        """From the second step on, keep the previous step's model, frozen, as `old_model`."""
+        if self.step_index > 0:
+            self.old_model = copy.deepcopy(self.model).eval()
+            for p in self.old_model.parameters():
+                p.requires_grad_(False)
+
+    def autocast(self):
+        enabled = self.precision == "bf16"
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=enabled)
+
+    def forward(self):
+        with self.autocast():
+            return self.model(self.mb_x)
+
+
+class StoreTemplate(HarnessTemplate):
+    """Base strategy. Subclasses override `loss`, and optionally `training_rows`,
+    `model_adaptation_step`, `prepare_prediction`, `predict_batch`, `after_step`."""
+
+    #: how exemplars are chosen after each step: None (no memory), "herding" or "random"
+    exemplar_selection: str | None = None
+
+    def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True, views=None):
+        self.memory: dict[int, torch.Tensor] = {}  # class position -> exemplar store rows, in priority order
+        views = views or {"audio": ["audio"], "visual": ["visual"], "audio-visual": ["audio", "visual"]}[modality]
+        super().__init__(model_factory=model_factory, store=store, stream=stream, modality=modality, config=config, device=device,
+                         seed=seed, views=views, criterion=torch.nn.CrossEntropyLoss(), plugins=plugins, progress=progress)
+
     # ------------------------------------------------------------------ step set-up
     @property
     def seen_classes(self) -> int:
         return self.stream.protocol.seen_classes(self.step_index)
-
-    @property
-    def step_bounds(self) -> tuple[int, int]:
-        return self.stream.protocol.step_bounds(self.step_index)
 
     @property
     def separate_exemplar_batches(self) -> bool:
@@ -171,16 +205,9 @@ class StoreTemplate(SupervisedTemplate):
         self.resident = ResidentViews(self.store, self.views, resident_rows, self.device)
         self.dataloader = IndexBatches(self.train_rows, self.train_targets, self.train_mb_size, shuffle, self.cfg.get("drop_last", True), generator, self.device, exemplars)
 
-    def check_model_and_optimizer(self, **kwargs):
-        self.model = self.model_adaptation()
-        self.make_optimizer()
-
     def model_adaptation(self, model=None):
         """Keep the previous step's model as the teacher, then grow the classifier."""
-        if self.step_index > 0:
-            self.old_model = copy.deepcopy(self.model).eval()
-            for p in self.old_model.parameters():
-                p.requires_grad_(False)
+        self.keep_teacher()
         self.model_adaptation_step()
         return self.model.to(self.device)
 
@@ -197,14 +224,6 @@ class StoreTemplate(SupervisedTemplate):
         rows, targets, task, is_exemplar = self.mbatch
         self.mb_rows, self.mb_is_exemplar = rows, is_exemplar
         self.mbatch = [self.resident.gather(rows), targets, task]
-
-    def forward(self):
-        with self.autocast():
-            return self.model(self.mb_x)
-
-    def autocast(self):
-        enabled = self.precision == "bf16"
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=enabled)
 
     def criterion(self):
         with self.autocast():

@@ -36,13 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
 from benchmarks import ml_metrics
 from benchmarks import runner as base_runner
-from benchmarks.avalanche_layer import IndexBatches, ResidentViews, step_seed
+from benchmarks.avalanche_layer import HarnessTemplate, IndexBatches, ResidentViews, step_seed
 from benchmarks.protocols import Protocol
 from benchmarks.records import load_record, record_path, write_record
 from datasets import get_adapter
@@ -178,7 +176,7 @@ class StreamedViews:
         return {v: self.store.gather(v, rows.cpu(), device=self.device, dtype=torch.float32) for v in self.views}
 
 
-class MultiLabelTemplate(SupervisedTemplate):
+class MultiLabelTemplate(HarnessTemplate):
     """Base strategy of the multi-label methods. Subclasses override `loss_fn(out, y, mask)` and
     may set `train_set_mode = "joint"` (all seen phases' records)."""
 
@@ -186,35 +184,13 @@ class MultiLabelTemplate(SupervisedTemplate):
 
     def __init__(self, *, model_factory, store: FeatureStore, stream: MultiLabelStream, config: dict, device, seed: int,
                  progress: bool = True, plugins=None, views=("logmel",), modality: str = "audio"):
-        self.model_factory = model_factory
-        model = model_factory(stream.protocol.classes_per_step[0])
-        self.store, self.stream, self.cfg, self.seed, self.progress = store, stream, config, seed, progress
-        self.views, self.modality = list(views), modality
-        self.old_model = None
-        self.step_index = -1
-        self.resident = None
-        self.history: list[dict] = []
-        self.precision = config.get("precision", "fp32")
-        super().__init__(
-            model=model,
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.0),  # replaced per phase by make_optimizer
-            criterion=torch.nn.BCEWithLogitsLoss(),
-            train_mb_size=config["batch_size"],
-            train_epochs=config["epochs"],
-            eval_mb_size=config["eval_batch_size"],
-            device=device,
-            plugins=plugins,
-            evaluator=EvaluationPlugin(loggers=[]),  # the harness owns its metrics
-        )
+        super().__init__(model_factory=model_factory, store=store, stream=stream, modality=modality, config=config, device=device,
+                         seed=seed, views=views, criterion=torch.nn.BCEWithLogitsLoss(), plugins=plugins, progress=progress)
 
     # ------------------------------------------------------------------ phase set-up
     @property
     def seen_classes(self) -> int:
         return self.stream.seen(self.step_index)
-
-    @property
-    def step_bounds(self) -> tuple[int, int]:
-        return self.stream.protocol.step_bounds(self.step_index)
 
     def phase_epochs(self) -> int:
         later = self.cfg.get("epochs_incremental")
@@ -242,16 +218,9 @@ class MultiLabelTemplate(SupervisedTemplate):
         packed = torch.stack([self.train_y.float(), self.train_mask.float()], dim=1)  # (n, 2, seen)
         self.dataloader = IndexBatches(self.train_rows, packed, self.train_mb_size, shuffle, False, generator, self.device)
 
-    def check_model_and_optimizer(self, **kwargs):
-        self.model = self.model_adaptation()
-        self.make_optimizer()
-
     def model_adaptation(self, model=None):
         """Keep the previous phase's model as the frozen teacher, then grow the head."""
-        if self.step_index > 0:
-            self.old_model = copy.deepcopy(self.model).eval()
-            for p in self.old_model.parameters():
-                p.requires_grad_(False)
+        self.keep_teacher()
         self.model.expand_classifier(self.seen_classes)
         return self.model.to(self.device)
 
@@ -271,13 +240,6 @@ class MultiLabelTemplate(SupervisedTemplate):
         self.mb_mask = packed[:, 1].bool()
         self.mbatch = [self.resident.gather(rows), packed[:, 0], torch.zeros(len(rows), dtype=torch.long, device=rows.device)]
         self._teacher = None
-
-    def autocast(self):
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-
-    def forward(self):
-        with self.autocast():
-            return self.model(self.mb_x)
 
     def teacher(self) -> dict:
         """The frozen previous model's outputs on the minibatch (one forward, cached)."""
