@@ -18,12 +18,12 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
 import yaml
 
 from benchmarks.suites import SUITES, build_grid, get_suite, suite_methods, suite_runner
-from methods import SETTINGS_KEY
 from datasets.base import DatasetError
+from datasets.store import pick_device
+from methods import SETTINGS_KEY
 
 ROOT = Path(__file__).resolve().parent
 
@@ -105,15 +105,6 @@ def register_paired(args) -> None:
         register_paired_folder(Path(path), name, None if (Path(path) / "protocol.yaml").is_file() else protocol)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    return device
-
-
 def list_everything(args) -> None:
     from datasets import registry as dataset_registry
     from methods import registry as method_registry
@@ -162,7 +153,10 @@ def main(argv=None) -> int:
         print(f"[missing] {name}: {message}")
     for note in not_applicable:
         print(f"[skipped] {note}")
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except DatasetError as e:
+        raise SystemExit(str(e)) from None
     overrides = {"epochs": args.epochs, "precision": args.precision, "random_encoders": True if args.random_encoders else None,
                  SETTINGS_KEY: parse_settings(args.settings)}
 

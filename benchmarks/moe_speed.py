@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from datasets.store import pick_device
 from methods.mcil_audioclip.moe import MoEAdapter
 
 PRESETS = {
@@ -86,7 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     preset = args.preset or ("vit-b16" if device.type == "cuda" else "cpu-small")
     cfg = PRESETS[preset]
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from datasets.store import pick_device
 from methods.common.model import MODALITIES, AVCILNet
 
 TOLERANCES = {"logits_rel": 0.05, "loss_rel": 0.05, "grad_cos": 0.98, "agreement": 0.9, "attention_abs": 0.05, "audio_rel": 0.05}
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--classes", type=int, default=28)
     args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     grid = tuple(int(x) for x in args.grid.split(",")) if args.grid else ((8, 196, 768) if device.type == "cuda" else (8, 49, 256))
     failures = 0
     print(f"bf16 autocast vs fp32 on {device}, grid {grid}, batch {args.batch}")

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datasets.store import pick_device
+
 PRESETS = {
     # samples, audio dim, (T, P, D), batch
     "ave": dict(new=900, exemplars=340, audio_dim=768, grid=(8, 196, 768), batch=256),
@@ -161,7 +163,7 @@ def main(argv=None) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--workdir", type=Path, help="where the temporary feature store goes (default: a temp dir)")
     args = p.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     preset_name = args.preset or ("ave" if device.type == "cuda" else "cpu-small")
     cfg = PRESETS[preset_name]
     n_train = cfg["new"] + cfg["exemplars"]

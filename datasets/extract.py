@@ -91,7 +91,7 @@ from datasets.avcil_features import (
     store_path,
 )
 from datasets.base import DatasetError, SampleTable, run_command
-from datasets.store import FeatureStore, StoreWriter, ViewSpec, atomic_write_text, config_hash, file_sha256
+from datasets.store import FeatureStore, StoreWriter, ViewSpec, atomic_write_text, config_hash, file_sha256, pick_device
 from datasets.videomae import VideoMAEEncoder, VideoMAESpec, load_videomae_weights, pixel_values, resize_crop, weight_files
 
 EXTRACT_VERSION = 1  # bump whenever the extraction changes the features
@@ -286,15 +286,6 @@ def _prepared(jobs: list, workers: int, window: int):
 
 
 # ----------------------------------------------------------------------------- encoders
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DatasetError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return dev
 
 
 def _precision(device: torch.device, precision: str) -> str:
@@ -511,7 +502,7 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
                            "or a state-dict file")
     acfg, vspec = audio_config or AudioMAEConfig(), video_config or VideoMAESpec()
     workers = min(8, os.cpu_count() or 1) if workers is None else max(0, int(workers))
-    dev = _device(device)
+    dev = pick_device(device)
     prec = _precision(dev, precision)
 
     final = store_path(data_root, info.name)

@@ -60,8 +60,8 @@ import torch
 
 from datasets.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, check_shapes, fbank, load_audiomae_checkpoint, summarise_keys
 from datasets.base import DatasetError, run_command
-from datasets.extract import AUDIO_PIPELINE, TINY_AUDIO, _device, _positive_int, _precision, _versions, check_audio_options
-from datasets.store import FeatureStore, StoreWriter, ViewSpec, config_hash, file_sha256
+from datasets.extract import AUDIO_PIPELINE, TINY_AUDIO, _positive_int, _precision, _versions, check_audio_options
+from datasets.store import FeatureStore, StoreWriter, ViewSpec, config_hash, file_sha256, pick_device
 
 RAW_IMAGE_VIEW = "clip_image"  # the raw paired store's image view
 LEGACY_IMAGE_VIEWS = ("image",)  # accepted too: the raw stores written before the rename
@@ -427,7 +427,7 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     if size != ccfg.image_size:
         raise DatasetError(f"{raw.path}: images are {size} x {size} px but the CLIP ViT-B/16 tower takes {ccfg.image_size}; "
                            f"rebuild the raw store with image_size {ccfg.image_size}")
-    dev = _device(device)
+    dev = pick_device(device)
     prec = _precision(dev, precision)
     ckpts = {"audio": _ckpt_record(audio_ckpt), "visual": _ckpt_record(clip_ckpt)}
     t, p = ccfg.grid

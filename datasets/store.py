@@ -51,6 +51,16 @@ class ViewSpec:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
 
+def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1` ...; CUDA asked for but absent is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DatasetError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory, fsync, then rename over the target."""
     path = Path(path)

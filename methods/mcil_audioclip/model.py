@@ -13,7 +13,6 @@ Forward pieces (the strategy composes them):
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +21,9 @@ from torch import nn
 from methods.mcil_audioclip.fusion import AdaptiveFusion
 from methods.mcil_audioclip.moe import MoEAdapter, moe_modules, set_routing
 from methods.mcil_audioclip.towers import build_towers
+from methods.mcil_audioclip.weights import load_preset_weights
 
 RAW_LOGIT_SCALE = 2.6593  # ln(1/0.07): CLIP's logit_scale init, used un-exponentiated by the release
-REAL_PRESETS = ("audioclip-rn50", "clip-vit-b16")
 
 
 class MCILAudioCLIP(nn.Module):
@@ -41,7 +40,7 @@ class MCILAudioCLIP(nn.Module):
                               float(cfg["adapter_scale"]), float(cfg["adapter_dropout"]), float(cfg["router_init_std"]))
 
         self.towers = build_towers(cfg["towers"], factory)
-        self.weights_report = load_weights(self.towers, cfg)
+        self.weights_report = load_preset_weights(self.towers, cfg)
         if "init" in self.weights_report:
             calibrate_random_batchnorm(self.towers, float(cfg["audio_input_scale"]), audio_samples)
         d = self.towers.embed_dim
@@ -184,34 +183,3 @@ def calibrate_random_batchnorm(towers, audio_input_scale: float, audio_samples: 
         tower.train(was)
         for m in norms:
             m.momentum = 0.1
-
-
-def load_weights(towers, cfg: dict) -> dict:
-    """Load the towers' pretrained weights from the user's paths (never downloaded); return a
-    report for the record. Tiny presets are random by definition; a real preset without its
-    checkpoints runs only with --random-encoders (the record says so)."""
-    from methods.mcil_audioclip import weights
-
-    preset = cfg["towers"]
-    if preset not in REAL_PRESETS:
-        return {"init": f"random ({preset}: scaled-down towers, no pretrained weights exist)"}
-    report: dict = {}
-    if preset == "audioclip-rn50":
-        if cfg.get("audioclip_ckpt"):
-            report["audioclip"] = weights.load_audioclip(towers, Path(cfg["audioclip_ckpt"]), option="audioclip_ckpt")
-    else:
-        if cfg.get("clip_ckpt"):
-            report["clip"] = weights.load_openai_clip(towers, Path(cfg["clip_ckpt"]), option="clip_ckpt")
-        if cfg.get("esresnext_ckpt"):
-            report["esresnext"] = weights.load_esresnext(towers, Path(cfg["esresnext_ckpt"]), option="esresnext_ckpt")
-        elif cfg.get("resnext_imagenet_ckpt"):
-            report["resnext_imagenet"] = weights.load_resnext_imagenet(towers, Path(cfg["resnext_imagenet_ckpt"]), option="resnext_imagenet_ckpt")
-    if not report:
-        if not cfg.get("random_encoders"):
-            need = "audioclip_ckpt (AudioCLIP-Full-Training.pt)" if preset == "audioclip-rn50" else \
-                "clip_ckpt (OpenAI ViT-B-16.pt) and resnext_imagenet_ckpt (torchvision resnext50_32x4d .pth)"
-            raise ValueError(f"mcil_audioclip: towers {preset} need pretrained weights: set {need} with "
-                             "`run_all.py --set KEY=PATH` (nothing is downloaded), or pass --random-encoders to run "
-                             "with random towers (recorded as such)")
-        report["init"] = f"random ({preset} with --random-encoders: NOT pretrained)"
-    return report

@@ -245,3 +245,35 @@ def load_esresnext(towers, path, option: str = "--esrnx-ckpt") -> dict:
 def load_resnext_imagenet(towers, path, option: str = "--resnext-imagenet-ckpt") -> dict:
     """The released code's audio init: torchvision resnext50_32x4d ImageNet conv/BN tensors into towers.audio."""
     return load_torchvision_resnext(towers.audio, path, option)
+
+
+REAL_PRESETS = ("audioclip-rn50", "clip-vit-b16")
+
+
+def load_preset_weights(towers, cfg: dict) -> dict:
+    """Load the towers' pretrained weights from the user's paths (never downloaded); return a
+    report for the record. Tiny presets are random by definition; a real preset without its
+    checkpoints runs only with --random-encoders (the record says so)."""
+    preset = cfg["towers"]
+    if preset not in REAL_PRESETS:
+        return {"init": f"random ({preset}: scaled-down towers, no pretrained weights exist)"}
+    report: dict = {}
+    if preset == "audioclip-rn50":
+        if cfg.get("audioclip_ckpt"):
+            report["audioclip"] = load_audioclip(towers, Path(cfg["audioclip_ckpt"]), option="audioclip_ckpt")
+    else:
+        if cfg.get("clip_ckpt"):
+            report["clip"] = load_openai_clip(towers, Path(cfg["clip_ckpt"]), option="clip_ckpt")
+        if cfg.get("esresnext_ckpt"):
+            report["esresnext"] = load_esresnext(towers, Path(cfg["esresnext_ckpt"]), option="esresnext_ckpt")
+        elif cfg.get("resnext_imagenet_ckpt"):
+            report["resnext_imagenet"] = load_resnext_imagenet(towers, Path(cfg["resnext_imagenet_ckpt"]), option="resnext_imagenet_ckpt")
+    if not report:
+        if not cfg.get("random_encoders"):
+            need = "audioclip_ckpt (AudioCLIP-Full-Training.pt)" if preset == "audioclip-rn50" else \
+                "clip_ckpt (OpenAI ViT-B-16.pt) and resnext_imagenet_ckpt (torchvision resnext50_32x4d .pth)"
+            raise ValueError(f"mcil_audioclip: towers {preset} need pretrained weights: set {need} with "
+                             "`run_all.py --set KEY=PATH` (nothing is downloaded), or pass --random-encoders to run "
+                             "with random towers (recorded as such)")
+        report["init"] = f"random ({preset} with --random-encoders: NOT pretrained)"
+    return report
