@@ -138,6 +138,25 @@ class HarnessTemplate(SupervisedTemplate):
             for p in self.old_model.parameters():
                 p.requires_grad_(False)
 
+    # ------------------------------------------------------------------ epoch bookkeeping and progress
+    step_word = "step"  # in the progress bar ("phase" for the multi-label suite)
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        self.epoch = 0
+        self.bar = tqdm(total=self.train_epochs, desc=f"  {self.step_word} {self.step_index}", leave=False,
+                        disable=not self.progress, dynamic_ncols=True)
+
+    def training_epoch(self, **kwargs):
+        self.model.train()
+        self.epoch_loss, self.epoch_batches = 0.0, 0
+        super().training_epoch(**kwargs)
+
+    def _after_training_iteration(self, **kwargs):
+        self.epoch_loss = self.epoch_loss + self.loss.detach()  # no host sync per iteration
+        self.epoch_batches += 1
+        super()._after_training_iteration(**kwargs)
+
     def autocast(self):
         enabled = self.precision == "bf16"
         return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=enabled)
@@ -237,18 +256,6 @@ class StoreTemplate(HarnessTemplate):
     def _before_training_exp(self, **kwargs):
         super()._before_training_exp(**kwargs)
         self.best = {"acc": -math.inf, "epoch": -1, "state": None}
-        self.epoch = 0
-        self.bar = tqdm(total=self.train_epochs, desc=f"  step {self.step_index}", leave=False, disable=not self.progress, dynamic_ncols=True)
-
-    def training_epoch(self, **kwargs):
-        self.model.train()
-        self.epoch_loss, self.epoch_batches = 0.0, 0
-        super().training_epoch(**kwargs)
-
-    def _after_training_iteration(self, **kwargs):
-        self.epoch_loss = self.epoch_loss + self.loss.detach()  # no host sync per iteration
-        self.epoch_batches += 1
-        super()._after_training_iteration(**kwargs)
 
     @property
     def selects_on_val(self) -> bool:

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from benchmarks import ml_metrics
 from benchmarks import runner as base_runner
@@ -181,6 +180,7 @@ class MultiLabelTemplate(HarnessTemplate):
     may set `train_set_mode = "joint"` (all seen phases' records)."""
 
     train_set_mode = "phase"
+    step_word = "phase"
 
     def __init__(self, *, model_factory, store: FeatureStore, stream: MultiLabelStream, config: dict, device, seed: int,
                  progress: bool = True, plugins=None, views=("logmel",), modality: str = "audio"):
@@ -257,20 +257,6 @@ class MultiLabelTemplate(HarnessTemplate):
         return masked_bce(out["logits"].float(), y, self.pos_weight, mask)
 
     # ------------------------------------------------------------------ epochs
-    def _before_training_exp(self, **kwargs):
-        super()._before_training_exp(**kwargs)
-        self.epoch = 0
-        self.bar = tqdm(total=self.train_epochs, desc=f"  phase {self.step_index}", leave=False, disable=not self.progress, dynamic_ncols=True)
-
-    def training_epoch(self, **kwargs):
-        self.model.train()
-        self.epoch_loss, self.epoch_batches = 0.0, 0
-        super().training_epoch(**kwargs)
-
-    def _after_training_iteration(self, **kwargs):
-        self.epoch_loss = self.epoch_loss + self.loss.detach()
-        self.epoch_batches += 1
-        super()._after_training_iteration(**kwargs)
 
     def _after_training_epoch(self, **kwargs):
         super()._after_training_epoch(**kwargs)
