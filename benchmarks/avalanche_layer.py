@@ -157,6 +157,19 @@ class HarnessTemplate(SupervisedTemplate):
         self.epoch_batches += 1
         super()._after_training_iteration(**kwargs)
 
+    def eval_batches(self, rows: torch.Tensor, model=None):
+        """(chunk of rows, its views gathered from the store) in chunks of eval_batch_size, with the
+        model in eval mode meanwhile (its mode is restored afterwards)."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        try:
+            for b in range(0, len(rows), self.eval_mb_size):
+                chunk = rows[b : b + self.eval_mb_size]
+                yield chunk, {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+        finally:
+            model.train(was_training)
+
     def autocast(self):
         enabled = self.precision == "bf16"
         return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=enabled)
@@ -347,14 +360,7 @@ class StoreTemplate(HarnessTemplate):
 
     @torch.no_grad()
     def predict_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        preds = []
-        for b in range(0, len(rows), self.eval_mb_size):
-            chunk = rows[b : b + self.eval_mb_size]
-            views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
-            preds.append(self.predict_batch(views).cpu())
-        self.model.train(was_training)
+        preds = [self.predict_batch(views).cpu() for _, views in self.eval_batches(rows)]
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
     @torch.no_grad()

@@ -279,16 +279,11 @@ class MultiLabelTemplate(HarnessTemplate):
     def predict_scores(self, rows: torch.Tensor, model=None) -> torch.Tensor:
         """Sigmoid scores (n, seen classes) of store rows, eval mode, float32 on the CPU."""
         model = model or self.model
-        was_training = model.training
-        model.eval()
         out = []
-        for b in range(0, len(rows), self.eval_mb_size):
-            chunk = rows[b : b + self.eval_mb_size]
-            views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+        for _, views in self.eval_batches(rows, model):
             with self.autocast():
                 logits = model(views)["logits"][:, : self.seen_classes]
             out.append(torch.sigmoid(logits.float()).cpu())
-        model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.seen_classes)
 
     # ------------------------------------------------------------------ checkpoints

@@ -168,12 +168,10 @@ class MCILStrategy(StoreTemplate):
 
     @torch.no_grad()
     def frozen_image_features(self, rows: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
         out = []
-        for b in range(0, len(rows), self.eval_mb_size):
-            images = self.store.gather("clip_image", rows[b : b + self.eval_mb_size], device=self.device, dtype=torch.float32)
+        for _, views in self.eval_batches(rows):
             with self.autocast():
-                out.append(self.model.image_features(images, None, adapters=False).float())
+                out.append(self.model.image_features(views["clip_image"], None, adapters=False).float())
         return torch.cat(out)
 
     # ------------------------------------------------------------------ prediction
@@ -192,9 +190,8 @@ class MCILStrategy(StoreTemplate):
         tasks = self.step_index + 1
         centroids = torch.stack([self.centroids[t] for t in range(tasks)]).to(self.device) if self.cfg["task_selection"] == "frozen-centroid" else None
         preds, vs, as_, fs, fired, routed = [], [], [], [], [], []
-        for b in range(0, len(rows), self.eval_mb_size):
-            chunk = rows[b : b + self.eval_mb_size]
-            images = self.store.gather("clip_image", chunk, device=self.device, dtype=torch.float32)
+        for chunk, views in self.eval_batches(rows):
+            images = views["clip_image"]
             clips = self.pairing.eval_clip_rows(chunk.numpy())
             waves = self.pairing.bank.gather("waveform", clips, device=self.device, dtype=torch.float32)
             with self.autocast():
