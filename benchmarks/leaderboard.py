@@ -445,6 +445,17 @@ def _sections(rows: list[dict]) -> list[tuple[str, str, list[tuple[str, list[dic
     return out
 
 
+def _several_streams(streams: list, what: str, why: str) -> list[str]:
+    if len(streams) < 2:
+        return []
+    return [f"> **{len(streams)} different {what}** exist for this dataset and protocol {why}. "
+            "Each has its own table below; their numbers are never averaged together.", ""]
+
+
+def _stream_heading(h: str, streams: list) -> list[str]:
+    return [f"### Stream `{h[:12]}`", ""] if len(streams) > 1 else []
+
+
 def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping, titles: Mapping[str, str],
                  out_dir: Path) -> tuple[str, set[str]]:
     """The markdown of one suite page (plots are written as a side effect); returns it and the plot files."""
@@ -456,13 +467,10 @@ def render_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapping
     for dataset, protocol, streams in _sections(rows):
         dtitle = titles.get(dataset, dataset)
         lines += _section_heading(dataset, protocol, titles)
-        if len(streams) > 1:
-            lines += [f"> **{len(streams)} different class streams** exist for this dataset and protocol (different class order, "
-                      "split or steps). Each has its own table below; their numbers are never averaged together.", ""]
+        lines += _several_streams(streams, "class streams", "(different class order, split or steps)")
         for h, srows in streams:
             first = srows[0]
-            if len(streams) > 1:
-                lines += [f"### Stream `{h[:12]}`", ""]
+            lines += _stream_heading(h, streams)
             lines.append(f"{SELECTION_LINE} Stream `{h[:12]}`; {_fmt_steps(first['_classes_per_step'])}; memory {first['_memory']} exemplars.")
             lines += ["", _encoder_note((r["pretrained_encoders"] for r in srows), short=True), ""]
             table, ovr = _table(srows)
@@ -634,13 +642,10 @@ def render_ml_suite(suite: str, rows: list[dict], errors: list[dict], info: Mapp
     for dataset, protocol, streams in _sections(rows):
         dtitle = titles.get(dataset, dataset)
         lines += _section_heading(dataset, protocol, titles)
-        if len(streams) > 1:
-            lines += [f"> **{len(streams)} different streams** (phase files) exist for this dataset and protocol. "
-                      "Each has its own table below; their numbers are never averaged together.", ""]
+        lines += _several_streams(streams, "streams", "(phase files)")
         for h, srows in streams:
             first = srows[0]
-            if len(streams) > 1:
-                lines += [f"### Stream `{h[:12]}`", ""]
+            lines += _stream_heading(h, streams)
             widths = sorted({r["widths"] for r in srows})
             fr = first["_frames"]
             front = (f"log-mel {fr.get('seconds')} s at {fr.get('sample_rate')} Hz, {fr.get('n_mels')} mels" if fr else "log-mel")
