@@ -18,7 +18,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	for suite in $(SUITES); do $(VENV)/bin/python run_all.py --suite $$suite $(ARGS) || exit 1; done
+	$(VENV)/bin/python run_all.py --suite $(SUITES) $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests $(ARGS)

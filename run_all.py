@@ -5,6 +5,7 @@
     python run_all.py --dry-run --methods lwf icarl-nme
     python run_all.py --datasets synth_av --epochs 2  # quick check (marked: not the reference protocol)
     python run_all.py --suite audio-multilabel        # multi-label audio suite (embedded SynthTags by default)
+    python run_all.py --suite audio-visual audio-multilabel   # both (what `make run` does)
 
 A second run with nothing changed skips every finished cell (same resolved config and
 stream hash). A failing cell is reported and recorded as failed; the rest of the grid runs.
@@ -12,25 +13,28 @@ stream hash). A failing cell is reported and recorded as failed; the rest of the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import yaml
 
-from benchmarks.suites import SUITES, build_grid, get_suite, suite_methods, suite_runner
-from datasets.base import DatasetError
-from datasets.store import pick_device
-from methods import SETTINGS_KEY
+from benchmarks.core.method import SETTINGS_KEY, check_settings
+from benchmarks.run.cell import GridContext
+from benchmarks.run.grid import build_grid
+from benchmarks.run.launch import LAUNCHERS
+from benchmarks.suites import SUITES, get_suite
+from datasets.errors import ConfigError, HarnessError
+from datasets.io import pick_device
 
 ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="audio-visual", choices=sorted(SUITES), help="which grid to run (default: audio-visual)")
+    p.add_argument("--suite", nargs="+", default=["audio-visual"], choices=sorted(SUITES), metavar="SUITE",
+                   help=f"which grid(s) to run: {', '.join(sorted(SUITES))} (default: audio-visual)")
     p.add_argument("--datasets", nargs="+", help="restrict to these datasets (default: every dataset of the suite that is present)")
     p.add_argument("--methods", nargs="+", help="restrict to these methods (default: all of the suite)")
     p.add_argument("--modalities", nargs="+", choices=["audio", "visual", "audio-visual"], help="restrict modalities (default: all a method supports)")
@@ -46,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "pretrained weights are given (recorded in every cell's config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                    help="set a method config value (YAML-parsed) in every method whose config has KEY, e.g. "
-                        "--set audioclip_ckpt=/weights/AudioCLIP-Full-Training.pt; recorded in the cell's config; repeatable")
+                        "--set audioclip_ckpt=/weights/AudioCLIP-Full-Training.pt; recorded in the cell's config; repeatable. "
+                        "A KEY that no selected method has is an error listing the valid keys")
     p.add_argument("--list", action="store_true", help="list datasets with present/missing status, methods and suites, then exit")
     p.add_argument("--dry-run", action="store_true", help="print the grid (and which cells are already done) without running")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -56,14 +61,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "another machine; see README). Without DATASET= it applies to every multi-label dataset; repeatable")
     p.add_argument("--paired-folder", action="append", metavar="PATH[=NAME]",
                    help="audio-visual suite: add a paired image+audio folder (PATH/image/{train,test}/<class>/, PATH/audio/...; see "
-                        "datasets/paired_folder.py) as dataset NAME (default: the folder name); repeatable")
+                        "datasets/adapters/paired_folder.py) as dataset NAME (default: the folder name); repeatable")
     p.add_argument("--paired-protocol", metavar="INITIAL,PER_STEP",
                    help="protocol of the --paired-folder datasets that have no protocol.yaml, e.g. 4,3 (4 classes, then steps of 3)")
     p.add_argument("--skip-bad", action="store_true",
                    help="paired image+audio datasets: leave unreadable files out (listed in the store meta) instead of stopping "
                         "(same as PAIRED_SKIP_BAD=1)")
     p.add_argument("--keep-phase-checkpoints", action="store_true",
-                   help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.cka)")
+                   help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.tools.cka)")
+    p.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS), help="how the cells run (default: local, in this process)")
+    p.add_argument("--verbose", action="store_true", help="also show debug messages")
     return p.parse_args(argv)
 
 
@@ -73,8 +80,11 @@ def parse_settings(values) -> dict:
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
     return out
 
 
@@ -92,7 +102,7 @@ def audio_roots(values) -> dict:
 
 def register_paired(args) -> None:
     """--paired-folder / --paired-protocol / --skip-bad -> run-time dataset registrations (before the grid is built)."""
-    from datasets.paired_folder import configure, parse_paired_protocol, register_paired_folder
+    from datasets.adapters.paired_folder import configure, parse_paired_protocol, register_paired_folder
 
     configure(skip_bad=True if args.skip_bad else None)
     protocol = parse_paired_protocol(args.paired_protocol) if args.paired_protocol else None
@@ -100,8 +110,11 @@ def register_paired(args) -> None:
         path, sep, name = value.rpartition("=")
         if not (sep and path and name and "/" not in name):
             path, name = value, None
+        if not Path(path).is_dir():
+            raise ConfigError(f"--paired-folder {path}: no such folder; give the folder that holds image/ and audio/ "
+                              f"(see README, 'Your own paired folder')")
         if protocol is not None and (Path(path) / "protocol.yaml").is_file():
-            print(f"[note] {Path(path) / 'protocol.yaml'} is used; --paired-protocol applies only to folders without one")
+            log.info("[note] %s is used; --paired-protocol applies only to folders without one", Path(path) / "protocol.yaml")
         register_paired_folder(Path(path), name, None if (Path(path) / "protocol.yaml").is_file() else protocol)
 
 
@@ -115,110 +128,119 @@ def list_everything(args) -> None:
     print("Datasets:")
     for name, a in sorted(dataset_registry().items()):
         status = a.availability(args.data_root)
-        print(f"  {name:16s} [{'present' if status.present else 'MISSING'}] {a.title}; suites {', '.join(a.suites)}; protocols {', '.join(p.name for p in a.protocols())}")
+        protocols = ", ".join(p.name for p in a.protocols())
+        print(f"  {name:16s} [{'present' if status.present else 'MISSING'}] {a.title}; suites {', '.join(a.suites)}; protocols {protocols}")
         if not status.present:
             print("      " + status.message.replace("\n", "\n      "))
     print("Methods:")
-    methods = dict(method_registry())
-    for suite in SUITES.values():
-        methods.update(suite_methods(suite))
-    for name, m in sorted(methods.items()):
+    for name, m in sorted(method_registry().items()):
         print(f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}")
+
+
+class CLIHandler(logging.Handler):
+    """The one log handler of the command line: info to stdout, warnings and errors to stderr, message text only."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream.write(self.format(record) + "\n")
+        stream.flush()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, CLIHandler)]:
+        root.removeHandler(h)
+    root.addHandler(CLIHandler())
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+log = logging.getLogger("run_all")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return run(args)
+    except HarnessError as e:
+        log.error("error: %s", e)
+        return e.exit_code
+
+
+def run(args) -> int:
     if args.audio_root:
-        from datasets.audio_multilabel import configure
+        from datasets.adapters.audio_multilabel import configure
 
         configure(audio_roots(args.audio_root))
-    try:
-        register_paired(args)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    register_paired(args)
     if args.list:
         list_everything(args)
         return 0
     # Paths under the working directory are shown relative, so messages and the committed
     # leaderboard carry no machine-specific absolute paths.
-    args.data_root = Path(os.path.relpath(args.data_root)) if Path(args.data_root).resolve().is_relative_to(Path.cwd()) else args.data_root
-    suite = get_suite(args.suite)
-    try:
-        cells, missing, not_applicable, datasets, methods = build_grid(suite, args.data_root, args.datasets, args.methods, args.modalities, args.seeds)
-    except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
-    for name, message in missing.items():
-        print(f"[missing] {name}: {message}")
-    for note in not_applicable:
-        print(f"[skipped] {note}")
-    try:
-        device = pick_device(args.device)
-    except DatasetError as e:
-        raise SystemExit(str(e)) from None
+    if Path(args.data_root).resolve().is_relative_to(Path.cwd()):
+        args.data_root = Path(os.path.relpath(args.data_root))
+    settings = parse_settings(args.settings)
+    suites = [get_suite(name) for name in dict.fromkeys(args.suite)]
+    grids = {s.name: build_grid(s, args.data_root, args.datasets, args.methods, args.modalities, args.seeds) for s in suites}
+    # a --set key must belong to some method selected in any of the suites run together
+    check_settings(settings, [g.methods[m] for g in grids.values() for m in (args.methods or g.methods) if m in g.methods],
+                   [d for g in grids.values() for d in (args.datasets or g.datasets)])
+    device = pick_device(args.device)
     overrides = {"epochs": args.epochs, "precision": args.precision, "random_encoders": True if args.random_encoders else None,
-                 SETTINGS_KEY: parse_settings(args.settings)}
-
-    runner = suite_runner(suite)
-    ctx = runner.GridContext(args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides,
-                             options={"keep_phase_checkpoints": args.keep_phase_checkpoints})
-    print(f"suite {suite.name}: {len(cells)} cells on {device}")
-    failed, ran, skipped = [], 0, 0
-    for i, cell in enumerate(cells, 1):
-        prefix = f"[{i}/{len(cells)}] {cell.label()}"
-        try:
-            if runner.is_done(cell, methods[cell.method], ctx):
-                skipped += 1
-                if args.dry_run:
-                    print(f"{prefix}: done")
-                continue
-            if args.dry_run:
-                print(f"{prefix}: to run")
-                continue
-            t0 = time.time()
-            rec = runner.run_cell(cell, methods[cell.method], ctx)
-            print(f"{prefix}: {runner.summary_line(rec)}  ({time.time() - t0:.1f}s)")
-            ran += 1
-        except KeyboardInterrupt:
-            print(f"\ninterrupted during {cell.label()}; finished cells are kept, re-run to resume")
+                 SETTINGS_KEY: settings}
+    status, failed_any, outcomes = 0, False, {}
+    for suite in suites:
+        grid = grids[suite.name]
+        for name, message in grid.missing.items():
+            log.info("[missing] %s: %s", name, message)
+        for note in grid.not_applicable:
+            log.info("[skipped] %s", note)
+        ctx = GridContext(suite, args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides,
+                          options={"keep_phase_checkpoints": args.keep_phase_checkpoints})
+        print(f"suite {suite.name}: {len(grid.cells)} cells on {device}")
+        outcome = LAUNCHERS[args.launcher](grid.cells, grid.methods, ctx, dry_run=args.dry_run)
+        if outcome.interrupted:
             return 130
-        except Exception as e:  # one bad cell must not stop the grid
-            message = (e.args[0] if isinstance(e, KeyError) else str(e)) if isinstance(e, (DatasetError, KeyError, ValueError)) else f"{type(e).__name__}: {e}"
-            print(f"{prefix}: FAILED: {message}", file=sys.stderr)
-            if args.dry_run:
-                failed.append((cell, message))
-                continue
-            if not isinstance(e, DatasetError):
-                traceback.print_exc()
-            runner.fail_cell(cell, ctx, message)
-            failed.append((cell, message))
-    if args.dry_run:
-        print(f"{len(cells)} cells: {skipped} done, {len(cells) - skipped - len(failed)} to run, {len(failed)} cannot run")
-        return 1 if failed else 0
-    print(f"done: {ran} ran, {skipped} already recorded, {len(failed)} failed")
-    if not args.no_leaderboard:
-        from benchmarks.leaderboard import render
+        if args.dry_run:
+            to_run = len(grid.cells) - outcome.skipped - len(outcome.failed)
+            print(f"{len(grid.cells)} cells: {outcome.skipped} done, {to_run} to run, {len(outcome.failed)} cannot run")
+            status = max(status, 1 if outcome.failed else 0)
+            continue
+        print(f"done: {outcome.ran} ran, {outcome.skipped} already recorded, {len(outcome.failed)} failed")
+        failed_any = failed_any or bool(outcome.failed)
+        outcomes[suite.name] = (grid, outcome)
+    if outcomes and not args.no_leaderboard:
+        render_leaderboard(args, outcomes)
+    return 1 if failed_any else status
 
-        from datasets import registry as dataset_registry
 
-        notes = [f"{len(failed)} cell(s) failed in the last run; see Failed cells."] if failed else []
-        notes += [f"Not applicable: {note}." for note in not_applicable]
-        reported = yaml.safe_load((ROOT / "benchmarks" / "reported.yaml").read_text())
-        adapters = dataset_registry()
-        # Every suite's page is re-rendered from its records, so each gets its own missing datasets
-        # and reported numbers (not only the suite that just ran).
-        info = {}
-        for other in SUITES.values():
-            absent = {k: st.message for k, a in sorted(adapters.items()) if other.name in a.suites and not (st := a.availability(args.data_root)).present}
-            gone = missing if other is suite else absent
-            info[other.name] = {"missing": gone, "missing_protocols": {k: [p.name for p in adapters[k].protocols()] for k in gone if k in adapters},
-                                "title": other.description,
-                                "notes": notes if other is suite else [], "reported": reported.get(other.name, []), "kind": other.kind}
-        render(args.results_dir, args.leaderboard_dir, info, titles={k: a.title for k, a in adapters.items()},
-               produced_by="python run_all.py --suite <suite>")
-        print(f"leaderboard written to {args.leaderboard_dir}")
-    return 1 if failed else 0
+def render_leaderboard(args, outcomes: dict) -> None:
+    """Re-render every suite's page from the records: each with its missing datasets and reported numbers, and,
+    for the suites just run, notes on failed and not-applicable cells."""
+    from benchmarks.report import REPORTED
+    from benchmarks.report.pages import render
+    from datasets import registry as dataset_registry
+
+    reported = yaml.safe_load(REPORTED.read_text())
+    adapters = dataset_registry()
+    info = {}
+    for suite in SUITES.values():
+        notes = []
+        if suite.name in outcomes:
+            grid, outcome = outcomes[suite.name]
+            gone = grid.missing
+            notes = [f"{len(outcome.failed)} cell(s) failed in the last run; see Failed cells."] if outcome.failed else []
+            notes += [f"Not applicable: {note}." for note in grid.not_applicable]
+        else:
+            gone = {k: st.message for k, a in sorted(adapters.items())
+                    if suite.name in a.suites and not (st := a.availability(args.data_root)).present}
+        info[suite.name] = {"missing": gone, "missing_protocols": {k: [p.name for p in adapters[k].protocols()] for k in gone},
+                            "title": suite.description, "notes": notes, "reported": reported.get(suite.name, []),
+                            "kind": suite.kind.name}
+    render(args.results_dir, args.leaderboard_dir, info, titles={k: a.title for k, a in adapters.items()},
+           produced_by="python run_all.py --suite <suite>")
+    log.info("leaderboard written to %s", args.leaderboard_dir)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Dataset adapters, discovered from the modules of this package.
 
-A module that defines `ADAPTERS = [SomeAdapter(), ...]` registers them; adding a dataset is
+A module of `datasets.adapters` that defines `ADAPTERS = [SomeAdapter(), ...]` registers them; adding a dataset is
 adding one module. (This package shadows the Hugging Face `datasets` library on purpose:
 the harness does not use it.)
 """
@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from datasets.base import DatasetAdapter, DatasetError
+from datasets import adapters
+from datasets.base import DatasetAdapter
+from datasets.errors import ConfigError
 
-_SKIP = {"base", "store"}
 # Adapters added at run time (`register`), e.g. a user's paired image+audio folder from
 # `run_all.py --paired-folder`: they have no module of their own to be discovered from.
 _RUNTIME: dict[str, DatasetAdapter] = {}
@@ -19,10 +20,10 @@ _RUNTIME: dict[str, DatasetAdapter] = {}
 
 def registry() -> dict[str, DatasetAdapter]:
     found: dict[str, DatasetAdapter] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name in _SKIP or info.name.startswith("_"):
+    for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+        module = importlib.import_module(f"{adapters.__name__}.{info.name}")
         for adapter in getattr(module, "ADAPTERS", []):
             if adapter.name in found:
                 raise RuntimeError(f"dataset name {adapter.name!r} registered twice ({module.__name__})")
@@ -38,7 +39,7 @@ def register(adapter: DatasetAdapter) -> DatasetAdapter:
     """Add (or replace) a run-time adapter under `adapter.name`; a module adapter's name is refused."""
     _RUNTIME.pop(adapter.name, None)
     if adapter.name in registry():
-        raise DatasetError(f"dataset name {adapter.name!r} is taken by a built-in dataset; register the folder under another name (PATH=NAME)")
+        raise ConfigError(f"dataset name {adapter.name!r} is taken by a built-in dataset; register the folder under another name (PATH=NAME)")
     _RUNTIME[adapter.name] = adapter
     return adapter
 
@@ -46,5 +47,5 @@ def register(adapter: DatasetAdapter) -> DatasetAdapter:
 def get_adapter(name: str) -> DatasetAdapter:
     adapters = registry()
     if name not in adapters:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(adapters))} (see `python run_all.py --list`)")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(adapters))} (see `python run_all.py --list`)")
     return adapters[name]

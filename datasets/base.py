@@ -1,4 +1,4 @@
-"""The contract every dataset adapter implements, and the errors it raises.
+"""The contract every dataset adapter implements.
 
 An adapter knows one on-disk format. It says whether its data is present under a data
 root (and, if not, exactly what to put where), and opens a `FeatureStore` holding the
@@ -14,35 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.errors import DatasetError
+
 SPLITS = ("train", "val", "test")
+MODALITIES = ("audio", "visual", "audio-visual")
+#: the cached feature views a modality reads
+MODALITY_VIEWS = {"audio": ("audio",), "visual": ("visual",), "audio-visual": ("audio", "visual")}
 
 
 def _join(words) -> str:
     """('train', 'val', 'test') -> 'train, val and test'."""
     words = list(words)
     return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
-
-
-class DatasetError(RuntimeError):
-    """Bad or missing input. The message names the file and the fix."""
-
-    exit_code = 1  # what a data command exits with when it stops on this error
-
-
-def run_command(body) -> int:
-    """Run a data command's body (import, extraction): a DatasetError is printed and becomes its exit
-    code; an interrupt says how to resume (every data command resumes when run again)."""
-    import sys
-
-    try:
-        body()
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +92,7 @@ class SampleTable:
 
 @dataclass(frozen=True)
 class ProtocolSpec:
-    """A dataset's default class-incremental protocol (see benchmarks.protocols.Protocol)."""
+    """A dataset's default class-incremental protocol (see benchmarks.core.protocols.Protocol)."""
 
     name: str
     classes_per_step: tuple[int, ...]
@@ -141,7 +124,7 @@ class DatasetAdapter(ABC):
 
         Adapters whose views depend on what has been built under the data root override it, e.g.
         a paired image + audio dataset gains `audio`/`visual` once its frozen-encoder feature store
-        exists (`datasets.paired_features.features_store_path`). Keep it cheap: no store is built.
+        exists (`datasets.extraction.paired.features_store_path`). Keep it cheap: no store is built.
         """
         return tuple(self.views)
 

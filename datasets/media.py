@@ -25,7 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from datasets.base import DatasetError
+from datasets.errors import DatasetError
 
 DEFAULT_FIX = "replace it with a complete copy (re-download or re-extract it)"
 # What libav* raises (through PyAV) on damaged input; all become a DatasetError.

@@ -25,7 +25,6 @@ continues from there.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.base import SPLITS, DatasetError, SampleTable
+from datasets.base import SPLITS, SampleTable
+from datasets.errors import DatasetError
+from datasets.io import atomic_write_bytes, atomic_write_text, config_hash
 
 FORMAT_VERSION = 1
 
@@ -49,37 +50,6 @@ class ViewSpec:
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype}
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1` ...; CUDA asked for but absent is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DatasetError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    return device
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def config_hash(obj) -> str:
-    """Stable short hash of a JSON-serialisable config."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _LINKS_OPENING = threading.local()  # store directories whose links are being resolved (cycle guard)
@@ -102,14 +72,6 @@ def link_mismatch_error(store_path: Path, target_path: Path, view: str) -> Datas
         f"(table digests differ: the linked store was rebuilt after {store_path.name} was derived from it); "
         f"delete {store_path} and derive it again from the current {target_path.name}"
     )
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FeatureStore:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.protocols import Protocol
+from benchmarks.core.protocols import Protocol
 from datasets.base import SampleTable
 from datasets.store import StoreWriter, ViewSpec
 
@@ -99,12 +99,12 @@ class ToyPairedAdapter(ToyAdapter):
 @pytest.fixture
 def toy_registry(monkeypatch):
     """Make the dataset registry hold only the toy (and a missing) adapter, plus a paired toy."""
-    import benchmarks.suites
+    import benchmarks.run.grid
     import datasets
 
     adapters = {"toy": ToyAdapter(), "absent": MissingAdapter(), "toy_paired": ToyPairedAdapter()}
     monkeypatch.setattr(datasets, "registry", lambda: adapters)
-    monkeypatch.setattr(benchmarks.suites, "dataset_registry", lambda: adapters)
+    monkeypatch.setattr(benchmarks.run.grid, "dataset_registry", lambda: adapters)
     return adapters
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.afc.losses import lsc_similarity
-from methods.common.model import AVCILNet
+from methods._avcil.model import AVCILNet
 
 
 class LSCHead(nn.Module):

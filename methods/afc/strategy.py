@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
-from benchmarks.avalanche_layer import StoreTemplate, step_seed
+from benchmarks.core.template import step_seed
+from benchmarks.suites.single_label import StoreTemplate
 from methods.afc.losses import feature_distillation, importance_weights, nca_loss
 
 _FEATURE_KEYS = {"audio": ["audio_features"], "visual": ["visual_features"], "audio-visual": ["audio_features", "visual_features", "pooled_visual"]}

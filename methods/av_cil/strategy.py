@@ -12,7 +12,7 @@ divided by their number (VAD), teacher = the previous step's selected model.
 """
 import torch
 
-from methods.common.losses import attention_kl_sum, class_infonce, instance_infonce
+from methods._avcil.losses import attention_kl_sum, class_infonce, instance_infonce
 from methods.ssil.strategy import SSIL
 
 

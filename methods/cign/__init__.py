@@ -1,7 +1,7 @@
 """CIGN: Class-Incremental Grouping Network (Mo, Pian, Tian, ICCV 2023). See README.md."""
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.cign.model import FEATURE_VIEWS, RAW_VIEWS, build_cign
 from methods.cign.strategy import CIGN
 
@@ -13,4 +13,4 @@ def cign_views(modality: str, cfg: dict) -> tuple[str, ...]:
     return (RAW_VIEWS if cfg.get("input") == "raw" else FEATURE_VIEWS)[modality]
 
 
-METHODS = [MethodSpec("cign", CIGN, _HERE, model_builder=build_cign, required_views=cign_views)]
+METHODS = [AVCILSpec("cign", CIGN, _HERE, model_builder=build_cign, required_views=cign_views)]

@@ -41,14 +41,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODALITIES = ("audio", "visual", "audio-visual")
-#: store views each input mode reads, per modality
-FEATURE_VIEWS = {"audio": ("audio",), "visual": ("visual",), "audio-visual": ("audio", "visual")}
+from datasets.base import MODALITIES
+from datasets.base import MODALITY_VIEWS as FEATURE_VIEWS
+
+#: store views each input mode reads, per modality (FEATURE_VIEWS: the cached features)
 RAW_VIEWS = {"audio": ("spectrogram",), "visual": ("image",), "audio-visual": ("spectrogram", "image")}
 
 
 def _branches(modality: str) -> tuple[str, ...]:
-    return {"audio": ("audio",), "visual": ("visual",), "audio-visual": ("audio", "visual")}[modality]
+    return FEATURE_VIEWS[modality]
 
 
 def _init_linear(m: nn.Module) -> None:

@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from benchmarks.avalanche_layer import StoreTemplate
+from benchmarks.suites.single_label import StoreTemplate
 from methods.cign import losses as L
 
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.fine_tuning.strategy import FineTuning
 
-METHODS = [MethodSpec("fine_tuning", FineTuning, Path(__file__).parent)]
+METHODS = [AVCILSpec("fine_tuning", FineTuning, Path(__file__).parent)]

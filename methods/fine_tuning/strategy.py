@@ -1,5 +1,5 @@
 """Vanilla fine-tuning: CE over all seen-class logits, on new-class data only, no memory."""
-from benchmarks.avalanche_layer import StoreTemplate
+from benchmarks.suites.single_label import StoreTemplate
 
 
 class FineTuning(StoreTemplate):

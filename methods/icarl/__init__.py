@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.icarl.strategy import ICaRL
 
 _HERE = Path(__file__).parent
 METHODS = [
-    MethodSpec("icarl-nme", ICaRL, _HERE, options={"classifier": "nme"}),
-    MethodSpec("icarl-fc", ICaRL, _HERE, options={"classifier": "fc"}),
+    AVCILSpec("icarl-nme", ICaRL, _HERE, options={"classifier": "nme"}),
+    AVCILSpec("icarl-fc", ICaRL, _HERE, options={"classifier": "fc"}),
 ]

@@ -9,8 +9,8 @@ reference does every epoch) or FC (the softmax head; exemplars chosen once after
 import torch
 import torch.nn.functional as F
 
-from benchmarks.avalanche_layer import StoreTemplate
-from methods.common.losses import sigmoid_distillation
+from benchmarks.suites.single_label import StoreTemplate
+from methods._avcil.losses import sigmoid_distillation
 
 
 class ICaRL(StoreTemplate):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.lwf.strategy import LwF
 
-METHODS = [MethodSpec("lwf", LwF, Path(__file__).parent)]
+METHODS = [AVCILSpec("lwf", LwF, Path(__file__).parent)]

@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from benchmarks.avalanche_layer import StoreTemplate
-from methods.common.losses import taskwise_kd
+from benchmarks.suites.single_label import StoreTemplate
+from methods._avcil.losses import taskwise_kd
 
 
 class LwF(StoreTemplate):

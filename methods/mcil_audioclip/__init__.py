@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.mcil_audioclip.strategy import MCILStrategy
 
 _HERE = Path(__file__).parent
@@ -12,7 +12,7 @@ MODES = ("paper", "code")
 
 
 def mcil_views(modality: str, cfg: dict) -> tuple[str, ...]:
-    """Raw images from the store; the audio comes from the store's clip bank (datasets.paired_folder)."""
+    """Raw images from the store; the audio comes from the store's clip bank (datasets.adapters.paired_folder)."""
     return ("clip_image",)
 
 
@@ -21,7 +21,7 @@ def no_model(modality, store, num_classes, cfg):  # the strategy builds the mode
 
 
 @dataclass(frozen=True)
-class MCILSpec(MethodSpec):
+class MCILSpec(AVCILSpec):
     def config(self, dataset: str, modality: str, overrides: dict | None = None) -> dict:
         cfg = super().config(dataset, modality, overrides)
         mode = cfg["mode"]

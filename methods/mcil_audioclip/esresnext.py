@@ -28,7 +28,7 @@ Forward, for a waveform x in int16 scale, (B, L) or (B, C, L):
 
 Parameter and buffer names equal the reference's, so the `audio.*` entries of
 `AudioCLIP-Full-Training.pt` (prefix stripped) load with `load_state_dict(strict=True)`;
-`tests/test_mcil_towers.py` checks the full key list and shapes.
+`tests/methods/test_mcil_towers.py` checks the full key list and shapes.
 
 Deviations from the reference, none of which changes a loaded model's outputs beyond
 floating-point rounding:

@@ -6,7 +6,7 @@ plain checkpoints are read with `torch.load(weights_only=True)` (a file that nee
 objects is refused with `UnsafeCheckpointError`), OpenAI `.pt` TorchScript archives with
 `torch.jit.load(...).state_dict()`.
 
-Key layouts (verified against the reference sources, see tests/test_mcil_towers.py):
+Key layouts (verified against the reference sources, see tests/methods/test_mcil_towers.py):
 - OpenAI CLIP (`RN50.pt`, `ViT-B-16.pt`): `visual.*`, `transformer.resblocks.N.*`,
   `token_embedding.weight`, `positional_embedding`, `ln_final.*`, `text_projection`,
   `logit_scale`, plus the int entries `input_resolution`, `context_length`, `vocab_size`

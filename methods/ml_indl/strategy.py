@@ -10,8 +10,8 @@ reference `main_audioset._train` of mulimani/CIL-ML-Audio). See README.md for ev
 One student forward per step gives both the logits and the block-6 features (the reference runs
 the student twice); the teacher (the frozen previous-phase model, eval mode) also runs once.
 """
-from benchmarks.multilabel import MultiLabelTemplate
-from methods.cnn14_common.losses import adaptive_lambda, feature_cosine, kd_kl, masked_bce
+from benchmarks.suites.multilabel import MultiLabelTemplate, masked_bce
+from methods._cnn14.losses import adaptive_lambda, feature_cosine, kd_kl
 
 
 class MLIndL(MultiLabelTemplate):

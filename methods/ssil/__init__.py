@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.ssil.strategy import SSIL
 
-METHODS = [MethodSpec("ssil", SSIL, Path(__file__).parent)]
+METHODS = [AVCILSpec("ssil", SSIL, Path(__file__).parent)]

@@ -9,8 +9,8 @@ previous step's selected model. Exemplars: random, M // seen classes per class.
 import torch
 import torch.nn.functional as F
 
-from benchmarks.avalanche_layer import StoreTemplate
-from methods.common.losses import separated_softmax_ce, taskwise_kd
+from benchmarks.suites.single_label import StoreTemplate
+from methods._avcil.losses import separated_softmax_ce, taskwise_kd
 
 
 class SSIL(StoreTemplate):

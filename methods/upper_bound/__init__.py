@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from methods import MethodSpec
+from methods._avcil import AVCILSpec
 from methods.upper_bound.strategy import UpperBound
 
-METHODS = [MethodSpec("upper_bound", UpperBound, Path(__file__).parent)]
+METHODS = [AVCILSpec("upper_bound", UpperBound, Path(__file__).parent)]

@@ -1,7 +1,7 @@
 """Upper bound: at every step a fresh model is trained from scratch on all seen classes' data."""
 import torch
 
-from benchmarks.avalanche_layer import StoreTemplate
+from benchmarks.suites.single_label import StoreTemplate
 
 
 class UpperBound(StoreTemplate):
