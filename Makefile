@@ -20,7 +20,10 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(VENV)/bin/python run_all.py --suite $(SUITES) $(ARGS)
 
+# lint and format check first (settings in .ruff.toml), then the tests
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q tests $(ARGS)
 
 clean-cache:

@@ -123,8 +123,14 @@ def check_settings(settings: dict, specs: Iterable[MethodSpec], datasets: Iterab
 
 
 # ---------------------------------------------------------------------- keys a method reads
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
 def _project_code(obj) -> bool:
-    return getattr(obj, "__module__", "").split(".")[0] in ("benchmarks", "methods")
+    """Code of this repository (a method folder, the templates), not avalanche's or torch's."""
+    module = sys.modules.get(getattr(obj, "__module__", ""))
+    source = getattr(module, "__file__", None)
+    return source is not None and Path(source).resolve().is_relative_to(REPOSITORY)
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,11 +25,14 @@ the linear head keeps PyTorch's default initialisation (the reference's `_lin` m
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 REFERENCE_WIDTHS = (64, 128, 256, 512, 1024, 2048)
+log = logging.getLogger(__name__)
 NORMS = ("bn", "gn", "cn")
 
 
@@ -172,6 +175,7 @@ def build_cnn14(modality: str, store, num_classes: int, cfg: dict) -> CNN14:
     if cfg.get("pretrained"):
         model.load_report = load_pretrained(model, cfg["pretrained"])
         r = model.load_report
-        print(f"  pretrained weights {r['path']}: {r['loaded']} tensors loaded; missing {len(r['missing'])} {r['missing'][:6]}; "
-              f"unexpected {len(r['unexpected'])} {r['unexpected'][:6]}; shape mismatch {r['shape_mismatch'][:6]}")
+        log.info("  pretrained weights %s: %d tensors loaded; missing %d %s; unexpected %d %s; shape mismatch %s", r["path"],
+                 r["loaded"], len(r["missing"]), r["missing"][:6], len(r["unexpected"]), r["unexpected"][:6],
+                 r["shape_mismatch"][:6])
     return model

@@ -12,11 +12,14 @@ C_old = classes of steps < t; teacher = the previous step's selected model, froz
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from benchmarks.suites.single_label import StoreTemplate
 from methods.cign import losses as L
+
+log = logging.getLogger(__name__)
 
 
 class CIGN(StoreTemplate):
@@ -28,7 +31,8 @@ class CIGN(StoreTemplate):
         if self.model.input_mode == "raw":
             self.cfg["model_init"] = dict(self.model.init_info)  # recorded with the cell's config
             if "random" in self.model.init_info.get("visual_encoder", ""):
-                print("  cign: visual ResNet-18 randomly initialised (set visual_weights to a local ImageNet state dict to use one)")
+                log.warning("  cign: visual ResNet-18 randomly initialised (set visual_weights to a local ImageNet state dict "
+                            "to use one)")
         self.loss_terms: dict[str, float] = {}
 
     @contextlib.contextmanager
