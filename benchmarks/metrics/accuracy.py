@@ -7,8 +7,9 @@ Notation (all accuracies in percent):
 - A_t: pooled accuracy after step t over all test samples of the seen classes (sample-weighted:
   A_t = sum_j n_j R[t][j] / sum_j n_j for j <= t, n_j = number of test samples of step j).
 
-Every formula below is repeated in the leaderboard footnotes (`FORMULAS`). Avalanche's
-metrics are not used.
+Every metric is one entry of `METRICS` (key, display name, formula, function): `summarize` stores what
+those entries compute and the leaderboard footnotes print their formulas, so the two cannot drift.
+Avalanche's metrics are not used. The MCIL-AudioCLIP metrics are in `benchmarks.metrics.mcil`.
 """
 from __future__ import annotations
 
@@ -16,24 +17,10 @@ import math
 
 import numpy as np
 
-FORMULAS = {
-    "avg_inc_acc": "Average incremental accuracy = (1/T) sum_{t=0}^{T-1} A_t (step 0 included), A_t = pooled top-1 accuracy over the test samples of all classes seen after step t.",
-    "last_acc": "Last accuracy = A_{T-1}.",
-    "avg_forgetting": "Average forgetting (AV-CIL) = (1/(T-1)) sum_{t=1}^{T-1} F_t, F_t = mean_{j<t} (max_{j<=l<=t-1} R[l][j] - R[t][j]); may be negative.",
-    "final_forgetting": "Final forgetting (Chaudhry et al. 2018) = (1/(T-1)) sum_{j=0}^{T-2} (max_{j<=l<=T-2} R[l][j] - R[T-1][j]).",
-    "bwt": "BWT (Lopez-Paz & Ranzato 2017, GEM) = (1/(T-1)) sum_{j=0}^{T-2} (R[T-1][j] - R[j][j]).",
-}
-
-METRIC_NAMES = {
-    "avg_inc_acc": "Avg inc. acc.",
-    "last_acc": "Last acc.",
-    "avg_forgetting": "Avg forgetting",
-    "final_forgetting": "Final forgetting",
-    "bwt": "BWT",
-}
+from benchmarks.metrics.registry import Metric, evaluate
 
 
-def _as_matrix(R) -> np.ndarray:
+def as_matrix(R) -> np.ndarray:
     """Lower-triangular R as a float array; entries above the diagonal are ignored (NaN)."""
     R = np.array([[np.nan if v is None else v for v in row] + [np.nan] * (len(R) - len(row)) for row in R], dtype=float)
     if R.ndim != 2 or R.shape[0] != R.shape[1]:
@@ -46,7 +33,7 @@ def _as_matrix(R) -> np.ndarray:
 
 def pooled_accuracy(R, counts) -> list[float]:
     """A_t from R and the per-step test counts n_j (sample-weighted mean of the row)."""
-    R = _as_matrix(R)
+    R = as_matrix(R)
     n = np.asarray(counts, dtype=float)
     return [float((R[t, : t + 1] * n[: t + 1]).sum() / n[: t + 1].sum()) for t in range(len(R))]
 
@@ -61,7 +48,7 @@ def last_accuracy(A) -> float:
 
 def avg_forgetting(R) -> float | None:
     """AV-CIL's average forgetting: mean over t >= 1 of the mean over old steps of best-so-far minus now."""
-    R = _as_matrix(R)
+    R = as_matrix(R)
     T = len(R)
     if T < 2:
         return None
@@ -71,7 +58,7 @@ def avg_forgetting(R) -> float | None:
 
 def final_forgetting(R) -> float | None:
     """Chaudhry's max-based forgetting at the last step."""
-    R = _as_matrix(R)
+    R = as_matrix(R)
     T = len(R)
     if T < 2:
         return None
@@ -80,22 +67,36 @@ def final_forgetting(R) -> float | None:
 
 def backward_transfer(R) -> float | None:
     """GEM's BWT: mean over old steps of (final accuracy - accuracy right after learning it)."""
-    R = _as_matrix(R)
+    R = as_matrix(R)
     T = len(R)
     if T < 2:
         return None
     return float(np.mean([R[T - 1, j] - R[j, j] for j in range(T - 1)]))
 
 
+#: the scalar metrics of one run, in the order the records store them
+METRICS = (
+    Metric("avg_inc_acc", "Avg inc. acc.",
+           "Average incremental accuracy = (1/T) sum_{t=0}^{T-1} A_t (step 0 included), A_t = pooled top-1 accuracy "
+           "over the test samples of all classes seen after step t.",
+           average_incremental_accuracy, ("A",)),
+    Metric("last_acc", "Last acc.", "Last accuracy = A_{T-1}.", last_accuracy, ("A",)),
+    Metric("avg_forgetting", "Avg forgetting",
+           "Average forgetting (AV-CIL) = (1/(T-1)) sum_{t=1}^{T-1} F_t, "
+           "F_t = mean_{j<t} (max_{j<=l<=t-1} R[l][j] - R[t][j]); may be negative.",
+           avg_forgetting, ("R",), higher_is_better=False),
+    Metric("final_forgetting", "Final forgetting",
+           "Final forgetting (Chaudhry et al. 2018) = (1/(T-1)) sum_{j=0}^{T-2} (max_{j<=l<=T-2} R[l][j] - R[T-1][j]).",
+           final_forgetting, ("R",), higher_is_better=False),
+    Metric("bwt", "BWT",
+           "BWT (Lopez-Paz & Ranzato 2017, GEM) = (1/(T-1)) sum_{j=0}^{T-2} (R[T-1][j] - R[j][j]).",
+           backward_transfer, ("R",)),
+)
+
+
 def summarize(R, A) -> dict[str, float | None]:
-    """All scalar metrics of one run; None where a metric is undefined (a single step)."""
-    return {
-        "avg_inc_acc": average_incremental_accuracy(A),
-        "last_acc": last_accuracy(A),
-        "avg_forgetting": avg_forgetting(R),
-        "final_forgetting": final_forgetting(R),
-        "bwt": backward_transfer(R),
-    }
+    """All scalar metrics of one run (`METRICS`, in order); None where a metric is undefined (a single step)."""
+    return evaluate(METRICS, R=R, A=A)
 
 
 def accuracy_matrix_from_predictions(pred, target, step_of_target, t: int):
@@ -112,303 +113,3 @@ def accuracy_matrix_from_predictions(pred, target, step_of_target, t: int):
         counts.append(int(m.sum()))
         row.append(float(100.0 * correct[m].mean()) if m.any() else math.nan)
     return row, float(100.0 * correct.mean()), counts
-
-
-# =====================================================================================
-# MCIL-AudioCLIP metrics (continuum-1.2.7 forgetting / BWT / FWT and the two MCIL scores)
-# =====================================================================================
-#
-# Sources (see ../shared/reference/mcil_audioclip.md, sections 3.8, 3.9 and 4):
-# - continuum 1.2.7 `continuum/metrics/metrics.py` (Continvvm/continuum): `backward_transfer`
-#   (lines 57-84), `forward_transfer` (123-147), `forgetting` (150-174). The MCIL code reads
-#   them through `continuum.metrics.Logger` after evaluating task t and before `end_task()`, so
-#   the value "after task t" is the function applied to R[:t+1, :t+1].
-# - chenyukun924/MCIL-AudioCLIP @ dd7723f: `main.py:66-93` (task similarity, per-task
-#   forgetting/BWT/FWT), `main.py:114-121` (Metric 1 and Metric 2), `continual_clip/models.py`
-#   `MyLoss.mutual_information` (:89-94) and `normalized_mutual_information` (:114-124).
-#
-# Scale convention used throughout this block: every *input* accuracy is in percent, like the
-# rest of this module (R, A). The continuum functions return percent too (= continuum's
-# fraction x 100; exact, since they are linear in R). The metric functions convert explicitly:
-# Metric 1 works in percent (as main.py does: `100 * forgetting`, avg in %), Metric 2 converts
-# A, BWT_t and FWT_t to fractions (as main.py does: `acc_list1`, un-scaled bwt/fwt).
-
-MCIL_FORMULAS = {
-    "continuum_forgetting": "continuum-1.2.7 forgetting after T tasks = (1/(T-1)) sum_{j=0}^{T-3} (max_{j<=l<=T-3} R[l][j] - R[T-1][j]); 0 for T <= 2 (the last previous task is skipped, the denominator is not reduced).",
-    "continuum_bwt": "continuum-1.2.7 BWT after T tasks = sum_{i=1}^{T-1} sum_{j=0}^{i-2} (R[i][j] - R[j][j]) / (T(T-1)/2); 0 for T <= 2 (j = i-1 is skipped).",
-    "continuum_fwt": "continuum-1.2.7 FWT after T tasks = sum_{i=1}^{T-1} sum_{j=0}^{i-1} R[i][j] / (T(T-1)/2): the mean below-diagonal accuracy (accuracy on past tasks), not GEM's FWT; 0 for T <= 1.",
-    "task_similarity": "s_0 = 1; s_t = (cos(e_t, e_{t-1})/2 + 1/2)/2 + (cos(p_t, p_{t-1})/2 + 1/2)/2, e_t = mean text embedding of the classes seen up to t, p_t = mean normalised image feature after t.",
-    "mcil_m1": "MCIL Metric 1 = Abar/2 + (1/T) sum_{t=0}^{T-1} (1 - s_t)(100 - F_t) / 2, Abar = avg inc. acc. (%), F_t = continuum forgetting after t (%).",
-    "mcil_m2": "MCIL Metric 2 = [Abar/2 + (1/T) sum_t (BWT_t + FWT_t) / 2] / 2 + [NMI(v,f)/2 + NMI(a,f)/2] / 2, Abar, BWT_t, FWT_t as fractions (continuum-1.2.7 values after t).",
-    "softmax_nmi": "MI(x,y) = sum_{b,d} p_xy (log p_xy - log p_x - log p_y), p_xy = softmax(x*y), p_x = softmax(x), p_y = softmax(y) over the feature dim; NMI = MI / sqrt(H(x) H(y)), H summed over batch and dims.",
-}
-
-
-def continuum_forgetting(R) -> float:
-    """continuum 1.2.7's `forgetting` over the full T x T matrix, in percent.
-
-        F = (1/(T-1)) * sum_{j=0}^{T-3} [ max_{l=j..T-3} R[l][j] - R[T-1][j] ],   F = 0 for T <= 2.
-
-    Source: continuum 1.2.7 `continuum/metrics/metrics.py:150-174` (`for j in range(k - 2)`,
-    `max(... for l in range(k - 2) if l >= j)`, `f / (k - 1)`); this off-by-one was fixed on
-    continuum master after 1.2.7 (continuum issues #281, #291), but 1.2.7 is what MCIL pins.
-
-    How it differs from this module's `final_forgetting` (Chaudhry et al. 2018):
-    - the last previous task j = T-2 is never scored (its term is dropped);
-    - the "best previous" max excludes row T-2 (l <= T-3, not l <= T-2);
-    - the sum of T-2 terms is still divided by T-1.
-    Hence it is 0 at T = 2 whatever R is, and shrunk towards 0 afterwards. It can be negative.
-    The T = 1 value is 0 (continuum returns 0., not None) so that `continuum_series` starts at 0.
-    """
-    R = _as_matrix(R)
-    T = len(R)
-    if T <= 2:
-        return 0.0
-    total = sum(R[j : T - 2, j].max() - R[T - 1, j] for j in range(T - 2))
-    return float(total / (T - 1))
-
-
-def continuum_backward_transfer(R) -> float:
-    """continuum 1.2.7's `backward_transfer` over the full T x T matrix, in percent.
-
-        BWT = sum_{i=1}^{T-1} sum_{j=0}^{i-2} (R[i][j] - R[j][j]) / (T(T-1)/2),   BWT = 0 for T <= 2.
-
-    Source: continuum 1.2.7 `continuum/metrics/metrics.py:57-84` (`for i in range(1, T)`,
-    `for j in range(0, i - 1)`, `bwt / (T * (T - 1) / 2)`).
-
-    How it differs from this module's `backward_transfer` (GEM, last row only, / (T-1)):
-    - it averages over every row i, not only the final one;
-    - it skips j = i-1 (the task learnt just before i), so it is 0 at T = 2;
-    - it divides the (T-1)(T-2)/2 summed terms by T(T-1)/2, the number of pairs j < i.
-    """
-    R = _as_matrix(R)
-    T = len(R)
-    if T <= 1:
-        return 0.0
-    total = sum(R[i, j] - R[j, j] for i in range(1, T) for j in range(i - 1))
-    return float(total / (T * (T - 1) / 2))
-
-
-def continuum_forward_transfer(R) -> float:
-    """continuum 1.2.7's `forward_transfer` over the full T x T matrix, in percent.
-
-        FWT = sum_{i=0}^{T-1} sum_{j=0}^{i-1} R[i][j] / (T(T-1)/2),   FWT = 0 for T <= 1.
-
-    Source: continuum 1.2.7 `continuum/metrics/metrics.py:123-147` (`for i in range(T)`,
-    `for j in range(i)`, `fwt / (T * (T - 1) / 2)`).
-
-    Despite its docstring (GEM), this is the mean of the strictly-below-diagonal entries of R,
-    i.e. the mean accuracy on *past* tasks; GEM's FWT (accuracy on a task before training on it,
-    minus a random-init baseline) is not computed. It is >= 0 and grows with retained accuracy.
-    """
-    R = _as_matrix(R)
-    T = len(R)
-    if T <= 1:
-        return 0.0
-    total = sum(R[i, j] for i in range(T) for j in range(i))
-    return float(total / (T * (T - 1) / 2))
-
-
-def continuum_series(R) -> dict[str, list[float]]:
-    """The continuum-1.2.7 values after every task t, each computed on R[:t+1, :t+1] (percent).
-
-    Returns {"forgetting": [F_0..F_{T-1}], "bwt": [...], "fwt": [...]}, each of length T; the
-    t = 0 entries are 0 and F_1 = BWT_1 = 0 by construction. This is what the MCIL code stores in
-    `forgetting_dict` / `bwt_dict` / `fwt_dict` (`main.py:91-93`), up to its scale and rounding:
-    it keeps forgetting x100 rounded to 4 decimals and bwt/fwt as fractions rounded to 4 decimals.
-    """
-    R = _as_matrix(R)
-    T = len(R)
-    subs = [R[: t + 1, : t + 1] for t in range(T)]
-    return {
-        "forgetting": [continuum_forgetting(r) for r in subs],
-        "bwt": [continuum_backward_transfer(r) for r in subs],
-        "fwt": [continuum_forward_transfer(r) for r in subs],
-    }
-
-
-def _softmax_terms(x, y):
-    """(p_xy, log p_xy, p_x, log p_x, p_y, log p_y) along the last dim, as torch tensors."""
-    import torch
-    import torch.nn.functional as F
-
-    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)
-    z = x * y
-    return (F.softmax(z, dim=-1), F.log_softmax(z, dim=-1), F.softmax(x, dim=-1), F.log_softmax(x, dim=-1),
-            F.softmax(y, dim=-1), F.log_softmax(y, dim=-1))
-
-
-def softmax_mutual_information(x, y):
-    """The MCIL "mutual information" of two feature batches (torch, differentiable; 0-dim tensor).
-
-        p_xy = softmax(x * y), p_x = softmax(x), p_y = softmax(y)   (elementwise product; softmax
-                                                                     over the last/feature dim)
-        MI(x, y) = sum_{b, d} p_xy[b, d] * (log p_xy[b, d] - log p_x[b, d] - log p_y[b, d])
-
-    summed over the batch and the feature dim (not averaged). Source: MCIL-AudioCLIP
-    `continual_clip/models.py:89-94` (`MyLoss.mutual_information`, which returns -MI: the
-    training loss is L_MI = -MI(f, v) - MI(f, a)); this function returns +MI.
-
-    Inputs: torch tensors (anything else goes through `torch.as_tensor`), shape (..., D), same
-    shape for x and y. Gradients flow to both inputs. Logs use `log_softmax`, mathematically equal
-    to the reference's `torch.log(F.softmax(.))` and with no epsilon either; it only differs where
-    a softmax entry underflows to 0, where the reference gives NaN (0 * -inf) and this gives the
-    0 contribution of the limit. Not a true mutual information: p_xy is not a joint of p_x and p_y;
-    each row's term is KL(p_xy || p_x p_y) against a sub-normalised product, so it is >= 0.
-    """
-    p_xy, lp_xy, _, lp_x, _, lp_y = _softmax_terms(x, y)
-    return (p_xy * (lp_xy - lp_x - lp_y)).sum()
-
-
-def softmax_nmi(x, y):
-    """The MCIL "normalised mutual information" NMI(x, y) (torch; 0-dim tensor).
-
-        NMI(x, y) = MI(x, y) / sqrt(H(x) * H(y)),
-        H(x) = -sum_{b, d} p_x log p_x,  H(y) = -sum_{b, d} p_y log p_y
-
-    with MI from `softmax_mutual_information` and the entropies of the same softmax
-    distributions, each summed over the batch and the feature dim (so NMI is a ratio of batch
-    sums, not a mean of per-sample NMIs). No epsilon (as in the reference). Source: MCIL-AudioCLIP
-    `continual_clip/models.py:114-124` (`normalized_mutual_information`), called at inference as
-    NMI(v, f) and NMI(a, f) (`models.py` `AudioCLIP.forward`). Symmetric in x, y.
-
-    It is not bounded by 1 and NMI(x, x) != 1 in general (it is 1 when every row of x is
-    constant, i.e. all three softmaxes are uniform). In the released code f = v, so the
-    reference's NMI(v, f) is NMI(v, v).
-    """
-    p_xy, lp_xy, p_x, lp_x, p_y, lp_y = _softmax_terms(x, y)
-    mi = (p_xy * (lp_xy - lp_x - lp_y)).sum()
-    h_x = -(p_x * lp_x).sum()
-    h_y = -(p_y * lp_y).sum()
-    return mi / (h_x * h_y).sqrt()
-
-
-def _vec64(v):
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return v.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-    return torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(-1)
-
-
-def task_similarity_parts(text_means, image_means) -> tuple[list[float], list[float]]:
-    """(text part, image part) of the MCIL task similarity, each cos/2 + 1/2 against the previous step.
-
-    text_t = cos(e_t, e_{t-1})/2 + 1/2, image_t = cos(p_t, p_{t-1})/2 + 1/2 for t >= 1, both 1 at
-    t = 0. The cosine is `torch.nn.functional.cosine_similarity` (eps 1e-8) in float64, as the
-    reference uses (`models.py` `ClassIncremental.cosine_similarity`, dim=0). The reference logs
-    only the image part as `task_similarity` (`main.py:98`).
-    """
-    import torch.nn.functional as F
-
-    if len(text_means) != len(image_means):
-        raise ValueError(f"text_means and image_means must have one vector per step, got {len(text_means)} and {len(image_means)}")
-
-    def half_cos(a, b):
-        return float(F.cosine_similarity(_vec64(a), _vec64(b), dim=0)) / 2 + 0.5
-
-    text = [1.0] + [half_cos(text_means[t], text_means[t - 1]) for t in range(1, len(text_means))]
-    image = [1.0] + [half_cos(image_means[t], image_means[t - 1]) for t in range(1, len(image_means))]
-    return text, image
-
-
-def task_similarity(text_means, image_means) -> list[float]:
-    """MCIL task similarity s_t for every step (in [0, 1]).
-
-        s_0 = 1,
-        s_t = 1/2 (cos(e_t, e_{t-1})/2 + 1/2) + 1/2 (cos(p_t, p_{t-1})/2 + 1/2),   t >= 1.
-
-    Source: MCIL-AudioCLIP `main.py:72-88`. Inputs are one vector per step (numpy arrays, lists
-    or torch tensors; converted to float64):
-    - e_t: mean of the *unnormalised* text embeddings (single eval prompt) of all classes seen up
-      to t (`embeddings_dict`; the reference encodes them in `adaptation()` before training step
-      t, i.e. with the model of step t-1);
-    - p_t: mean L2-normalised image feature after step t. The reference takes the mean over the
-      *last eval batch* only; the harness default is the whole test set of the seen classes.
-    Consecutive steps are compared (t with t-1), not each step with step 0.
-    """
-    text, image = task_similarity_parts(text_means, image_means)
-    return [t / 2 + i / 2 for t, i in zip(text, image)]
-
-
-def mcil_metric1(A, F_series, s, *, reference_rounding: bool = False) -> float:
-    """MCIL Metric 1 (0-100 scale): similarity-weighted, forgetting-aware accuracy.
-
-        M1 = Abar / 2 + [ (1/T) sum_{t=0}^{T-1} (1 - s_t) (100 - F_t) ] / 2
-
-    - A: A_t in percent (Abar = mean_t A_t, the average incremental accuracy, step 0 included);
-    - F_series: continuum-1.2.7 forgetting after each t, in percent (`continuum_series`);
-    - s: task similarities s_t (`task_similarity`), s_0 = 1 so the t = 0 term is 0.
-    Source: MCIL-AudioCLIP `main.py:114` (acc_avg) and `main.py:117-118`. With
-    `reference_rounding`, Abar is rounded to 2 decimals and every F_t to 4 decimals first, as
-    main.py does (`round(statistics.mean(acc_list), 2)`, `round(100 * forgetting, 4)`).
-    """
-    T = len(A)
-    if not (len(F_series) == len(s) == T) or T == 0:
-        raise ValueError(f"A, F_series and s must have one entry per step, got {len(A)}, {len(F_series)}, {len(s)}")
-    abar = float(np.mean(A))
-    F = [float(f) for f in F_series]
-    if reference_rounding:
-        abar = round(abar, 2)
-        F = [round(f, 4) for f in F]
-    weighted = sum((1 - float(st)) * (100 - ft) for st, ft in zip(s, F)) / T
-    return abar / 2 + weighted / 2
-
-
-def mcil_metric2(A, bwt_series, fwt_series, nmi_vf, nmi_af, *, reference_rounding: bool = False) -> float:
-    """MCIL Metric 2 (about 0-1 scale): transfer + fusion-information score.
-
-        M2 = 1/2 [ 1/2 Abar_frac + 1/2 (1/T) sum_{t=0}^{T-1} (BWT_t + FWT_t) ] + 1/2 [ 1/2 NMI(v,f) + 1/2 NMI(a,f) ]
-
-    - A: A_t in percent; converted here: Abar_frac = mean_t A_t / 100;
-    - bwt_series, fwt_series: continuum-1.2.7 values after each t in percent (`continuum_series`);
-      converted here to fractions (/ 100), as main.py uses the raw continuum fractions;
-    - nmi_vf, nmi_af: `softmax_nmi(v, f)` and `softmax_nmi(a, f)` (floats or 0-dim tensors). The
-      reference uses the values of the last eval batch of the last task.
-    Source: MCIL-AudioCLIP `main.py:115` (acc_avg1) and `main.py:120-121`. With
-    `reference_rounding`, Abar_frac and every BWT_t, FWT_t (as fractions) are rounded to 4
-    decimals first, as main.py does (`round(..., 4)` at `main.py:92-93, 115`).
-    """
-    T = len(A)
-    if not (len(bwt_series) == len(fwt_series) == T) or T == 0:
-        raise ValueError(f"A, bwt_series and fwt_series must have one entry per step, got {len(A)}, {len(bwt_series)}, {len(fwt_series)}")
-    abar = float(np.mean(A)) / 100
-    bwt = [float(b) / 100 for b in bwt_series]
-    fwt = [float(f) / 100 for f in fwt_series]
-    if reference_rounding:
-        abar = round(abar, 4)
-        bwt = [round(b, 4) for b in bwt]
-        fwt = [round(f, 4) for f in fwt]
-    transfer = sum(b + f for b, f in zip(bwt, fwt)) / T
-    return (abar / 2 + transfer / 2) / 2 + (float(nmi_vf) * 0.5 + float(nmi_af) * 0.5) / 2
-
-
-def mcil_metrics(R, A, text_means, image_means, nmi_vf, nmi_af, *, reference_rounding: bool = False) -> dict:
-    """Both MCIL metrics of one run plus the continuum series they are built from.
-
-    R (percent, T x T lower-triangular) gives the continuum-1.2.7 series (`continuum_series`),
-    A (percent) the accuracies, text_means / image_means (one vector per step) the task
-    similarity, nmi_vf / nmi_af the fusion NMIs. Returns
-    {"m1", "m2", "avg_inc_acc" (%), "task_similarity", "forgetting", "bwt", "fwt" (series, %)}.
-
-    The function does not care where the prototypes and NMIs come from. The reference
-    (MCIL-AudioCLIP main.py) uses the *last eval batch*: p_t = mean normalised image feature of
-    the last batch evaluated after step t, NMIs of the last batch after the last step. The harness
-    default is the *whole evaluation set* (p_t over the whole test set of the seen classes, NMI
-    over the whole test set); that is the variant shown, and the caller records which was used
-    (`variant: "whole-set" | "last-batch"`).
-    """
-    R_ = _as_matrix(R)
-    T = len(R_)
-    if not (len(A) == len(text_means) == len(image_means) == T):
-        raise ValueError(f"R, A, text_means and image_means must cover the same {T} steps, got {len(A)}, {len(text_means)}, {len(image_means)}")
-    series = continuum_series(R_)
-    s = task_similarity(text_means, image_means)
-    return {
-        "m1": mcil_metric1(A, series["forgetting"], s, reference_rounding=reference_rounding),
-        "m2": mcil_metric2(A, series["bwt"], series["fwt"], nmi_vf, nmi_af, reference_rounding=reference_rounding),
-        "avg_inc_acc": float(np.mean(A)),
-        "task_similarity": s,
-        **series,
-    }

@@ -30,15 +30,19 @@ Summary over the phases t = 0..T-1 (`summarize`):
 - forgetting_<m> = mean over t >= 1 of Fr_t, Fr_t = base_m_0 - base_m_t: the drop on the base
   classes relative to phase 0 (the reference's Fr; the ICASSP abstract's 0.7 points is this mean
   for F1). Positive = forgetting.
+
+Every per-phase metric is one entry of `PHASE_METRICS` and every summary one entry of `METRICS` (key, display
+name, formula, function): `summarize` stores what the `METRICS` entries compute, and the leaderboard footnotes
+print the formulas of both, so code and page cannot drift.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
-METRICS = ("mAP", "micro_f1", "macro_f1", "lwlrap", "mAP_binarized")
-NAMES = {"mAP": "mAP", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "lwlrap": "lwlrap", "mAP_binarized": "mAP (binarised, reference)"}
+from benchmarks.metrics.registry import Metric, evaluate
 
 
 def _pct(v):
@@ -142,35 +146,79 @@ def forgetting(phases: list[dict], metric: str) -> list[float | None]:
     return out
 
 
+def phase_average(phases: list[dict], metric: str) -> float | None:
+    """avg_<metric>: the mean over the phases where the metric is defined."""
+    return mean_defined([p.get(metric) for p in phases])
+
+
+def phase_final(phases: list[dict], metric: str) -> float | None:
+    """final_<metric>: the value after the last phase."""
+    curve = [p.get(metric) for p in phases]
+    return curve[-1] if curve else None
+
+
+def phase_forgetting(phases: list[dict], metric: str) -> float | None:
+    """forgetting_<metric>: the mean of Fr_t over t >= 1 (`forgetting`)."""
+    return mean_defined(forgetting(phases, metric))
+
+
+#: the metrics of one phase (stored x 100 in percent by `phase_metrics`; `compute` returns the fraction)
+PHASE_METRICS = (
+    Metric("mAP", "mAP (scores)",
+           "mAP_t = mean over the seen classes with ≥ 1 positive test clip of AP_c from the sigmoid scores (sklearn "
+           "average_precision_score), after phase t on its cumulative test set.",
+           mean_ap, ("y", "s")),
+    Metric("micro_f1", "micro-F1",
+           "micro_f1_t = 2ΣTP / (2ΣTP + ΣFP + ΣFN) over all (clip, seen class) pairs, prediction = 1[σ(z) > 0.5].",
+           micro_f1, ("y", "s")),
+    Metric("macro_f1", "macro-F1",
+           "macro_f1_t = mean over the seen classes of 2TP_c / (2TP_c + FP_c + FN_c) at 0.5 (classes with 0/0 left "
+           "out).",
+           macro_f1, ("y", "s")),
+    Metric("lwlrap", "lwlrap",
+           "lwlrap_t = mean over the positive (clip, seen class) pairs of (positives of the clip scored ≥ s_c) / "
+           "(classes of the clip scored ≥ s_c), from the scores (label-weighted LRAP, DCASE 2019 task 2).",
+           lwlrap, ("y", "s")),
+    Metric("mAP_binarized", "mAP (thresholded, as the papers)",
+           "mAP_binarized_t = the mean of AP_c as for mAP_t, but computed on the thresholded predictions "
+           "1[σ(z) > 0.5] instead of the scores, which reduces to AP_c = R_c P_c + (1 − R_c) π_c (recall, precision "
+           "and positive rate of class c). The number the reference's tables report: compare the papers with this "
+           "one, not with mAP (scores).",
+           mean_ap_binarized, ("y", "s")),
+)
+
+#: how a per-phase curve becomes one number: (key prefix, display prefix, formula of {m} (the per-phase key),
+#: function, higher is better)
+SUMMARIES = (
+    ("avg", "Avg", "(1/T) Σ_t {m}_t over the phases t = 0..T-1 where it is defined.", phase_average, True),
+    ("final", "Final", "{m}_{{T-1}}: after the last phase, over all classes.", phase_final, True),
+    ("forgetting", "Forgetting",
+     "mean over t ≥ 1 of Fr_t = {m} on the base classes at phase 0 − at phase t (the reference's Fr; positive = "
+     "forgetting).", phase_forgetting, False),
+)
+
+
+def summary_metrics(phase: Metric) -> tuple[Metric, ...]:
+    """The avg_ / final_ / forgetting_ entries of one per-phase metric."""
+    return tuple(Metric(f"{prefix}_{phase.key}", f"{title} {phase.name}", formula.format(m=phase.key),
+                        partial(reduce, metric=phase.key), ("phases",), higher_is_better=better, per_phase=phase.key)
+                 for prefix, title, formula, reduce, better in SUMMARIES)
+
+
+#: the summaries of each per-phase metric
+SUMMARIES_OF = {phase.key: summary_metrics(phase) for phase in PHASE_METRICS}
+#: the summaries stored in a record's results.metrics, grouped by per-phase metric (the records' order)
+METRICS = tuple(m for group in SUMMARIES_OF.values() for m in group)
+
+
 def summarize(phases: list[dict]) -> dict:
-    """avg_/final_/forgetting_ of every metric, the per-phase curves, Fr_t and the AP matrix."""
+    """The `METRICS` summaries of every per-phase metric, the per-phase curves, Fr_t and the AP matrix."""
     out: dict = {}
-    for m in METRICS:
-        curve = [p.get(m) for p in phases]
-        out[f"avg_{m}"] = mean_defined(curve)
-        out[f"final_{m}"] = curve[-1] if curve else None
-        fr = forgetting(phases, m)
-        out[f"forgetting_{m}"] = mean_defined(fr)
-        out.setdefault("curves", {})[m] = curve
+    for phase in PHASE_METRICS:
+        m = phase.key
+        out.update(evaluate(SUMMARIES_OF[m], phases=phases))
+        out.setdefault("curves", {})[m] = [p.get(m) for p in phases]
         out["curves"]["base_" + m] = [p.get("base_" + m) for p in phases]
-        out.setdefault("fr", {})[m] = fr
+        out.setdefault("fr", {})[m] = forgetting(phases, m)
     out["ap_matrix"] = [p.get("ap") for p in phases]
     return out
-
-
-HEADLINE = ("avg_mAP", "avg_micro_f1", "avg_macro_f1", "final_mAP", "final_micro_f1", "final_macro_f1", "forgetting_macro_f1", "forgetting_mAP")
-HEADLINE_NAMES = {
-    "avg_mAP": "Avg mAP", "avg_micro_f1": "Avg micro-F1", "avg_macro_f1": "Avg macro-F1",
-    "final_mAP": "Final mAP", "final_micro_f1": "Final micro-F1", "final_macro_f1": "Final macro-F1",
-    "forgetting_macro_f1": "Forgetting macro-F1", "forgetting_mAP": "Forgetting mAP",
-}
-FORMULAS = {
-    "avg_mAP": "(1/T) Σ_t mAP_t; mAP_t = mean over the seen classes with ≥ 1 positive test clip of AP_c from the sigmoid scores (sklearn average_precision_score), on phase t's cumulative test set.",
-    "avg_micro_f1": "(1/T) Σ_t micro-F1_t; micro-F1 = 2ΣTP / (2ΣTP + ΣFP + ΣFN) over all (clip, seen class) pairs, prediction = 1[σ(z) > 0.5].",
-    "avg_macro_f1": "(1/T) Σ_t macro-F1_t; macro-F1 = mean over the seen classes of 2TP_c / (2TP_c + FP_c + FN_c) at 0.5 (classes with 0/0 left out).",
-    "final_mAP": "mAP after the last phase (all 50 classes).",
-    "final_micro_f1": "micro-F1 after the last phase.",
-    "final_macro_f1": "macro-F1 after the last phase.",
-    "forgetting_macro_f1": "mean over t ≥ 1 of Fr_t = macro-F1 on the 30 base classes at phase 0 − at phase t (the reference's Fr; positive = forgetting).",
-    "forgetting_mAP": "mean over t ≥ 1 of base-class mAP at phase 0 − at phase t.",
-}

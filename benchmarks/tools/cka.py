@@ -166,7 +166,7 @@ def plot(matrix: np.ndarray, layers: list[str], title: str, out: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from benchmarks.report.pages import _save
+    from benchmarks.report.plots import save_figure
 
     short = [n.replace("conv_block", "b") for n in layers]
     diag = np.diag(matrix)
@@ -183,7 +183,7 @@ def plot(matrix: np.ndarray, layers: list[str], title: str, out: Path) -> None:
     axes[1].set_ylabel("model A layer")
     fig.suptitle(title, fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def test_batches(dataset: str, data_root: Path, phase: int, batch_size: int, max_batches: int | None):

@@ -19,14 +19,14 @@ L_cwcl, "similarity-weighted" cross-entropy (the figure's L_WCCL, after CWCL, Sr
   either of which floods the target with the batch's label histogram. With kappa -> 0 (or a
   batch of one class) L is CE.
 
-MI(x, y) is the reference's softmax mutual information (benchmarks.metrics.accuracy.softmax_mutual_information).
+MI(x, y) is the reference's softmax mutual information (benchmarks.metrics.mcil.softmax_mutual_information).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.metrics.accuracy import softmax_mutual_information
+from benchmarks.metrics.mcil import softmax_mutual_information
 
 
 def cwcl_as_released(logits: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

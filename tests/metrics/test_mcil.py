@@ -1,4 +1,4 @@
-"""Hand-computed checks of the MCIL-AudioCLIP metrics in benchmarks/metrics/accuracy.py.
+"""Hand-computed checks of the MCIL-AudioCLIP metrics in benchmarks/metrics/mcil.py.
 
 continuum-1.2.7 forgetting / BWT / FWT, the softmax "MI"/"NMI" of the MCIL code, the task
 similarity and Metrics 1 and 2. Every expected value is worked out in the comments, so a change
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.metrics import accuracy as M
+from benchmarks.metrics import accuracy
+from benchmarks.metrics import mcil as M
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -38,8 +39,8 @@ def test_two_tasks_forgetting_and_bwt_are_zero_even_under_total_forgetting():
     assert M.continuum_forgetting(R) == 0.0
     assert M.continuum_backward_transfer(R) == 0.0
     assert M.continuum_forward_transfer(R) == 0.0
-    assert M.final_forgetting(R) == pytest.approx(100.0)
-    assert M.backward_transfer(R) == pytest.approx(-100.0)
+    assert accuracy.final_forgetting(R) == pytest.approx(100.0)
+    assert accuracy.backward_transfer(R) == pytest.approx(-100.0)
 
 
 def test_two_tasks_fwt_is_the_below_diagonal_entry():
@@ -73,8 +74,8 @@ def test_continuum_3x3():
     assert M.continuum_backward_transfer(R3) == pytest.approx(-40 / 3)
     assert M.continuum_forward_transfer(R3) == pytest.approx(60.0)
     # ... and they really differ from the harness's standard definitions on the same matrix.
-    assert M.final_forgetting(R3) == pytest.approx(25.0)
-    assert M.backward_transfer(R3) == pytest.approx(-25.0)
+    assert accuracy.final_forgetting(R3) == pytest.approx(25.0)
+    assert accuracy.backward_transfer(R3) == pytest.approx(-25.0)
 
 
 def test_continuum_series_3x3():
@@ -111,8 +112,8 @@ def test_continuum_4x4_excludes_row_T_minus_2_from_the_max():
     assert M.continuum_forgetting(R4) == pytest.approx(15.0)
     assert M.continuum_backward_transfer(R4) == pytest.approx(-5.0)
     assert M.continuum_forward_transfer(R4) == pytest.approx(220 / 3)
-    assert M.final_forgetting(R4) == pytest.approx(70 / 3)
-    assert M.backward_transfer(R4) == pytest.approx(-55 / 3)  # mean(55-80, 70-90, 65-75)
+    assert accuracy.final_forgetting(R4) == pytest.approx(70 / 3)
+    assert accuracy.backward_transfer(R4) == pytest.approx(-55 / 3)  # mean(55-80, 70-90, 65-75)
 
 
 def test_continuum_series_4x4_with_negative_forgetting():
