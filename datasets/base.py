@@ -8,6 +8,7 @@ views are computed once and cached; a second `open` is a cheap read of the store
 from __future__ import annotations
 
 import hashlib
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,37 @@ class SampleTable:
         return h.hexdigest()
 
 
+def step_sizes(num_classes: int, per_step: int, initial: int | None = None, *, source: str = "protocol",
+               last_step: bool = False) -> tuple[int, ...]:
+    """Classes per step: `initial` classes (default: `per_step`), then steps of `per_step`, covering `num_classes`.
+
+    What is left after the last full step is an error naming `source`, or with `last_step` a smaller last
+    step of its own. The one "initial + per step" rule behind `benchmarks.core.protocols.Protocol.uniform`
+    and the paired folders' protocol.yaml (`initial`, `per_step`).
+    """
+    checks = (("per_step", per_step),) if initial is None else (("initial", initial), ("per_step", per_step))
+    for key, v in checks:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise DatasetError(f"{source}: `{key}` must be a positive integer, got {v!r}")
+    first = () if initial is None else (int(initial),)
+    if initial is not None and initial > num_classes:
+        raise DatasetError(f"{source}: initial step of {initial} classes but the dataset has only {num_classes}; "
+                           "lower `initial`")
+    rest = num_classes - sum(first)
+    steps, left = divmod(rest, int(per_step))
+    if left and not last_step:
+        if initial is None:
+            raise DatasetError(
+                f"{source}: {num_classes} classes do not divide into steps of {per_step} (remainder {left}); "
+                f"give explicit classes per step or allow an explicit last step of {left}")
+        raise DatasetError(
+            f"{source}: {num_classes} classes do not split into an initial step of {initial} and steps of {per_step}: "
+            f"{rest} classes remain after the first step and {rest} is not a multiple of {per_step} (the last step "
+            f"may not be partial); change `initial` or `per_step` so that {num_classes} - initial is a multiple of "
+            "per_step")
+    return first + (int(per_step),) * steps + ((left,) if left else ())
+
+
 @dataclass(frozen=True)
 class ProtocolSpec:
     """A dataset's default class-incremental protocol (see benchmarks.core.protocols.Protocol)."""
@@ -124,7 +156,7 @@ class DatasetAdapter(ABC):
 
         Adapters whose views depend on what has been built under the data root override it, e.g.
         a paired image + audio dataset gains `audio`/`visual` once its frozen-encoder feature store
-        exists (`datasets.extraction.paired.features_store_path`). Keep it cheap: no store is built.
+        exists (`datasets.paired_stores.features_store_path`). Keep it cheap: no store is built.
         """
         return tuple(self.views)
 

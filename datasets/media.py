@@ -1,4 +1,5 @@
-"""Raw-media I/O shared by the raw-video datasets: write a clip to MP4, decode it back.
+"""Raw-media I/O shared by the datasets: write a clip to MP4, decode it back; images and audio clips
+as CLIP-style methods read them (CLIP's eval transform, fixed-length mono clips).
 
 Video containers go through PyAV (libavformat/libavcodec in-process) and audio files
 through soundfile. We never shell out to an ffmpeg binary, use moviepy, or call
@@ -9,6 +10,14 @@ Decoding returns what the encoders consume, in a fixed convention:
   frames   uint8 (N, H, W, 3) RGB, sampled uniformly in time (N given, or fps given);
   waveform float32 (S,) mono (channels averaged) at the requested rate, padded with
            zeros / cropped to the requested duration.
+
+Still images and clips (the paired image + audio stores, the `--mcil-views` of the video extraction,
+SynthAV's raw views):
+  image    float32 (3, S, S): RGB, shorter side to S (PIL bicubic, the long side truncated as
+           torchvision's Resize), centre crop S (torchvision's CenterCrop rounding), / 255,
+           CLIP_MEAN / CLIP_STD: exactly CLIP's eval transform (`clip_image`, `load_image`);
+  clip     float32 (L,) mono in [-1, 1]: channels averaged, polyphase-resampled, centre-cropped
+           or centred zero padding to L samples (`fit_center`, `load_clip`).
 
 Every unreadable input (missing, truncated, corrupt, no stream) raises
 `datasets.base.DatasetError` naming the file and the fix; callers can pass their own
@@ -27,6 +36,9 @@ import numpy as np
 
 from datasets.errors import DatasetError
 
+#: CLIP's image normalisation (OpenAI CLIP, open_clip), used by every CLIP-normalised view
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_FIX = "replace it with a complete copy (re-download or re-extract it)"
 # What libav* raises (through PyAV) on damaged input; all become a DatasetError.
 _AV_ERRORS = (av.FFmpegError, OSError, EOFError, ValueError, IndexError)
@@ -323,3 +335,54 @@ def read_audio(path: Path, sample_rate: int = 16000, duration: float | None = No
     if len(data) == 0:
         raise _fail(path, "contains no audio samples", fix)
     return mix_resample(data, rate, sample_rate, duration)
+
+
+# ----------------------------------------------------------------------------- still images and fixed-length clips
+
+
+def clip_image(im, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """RGB PIL image -> float32 (3, size, size): CLIP's eval transform (see the module docstring)."""
+    from PIL import Image
+
+    w, h = im.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+    x = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def load_image(path: Path, size: int, mean=CLIP_MEAN, std=CLIP_STD, fix: str | None = None) -> np.ndarray:
+    """An image file (any mode, converted to RGB) -> float32 (3, size, size) through `clip_image`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return clip_image(im.convert("RGB"), size, mean, std)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise _fail(path, f"not a readable image, corrupt or truncated ({type(e).__name__}: {e})", fix) from e
+
+
+def fit_center(wave: np.ndarray, n: int) -> np.ndarray:
+    """Centre-crop to `n` samples, or zero-pad on both sides (the signal centred) to `n`."""
+    if len(wave) >= n:
+        start = (len(wave) - n) // 2
+        return wave[start : start + n]
+    pad = n - len(wave)
+    return np.pad(wave, (pad // 2, pad - pad // 2))
+
+
+def load_clip(path: Path, sample_rate: int, clip_samples: int, fix: str | None = None) -> tuple[np.ndarray, bool]:
+    """(float32 (clip_samples,) mono in [-1, 1] at `sample_rate`, was it resampled?)."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise _fail(path, f"not a readable audio file, corrupt or truncated ({e})", fix) from e
+    if len(data) == 0 or data.shape[1] == 0:
+        raise _fail(path, "contains no audio samples", fix)
+    wave = mix_resample(data, int(rate), int(sample_rate))
+    return np.clip(fit_center(wave, clip_samples), -1.0, 1.0).astype(np.float32), int(rate) != int(sample_rate)

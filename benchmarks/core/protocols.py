@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datasets.base import ProtocolSpec
+from datasets.base import ProtocolSpec, step_sizes
 from datasets.errors import DatasetError
 
 
@@ -57,21 +57,13 @@ class Protocol:
         return {"name": self.name, "class_order": list(self.class_order), "classes_per_step": list(self.classes_per_step), "memory": self.memory}
 
     @classmethod
-    def uniform(cls, name: str, num_classes: int, per_step: int, memory: int = 0, class_order=None, remainder: str = "error") -> "Protocol":
-        """`num_classes // per_step` steps of `per_step`; a remainder is an error or (remainder='last-step') its own last step."""
-        if per_step <= 0:
-            raise DatasetError(f"protocol {name}: classes per step must be positive")
-        steps, rest = divmod(num_classes, per_step)
-        sizes = [per_step] * steps
-        if rest:
-            if remainder != "last-step":
-                raise DatasetError(
-                    f"protocol {name}: {num_classes} classes do not divide into steps of {per_step} "
-                    f"(remainder {rest}); give explicit classes per step or allow an explicit last step of {rest}"
-                )
-            sizes.append(rest)
+    def uniform(cls, name: str, num_classes: int, per_step: int, memory: int = 0, class_order=None,
+                remainder: str = "error") -> Protocol:
+        """`num_classes // per_step` steps of `per_step`; a remainder is an error or (remainder='last-step') its own
+        last step (datasets.base.step_sizes, the rule the paired folders' protocol.yaml uses too)."""
+        sizes = step_sizes(num_classes, per_step, source=f"protocol {name}", last_step=remainder == "last-step")
         order = tuple(range(num_classes)) if class_order is None else tuple(class_order)
-        return cls(name, order, tuple(sizes), memory)
+        return cls(name, order, sizes, memory)
 
     @classmethod
     def from_spec(cls, spec: ProtocolSpec, num_classes: int) -> "Protocol":

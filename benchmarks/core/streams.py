@@ -92,7 +92,11 @@ def build_stream(store: FeatureStore, protocol: Protocol) -> CILStream:
     n_classes = len(store.class_names)
     bad = [c for c in protocol.class_order if not 0 <= c < n_classes]
     if bad:
-        raise DatasetError(f"protocol {protocol.name}: class indices {bad} do not exist in {store.dataset} ({n_classes} classes)")
+        raise DatasetError(
+            f"protocol {protocol.name}: class indices {bad} do not exist in {store.dataset} ({n_classes} classes, store "
+            f"{store.path}); fix the protocol's class_order (the dataset adapter's protocols(), or its folder's "
+            f"protocol.yaml) to list only indices 0..{n_classes - 1}"
+        )
     position = np.full(n_classes, -1, dtype=np.int64)
     position[list(protocol.class_order)] = np.arange(protocol.num_classes)
     split_sets = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.base import SPLITS, Availability, DatasetAdapter, ProtocolSpec, SampleTable
-from datasets.errors import DatasetError, run_command
+from datasets.errors import ConfigError, DatasetError, positive_int, run_command
 from datasets.io import atomic_write_text, file_sha256
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
+
+log = logging.getLogger(__name__)
 
 HF_DATASET = "wiberg/AV-CIL_features"
 AVCIL_REPO = "https://github.com/weiguoPian/AV-CIL_ICCV2023"
@@ -93,15 +96,9 @@ def import_command(name: str, src: Path | str = "SRC", data_root: Path | str = "
     return f"python -m datasets.adapters.avcil_features import --dataset {name} --src {src} --data-root {data_root} --trust-pickle"
 
 
-class PickleRefused(DatasetError):
-    """The import was asked to unpickle without --trust-pickle."""
-
-    exit_code = 2
-
-
 def dataset_info(name: str) -> AVCILInfo:
     if name not in INFOS:
-        raise DatasetError(f"unknown AV-CIL dataset {name!r}; use one of {', '.join(INFOS)}")
+        raise ConfigError(f"unknown AV-CIL dataset {name!r}; use one of {', '.join(INFOS)}")
     return INFOS[name]
 
 
@@ -267,8 +264,8 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
         raise DatasetError(f"{enc_p}: class indices must be exactly 0..{len(index) - 1}, got {sorted(index.values())[:10]}...")
     class_names = sorted(index, key=index.get)
     if len(class_names) != info.num_classes:
-        print(f"warning: {enc_p} has {len(class_names)} classes; the AV-CIL {info.title} release has {info.num_classes}, "
-              f"so the default protocol {info.protocol} will not fit", file=sys.stderr)
+        log.warning("%s has %d classes; the AV-CIL %s release has %d, so the default protocol %s will not fit", enc_p,
+                    len(class_names), info.title, info.num_classes, info.protocol)
     ids, labels, splits = [], [], []
     for split in SPLITS:
         if split not in cid or split not in idc:
@@ -430,17 +427,17 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
     """Convert `src/<folder>/` into the store at `store_path(data_root, dataset)`. See the module docstring."""
     info = dataset_info(dataset)
     if batch_rows is not None and batch_rows <= 0:
-        raise DatasetError(f"batch_rows must be positive, got {batch_rows}")
+        raise ConfigError(f"batch_rows must be positive, got {batch_rows}")
     if not trust_pickle:
-        raise PickleRefused(
-            "refusing to import: the AV-CIL .npy files (the three dict files and the feature dicts) are Python pickles, and "
-            "loading a pickle can execute arbitrary code. Only import files from a trusted source (the AV-CIL authors' "
-            f"repository {AVCIL_REPO} and HF dataset {HF_DATASET}); then pass --trust-pickle. "
+        raise ConfigError(
+            "refusing to import: the AV-CIL .npy files (the three dict files and the feature dicts) are Python "
+            "pickles, and loading a pickle can execute arbitrary code. Only import files from a trusted source (the "
+            f"AV-CIL authors' repository {AVCIL_REPO} and HF dataset {HF_DATASET}); then pass --trust-pickle. "
             "The import is the only step that unpickles; the resulting store is pickle-free."
         )
     final = store_path(data_root, info.name)
     if (final / "manifest.json").is_file() and not force:
-        print(f"{info.title}: already imported at {final}; pass --force to import again")
+        log.info("%s: already imported at %s; pass --force to import again", info.title, final)
         return FeatureStore(final)
     folder = _resolve_folder(Path(src), info)
     table, cid_p = build_table(folder, info)
@@ -456,8 +453,8 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
         visual = _H5Features(visual_p)
     else:
         size_gb = visual_p.stat().st_size / 1e9
-        print(f"note: {visual_p} is a pickle and loads whole into RAM: about {size_gb:.1f} GB here "
-              "(AVE's is about 20 GB); this is unavoidable for the pickled variant")
+        log.info("note: %s is a pickle and loads whole into RAM: about %.1f GB here (AVE's is about 20 GB); this is "
+                 "unavoidable for the pickled variant", visual_p, size_gb)
         visual = _DictFeatures(visual_p, _load_pickled_dict(visual_p))
     try:
         n_tokens, d_visual = _check_features(visual, table, ndim=2)
@@ -481,15 +478,17 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
                               for k in shapes}
                 break
             except _Fp16Overflow as e:
-                print(f"{e.view}: values up to {e.max_abs:.4g} exceed the float16 range (max {F16_MAX:.0f}); keeping float32 for this view and restarting the import")
+                log.warning("%s: values up to %.4g exceed the float16 range (max %.0f); keeping float32 for this view "
+                            "and restarting the import", e.view, e.max_abs, F16_MAX)
                 dtypes[e.view] = "float32"
     finally:
         visual.close()
     writer.add_meta(fp16_conversion=conversion, source_dir=str(folder.resolve()))
     store = writer.finalize()
     for k, c in conversion.items():
-        print(f"  {k}: {c['dtype']}, shape {shapes[k]}, max abs error {c['max_abs_error']:.3g}, max rel error {c['max_rel_error']:.3g}")
-    print(f"{info.title}: imported {len(table.ids)} clips, {len(table.class_names)} classes -> {final}")
+        log.info("  %s: %s, shape %s, max abs error %.3g, max rel error %.3g", k, c["dtype"], shapes[k],
+                 c["max_abs_error"], c["max_rel_error"])
+    log.info("%s: imported %d clips, %d classes -> %s", info.title, len(table.ids), len(table.class_names), final)
     return store
 
 
@@ -505,12 +504,6 @@ def _parse_grid(text: str) -> tuple[int, int]:
     if t <= 0 or p <= 0:
         raise argparse.ArgumentTypeError(f"--grid values must be positive, got {text!r}")
     return t, p
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -532,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="required: confirm the .npy files come from a trusted source (they are pickles, which can run code when loaded)")
     imp.add_argument("--grid", type=_parse_grid, default=None, metavar="T,P",
                      help=f"visual token grid: T temporal x P spatial tokens, t-major (default T={DEFAULT_T}, P = tokens / T, e.g. 8,196)")
-    imp.add_argument("--batch-rows", type=_positive_int, default=None, metavar="N",
+    imp.add_argument("--batch-rows", type=positive_int, default=None, metavar="N",
                      help="rows per write batch (default: about 128 MiB of float32 per batch)")
     imp.add_argument("--force", action="store_true", help="import again even if the store already exists")
     imp.add_argument("--no-progress", action="store_true", help="hide the progress bars")

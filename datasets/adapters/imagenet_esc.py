@@ -16,7 +16,7 @@ Layout (root = `<data_root>/imagenet19` or `<data_root>/imagenet27`), either of:
       per class, used for every split).
 The layout is detected from the audio folder; the class folders must be exactly the set's
 WNIDs (a missing or extra one is an error listing them). No image/val in the reference: 10 %
-of each class's train images become val (see datasets.adapters.paired_folder). Audio is stored as 5 s
+of each class's train images become val (see datasets.adapters.paired_scan). Audio is stored as 5 s
 at 44.1 kHz (ESC-50's clip length and rate), images at 224 px, CLIP-normalised.
 
 Protocols (name `<initial>+<per_step>x<later steps>`; reference config in brackets), class
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.base import ProtocolSpec
 from datasets.adapters.paired_folder import PairedFolderAdapter
+from datasets.adapters.paired_protocol import protocol_name
+from datasets.base import ProtocolSpec, step_sizes
 
 # (WNID, ImageNet-1k index, name used in the reference's prompts, ESC-50 class, ESC-50 target id, in ImageNet-ESC-19)
 PAIRS: tuple[tuple[str, int, str, str, int, bool], ...] = (
@@ -106,8 +107,8 @@ class ImageNetESC(PairedFolderAdapter):
         n = len(self.CLASSES)
         out = []
         for initial, per_step, _reference in PROTOCOLS[self.variant]:
-            sizes = (initial,) + (per_step,) * ((n - initial) // per_step)
-            out.append(ProtocolSpec(f"{initial}+{per_step}x{len(sizes) - 1}", sizes, MEMORY_PER_CLASS * n, CLASS_ORDERS[self.variant]))
+            sizes = step_sizes(n, per_step, initial, source=f"{self.title} protocol")
+            out.append(ProtocolSpec(protocol_name(sizes), sizes, MEMORY_PER_CLASS * n, CLASS_ORDERS[self.variant]))
         return out
 
     def layout_help(self, root: Path) -> str:

@@ -20,7 +20,7 @@ images may share a clip (the same moment, another person): the bank holds one ro
 ARIC clips are 10 s spanning the moment before and after the frame, so the frame sits at the
 clip's middle; the store keeps the centre 5 s (clip_seconds) around it at 44.1 kHz, the length
 AudioCLIP's audio head was trained on. No val folder in the reference: 10 % of each class's
-train images become val (datasets.adapters.paired_folder).
+train images become val (datasets.adapters.paired_scan).
 
 Protocols, class order from the reference's class_orders/classroom_data.yaml:
   13+10x2 [config classroom33_3-6-MoE-Adapters: its name says 3 tasks of 6, the file has 13, 10, 10]
@@ -32,9 +32,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.base import ProtocolSpec
+from datasets.adapters.paired_folder import PairedFolderAdapter
+from datasets.adapters.paired_protocol import protocol_name
+from datasets.adapters.paired_scan import Item, Scan, files, listing
+from datasets.base import ProtocolSpec, step_sizes
 from datasets.errors import DatasetError
-from datasets.adapters.paired_folder import Item, PairedFolderAdapter, Scan, _files, _listing
 
 CLASSES: tuple[str, ...] = (
     "analyzing", "blackboard_wiping", "blackboard_writing", "discussing", "drinking", "eating", "gathering_up_bag", "handsup",
@@ -66,13 +68,13 @@ class MiniARIC(PairedFolderAdapter):
 
     def protocols(self) -> list[ProtocolSpec]:
         n = len(CLASSES)
-        return [ProtocolSpec(f"{i}+{k}x{(n - i) // k}", (i,) + (k,) * ((n - i) // k), MEMORY_PER_CLASS * n, CLASS_ORDER)
-                for i, k, _reference in PROTOCOLS]
+        sizes = [step_sizes(n, k, i, source=f"{self.title} protocol") for i, k, _reference in PROTOCOLS]
+        return [ProtocolSpec(protocol_name(s), s, MEMORY_PER_CLASS * n, CLASS_ORDER) for s in sizes]
 
     def missing_parts(self, data_root: Path) -> list[str]:
         missing = super().missing_parts(data_root)
         audio = self.root(data_root) / "audio"
-        if audio.is_dir() and not _files(audio, (".wav",)) and not any("audio" in m for m in missing):
+        if audio.is_dir() and not files(audio, (".wav",)) and not any("audio" in m for m in missing):
             missing.append(f"{audio}/wav_*.wav (no .wav file in the audio folder)")
         return missing
 
@@ -84,13 +86,13 @@ class MiniARIC(PairedFolderAdapter):
 
     def scan_audio(self, root: Path, class_names: list[str], images: list[Item]) -> Scan:
         audio = root / "audio"
-        files = {p.name: p for p in _files(audio, (".wav",))}
+        wavs = {p.name: p for p in files(audio, (".wav",))}
         clips: list[Item] = []
         index: dict[tuple[str, int, str], int] = {}
         kept, image_clip, missing = [], [], []
         for it in images:
             want = audio_partner(it.path.name)
-            p = files.get(want)
+            p = wavs.get(want)
             if p is None:
                 missing.append((it, audio / want))
                 continue
@@ -104,9 +106,10 @@ class MiniARIC(PairedFolderAdapter):
             image_clip.append(index[key])
         if missing and not self.skip_bad:
             it, want = missing[0]
-            raise DatasetError(f"{it.path}: its audio partner {want} does not exist (rule: image A_B_rest.jpg -> audio/wav_rest.wav); "
-                               f"put the clip there, or delete the image, or run with --skip-bad to leave such images out\n"
-                               f"  {len(missing)} image(s) without audio:\n" + _listing(f"{i.path} -> {w}" for i, w in missing))
+            raise DatasetError(f"{it.path}: its audio partner {want} does not exist (rule: image A_B_rest.jpg -> "
+                               "audio/wav_rest.wav); put the clip there, or delete the image, or run with --skip-bad "
+                               f"to leave such images out\n  {len(missing)} image(s) without audio:\n"
+                               + listing(f"{i.path} -> {w}" for i, w in missing))
         # A clip shared by images of several classes or split groups gets one row per (class, group): unique ids.
         seen: dict[str, int] = {}
         for c in clips:
@@ -116,7 +119,8 @@ class MiniARIC(PairedFolderAdapter):
         used = {c.rel for c in clips}
         return Scan(root, class_names, kept, clips, "fixed", image_clip, skipped,
                     audio_layout="flat: image A_B_rest.jpg <-> audio/wav_rest.wav",
-                    notes={"unpaired_audio_files": sum(1 for p in files.values() if p.relative_to(root).as_posix() not in used)})
+                    notes={"unpaired_audio_files": sum(1 for p in wavs.values()
+                                                        if p.relative_to(root).as_posix() not in used)})
 
 
 ADAPTERS = [MiniARIC()]

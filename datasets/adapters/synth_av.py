@@ -34,7 +34,7 @@ Besides the `audio`/`visual` feature views, the store holds raw views for image+
 methods (MCIL-AudioCLIP and the CLIP-style baselines): `image` (3, 64, 64), the middle decoded
 frame (index frames // 2) CLIP-normalised, and `waveform` (16000,), the decoded 1-s mono
 waveform at 16 kHz in [-1, 1]; meta audio_bank "self" makes the store its own clip bank
-(datasets.adapters.paired_folder.AudioPairing pairs row i with row i), and prompt_template "a video of {}."
+(datasets.pairing.AudioPairing pairs row i with row i), and prompt_template "a video of {}."
 with class_prompt_names ("<audio words> with a <hue> <visual words>") gives them text. The
 feature views are computed from the same decoded batch as before, so they are bit-identical to
 the EXTRACT_VERSION 1 store's.
@@ -68,14 +68,10 @@ import torch
 
 from datasets import media
 from datasets.base import Availability, DatasetAdapter, ProtocolSpec, SampleTable
-from datasets.errors import DatasetError
 from datasets.encoders.synthetic import AudioEncoder, VisualEncoder
+from datasets.errors import DatasetError
 from datasets.io import atomic_write_text, config_hash
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
-
-# CLIP's image normalisation (as datasets.adapters.paired_folder; repeated so this module stays import-light).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 AUDIO_FAMILIES = ("hum", "whistle", "tremolo", "siren", "hiss", "rumble", "chirp-up", "chirp-down", "clicks", "reed")
 AUDIO_WORDS = (
@@ -511,7 +507,7 @@ class SynthAV(DatasetAdapter):
         """One batch -> (image (B, 3, S, S): the middle decoded frame (index F // 2), CLIP-normalised;
         waveform (B, samples): the decoded mono waveform clipped to [-1, 1])."""
         mid = frames[:, frames.shape[1] // 2].astype(np.float32) / 255.0
-        image = (mid - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
+        image = (mid - np.asarray(media.CLIP_MEAN, dtype=np.float32)) / np.asarray(media.CLIP_STD, dtype=np.float32)
         return np.ascontiguousarray(image.transpose(0, 3, 1, 2)), np.clip(waves, -1.0, 1.0).astype(np.float32)
 
     def _extract(self, data_root: Path, table: SampleTable, path: Path, progress: bool) -> FeatureStore:
@@ -527,14 +523,14 @@ class SynthAV(DatasetAdapter):
             "generator": cfg.to_json(),
             "decode": self._decode_params(),
             "prompts": self.prompts,
-            # raw views for image+audio+text methods (datasets.adapters.paired_folder.AudioPairing: "self" = identity pairing)
+            # raw views for image+audio+text methods (datasets.pairing.AudioPairing: "self" = identity pairing)
             "audio_bank": "self",
             "pairing": "self",
             "sample_rate": cfg.sample_rate,
             "clip_samples": self.clip_samples,
             "image_size": cfg.size,
-            "image_mean": list(CLIP_MEAN),
-            "image_std": list(CLIP_STD),
+            "image_mean": list(media.CLIP_MEAN),
+            "image_std": list(media.CLIP_STD),
             "image_frame": cfg.frames // 2,
             "prompt_template": self.prompt_template,
             "class_prompt_names": self.class_prompt_names,

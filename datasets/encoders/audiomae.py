@@ -14,13 +14,12 @@ The official AudioMAE `pretrained.pth` (ViT-B, AS-2M, self-supervised) is a mask
 checkpoint: it holds the encoder (same parameter names as here), the encoder's final `norm`, the
 decoder and `mask_token`, but no `fc_norm`. The AV-CIL code loads it with `strict=False`, so its
 `fc_norm` keeps the default LayerNorm initialisation (weight 1, bias 0) and `norm`/decoder are
-ignored. `load_audiomae_checkpoint` does the same, but prints the missing and unexpected key lists
-and refuses anything beyond exactly that pattern.
+ignored. `load_audiomae_checkpoint` does the same, but logs the missing and unexpected key lists
+and refuses anything beyond exactly that pattern (datasets.weights reads and checks the file).
 """
 from __future__ import annotations
 
-import argparse
-import re
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.errors import DatasetError
+from datasets.weights import check_keys, load_report, read_state_dict, summarise_keys
+
+log = logging.getLogger(__name__)
 
 AUDIOSET_MEAN = -4.2677393  # AST/AudioMAE AudioSet fbank statistics (the AV-CIL code does not normalise)
 AUDIOSET_STD = 4.5689974
@@ -182,75 +183,24 @@ class AudioMAEEncoder(nn.Module):
 # ----------------------------------------------------------------------------- checkpoint
 
 
-def summarise_keys(keys) -> str:
-    """Compact listing: block indices folded, e.g. 'decoder_blocks.*.attn.qkv.weight (x8)'."""
-    groups: dict[str, int] = {}
-    for k in sorted(keys):
-        g = re.sub(r"\.\d+\.", ".*.", k)
-        groups[g] = groups.get(g, 0) + 1
-    return ", ".join(f"{g} (x{n})" if n > 1 else g for g, n in groups.items()) or "none"
-
-
-def load_state_dict_file(path: Path, what: str) -> dict:
-    """torch.load(weights_only=True); unwrap {'model': ...}/{'state_dict': ...}; tensors only.
-
-    An argparse.Namespace (the training `args` that MAE-style checkpoints carry) is the one
-    non-tensor type allowed through the weights-only unpickler.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: {what} checkpoint not found; pass the path of the downloaded file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or holds objects a weights-only load refuses
-        raise DatasetError(
-            f"{path}: cannot load the {what} checkpoint with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
-            "If the file is truncated, download it again; if it holds other pickled objects, re-save only its state dict "
-            "(torch.save(ckpt['model'], 'weights.pth')) on a machine where you trust the file"
-        ) from e
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise DatasetError(f"{path}: expected a state dict (name -> tensor), optionally under key 'model'; got {type(obj).__name__}")
-    return obj
-
-
-def check_shapes(model: nn.Module, sd: dict, path: Path, what: str) -> None:
-    own = model.state_dict()
-    bad = [f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if bad:
-        raise DatasetError(f"{path}: {what} checkpoint does not fit the configured architecture: {'; '.join(bad[:5])}"
-                           f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}")
-
-
-def load_audiomae_checkpoint(model: AudioMAEEncoder, path: Path, log=print) -> dict:
-    """Load the official AudioMAE `pretrained.pth` into `model`; print and check the key lists.
+def load_audiomae_checkpoint(model: AudioMAEEncoder, path: Path) -> dict:
+    """Load the official AudioMAE `pretrained.pth` into `model`; log and check the key lists.
 
     Accepted: missing `fc_norm.*` (and `head.*`), unexpected `norm.*`, `decoder_*`, `mask_token`.
-    Anything else is a DatasetError naming the keys. Returns {"missing": [...], "unexpected": [...]}.
+    Anything else is a WeightsError naming the keys. Returns the load report (datasets.weights.load_report).
     """
     path = Path(path)
-    sd = load_state_dict_file(path, "AudioMAE")
-    check_shapes(model, sd, path, "AudioMAE")
+    sd = read_state_dict(path, "AudioMAE")
+    missing, unexpected = check_keys(
+        model.state_dict(), sd, path, "the AudioMAE ViT encoder this extraction builds",
+        "expected only missing fc_norm.* and unexpected norm.*, decoder_*, mask_token: pass the official AudioMAE "
+        "ViT-B AS-2M pretrained.pth", allow_missing=lambda k: k.startswith(EXPECTED_MISSING),
+        allow_unexpected=lambda k: k.startswith(EXPECTED_UNEXPECTED))
     if "pos_embed" in sd:  # the checkpoint's table is used (as AV-CIL does); it should be the fixed sin-cos one
         diff = float((sd["pos_embed"].float() - sincos_pos_embed(model.cfg.dim, *model.cfg.grid)[None]).abs().max())
-        log(f"AudioMAE pos_embed: max |checkpoint - fixed 2-D sin-cos table| = {diff:.2g}")
-    result = model.load_state_dict(sd, strict=False)
-    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
-    log(f"AudioMAE checkpoint {path}:\n"
-        f"  missing keys ({len(missing)}, left at their initialisation): {summarise_keys(missing)}\n"
-        f"  unexpected keys ({len(unexpected)}, ignored): {summarise_keys(unexpected)}")
-    bad_missing = [k for k in missing if not k.startswith(EXPECTED_MISSING)]
-    bad_unexpected = [k for k in unexpected if not k.startswith(EXPECTED_UNEXPECTED)]
-    if bad_missing or bad_unexpected:
-        raise DatasetError(
-            f"{path}: not the AudioMAE ViT encoder checkpoint this extraction expects: "
-            + (f"missing {bad_missing[:10]}{' ...' if len(bad_missing) > 10 else ''}; " if bad_missing else "")
-            + (f"unexpected {bad_unexpected[:10]}{' ...' if len(bad_unexpected) > 10 else ''}; " if bad_unexpected else "")
-            + "expected only missing fc_norm.* and unexpected norm.*, decoder_*, mask_token "
-            "(the official AudioMAE ViT-B AS-2M pretrained.pth)"
-        )
-    return {"missing": missing, "unexpected": unexpected}
+        log.info("AudioMAE pos_embed: max |checkpoint - fixed 2-D sin-cos table| = %.2g", diff)
+    model.load_state_dict(sd, strict=False)
+    log.info("AudioMAE checkpoint %s:\n  missing keys (%d, left at their initialisation): %s\n"
+             "  unexpected keys (%d, ignored): %s", path, len(missing), summarise_keys(missing), len(unexpected),
+             summarise_keys(unexpected))
+    return load_report(path, len(sd) - len(unexpected), missing, unexpected)

@@ -20,11 +20,13 @@ They are read directly (safetensors / `torch.load(weights_only=True)`) rather th
 `q_bias` / `v_bias` (transformers 4.x layout, key bias fixed at zero), and transformers 5.x (5.17
 here) renamed them to `query.bias` / `key.bias` / `value.bias` without a loading rule, so
 `from_pretrained` silently leaves those biases at zero. `load_videomae_weights` converts the old
-names, prints the missing / unexpected key lists and refuses anything unexpected.
+names, logs the missing / unexpected key lists and refuses anything unexpected (datasets.weights reads
+and checks the files).
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.encoders.audiomae import check_shapes, load_state_dict_file, summarise_keys
-from datasets.errors import DatasetError
+from datasets.errors import WeightsError
+from datasets.weights import check_keys, load_report, read_state_dict, summarise_keys
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,25 +136,19 @@ class VideoMAEEncoder(nn.Module):
 
 
 def _read_weights(path: Path) -> tuple[dict, dict | None]:
-    """State dict (and config.json, if any) from a snapshot directory or a single file."""
+    """State dict (and config.json, if any) from a snapshot directory or a single file (datasets.weights reads it)."""
     if path.is_file():
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            try:
-                return load_file(str(path)), None
-            except Exception as e:
-                raise DatasetError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e}); download it again") from e
-        return load_state_dict_file(path, "VideoMAE"), None
+        return read_state_dict(path, "VideoMAE"), None
     if not path.is_dir():
-        raise DatasetError(f"{path}: VideoMAE weights not found; pass a local snapshot directory of MCG-NJU/videomae-base "
-                           "(with model.safetensors or pytorch_model.bin) or a state-dict file")
+        raise WeightsError(f"{path}: VideoMAE weights not found; pass a local snapshot directory of "
+                           "MCG-NJU/videomae-base (with model.safetensors or pytorch_model.bin) or a state-dict file")
     config = None
     if (path / "config.json").is_file():
         try:
             config = json.loads((path / "config.json").read_text())
         except ValueError as e:
-            raise DatasetError(f"{path / 'config.json'}: not valid JSON ({e})") from e
+            raise WeightsError(f"{path / 'config.json'}: not valid JSON ({e}); download the snapshot's config.json "
+                               "again") from e
     for name in WEIGHT_FILES:
         if (path / name).is_file():
             return _read_weights(path / name)[0], config
@@ -161,7 +159,8 @@ def _read_weights(path: Path) -> tuple[dict, dict | None]:
             for shard in shards:
                 sd.update(_read_weights(path / shard)[0])
             return sd, config
-    raise DatasetError(f"{path}: no {' or '.join(WEIGHT_FILES)} in this directory; pass the MCG-NJU/videomae-base snapshot directory")
+    raise WeightsError(f"{path}: no {' or '.join(WEIGHT_FILES)} in this directory; pass the MCG-NJU/videomae-base "
+                       "snapshot directory")
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -186,8 +185,9 @@ def _check_config(config: dict | None, spec: VideoMAESpec, path: Path) -> None:
               "num_frames": spec.frames, "image_size": spec.size, "use_mean_pooling": False}
     bad = {k: config[k] for k, v in fields.items() if k in config and config[k] != v}
     if bad:
-        raise DatasetError(f"{path / 'config.json'}: {bad} differ from the VideoMAE-base encoder AV-CIL uses ({fields}); "
-                           "pass the self-supervised MCG-NJU/videomae-base snapshot (not a fine-tuned classifier)")
+        raise WeightsError(f"{path / 'config.json'}: {bad} differ from the VideoMAE-base encoder AV-CIL uses "
+                           f"({fields}); pass the self-supervised MCG-NJU/videomae-base snapshot (not a fine-tuned "
+                           "classifier)")
 
 
 def normalise_keys(sd: dict) -> tuple[dict, bool]:
@@ -209,30 +209,25 @@ def normalise_keys(sd: dict) -> tuple[dict, bool]:
     return out, legacy
 
 
-def load_videomae_weights(encoder: VideoMAEEncoder, path: Path, log=print) -> dict:
-    """Load local VideoMAE weights into `encoder.model`; print and check the key lists.
+def load_videomae_weights(encoder: VideoMAEEncoder, path: Path) -> dict:
+    """Load local VideoMAE weights into `encoder.model`; log and check the key lists.
 
     Accepted: unexpected `decoder.*`, `encoder_to_decoder.*`, `mask_token` (pretraining parts);
-    nothing missing. Anything else is a DatasetError naming the keys.
+    nothing missing. Anything else is a WeightsError naming the keys. Returns the load report
+    (datasets.weights.load_report) with `legacy_qv_bias`: whether legacy biases were converted.
     """
     path = Path(path)
     raw, config = _read_weights(path)
     _check_config(config, encoder.spec, path)
     sd, legacy = normalise_keys(raw)
-    check_shapes(encoder.model, sd, path, "VideoMAE")
-    result = encoder.model.load_state_dict(sd, strict=False)
-    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
-    log(f"VideoMAE weights {path}:\n"
-        + ("  legacy q_bias/v_bias converted to query/value biases (key bias 0)\n" if legacy else "")
-        + f"  missing keys ({len(missing)}): {summarise_keys(missing)}\n"
-        f"  unexpected keys ({len(unexpected)}, ignored): {summarise_keys(unexpected)}")
-    bad_unexpected = [k for k in unexpected if not k.startswith(EXPECTED_UNEXPECTED)]
-    if missing or bad_unexpected:
-        raise DatasetError(
-            f"{path}: not the VideoMAE-base encoder weights this extraction expects: "
-            + (f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}; " if missing else "")
-            + (f"unexpected {bad_unexpected[:10]}{' ...' if len(bad_unexpected) > 10 else ''}; " if bad_unexpected else "")
-            + "expected every encoder weight present and only decoder.*, encoder_to_decoder.*, mask_token extra "
-            "(the self-supervised MCG-NJU/videomae-base checkpoint)"
-        )
-    return {"missing": missing, "unexpected": unexpected, "legacy_qv_bias": legacy}
+    missing, unexpected = check_keys(
+        encoder.model.state_dict(), sd, path, "the VideoMAE-base encoder this extraction builds",
+        "expected every encoder weight present and only decoder.*, encoder_to_decoder.*, mask_token extra: pass the "
+        "self-supervised MCG-NJU/videomae-base checkpoint",
+        allow_unexpected=lambda k: k.startswith(EXPECTED_UNEXPECTED))
+    encoder.model.load_state_dict(sd, strict=False)
+    log.info("VideoMAE weights %s:\n%s  missing keys (%d): %s\n  unexpected keys (%d, ignored): %s", path,
+             "  legacy q_bias/v_bias converted to query/value biases (key bias 0)\n" if legacy else "",
+             len(missing), summarise_keys(missing), len(unexpected), summarise_keys(unexpected))
+    return load_report(path, len(sd) - len(unexpected), missing, unexpected, files=weight_files(path),
+                       legacy_qv_bias=legacy)

@@ -37,146 +37,57 @@ names the raw store's arrays, nothing is copied), and copies the meta MCIL-style
 serves every method. Written with StoreWriter in row batches: an interrupted run resumes from the
 last written batch when the same command is run again; nothing half-written is ever published.
 
-Adapters find it with `features_store_path(adapter, data_root, raw)` (see its docstring).
-Weights come only from the given local files: the AudioMAE `pretrained.pth` through the
-weights-only loader of `datasets.encoders.audiomae`, the CLIP TorchScript file through `torch.jit.load`
-(a TorchScript archive, never unpickled as Python objects); `--random-encoders` uses random
-weights instead (debugging only; the store is marked pretrained=false).
+Adapters find it with `datasets.paired_stores.features_store_path(adapter, data_root, raw)` (see its
+docstring). Weights come only from the given local files, read by `datasets.weights`: the AudioMAE
+`pretrained.pth` with torch.load(weights_only=True) (`datasets.encoders.audiomae`), the CLIP TorchScript
+file through `torch.jit.load` (`datasets.encoders.clip`; a TorchScript archive, never unpickled as Python
+objects); `--random-encoders` uses random weights instead (debugging only; the store is marked pretrained=false).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
-import re
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datasets.encoders.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, check_shapes, fbank, load_audiomae_checkpoint, summarise_keys
-from datasets.errors import DatasetError, run_command
-from datasets.extraction.videos import AUDIO_PIPELINE, TINY_AUDIO, _positive_int, _precision, _versions, check_audio_options
-from datasets.io import config_hash, file_sha256, pick_device
+from datasets.encoders.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint
+from datasets.encoders.clip import CLIP_MODEL, ClipConfig, build_clip, load_openai_clip
+from datasets.errors import ConfigError, DatasetError, WeightsError, positive_int, run_command
+from datasets.extraction.common import (
+    AUDIO_PIPELINE,
+    PRECISIONS,
+    TINY_AUDIO,
+    check_audio_options,
+    check_values,
+    resolve_precision,
+    versions,
+)
+from datasets.io import config_hash, pick_device
+from datasets.paired_stores import (
+    FEATURE_VIEWS,
+    LEGACY_IMAGE_VIEWS,
+    RAW_IMAGE_VIEW,
+    STORE_INFIX,
+    image_view,
+    raw_store_of,
+    store_dir,
+)
+from datasets.pairing import AudioPairing
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
+from datasets.weights import checkpoint_record
 
-RAW_IMAGE_VIEW = "clip_image"  # the raw paired store's image view
-LEGACY_IMAGE_VIEWS = ("image",)  # accepted too: the raw stores written before the rename
-FEATURE_VIEWS = ("audio", "visual")
+log = logging.getLogger(__name__)
+
 FEATURES_VERSION = 1  # bump whenever the extraction changes the features
-STORE_INFIX = "-features-"
-CLIP_MODEL = "ViT-B-16-quickgelu"
-OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints in the TorchScript state dict, no parameters
 AUDIOMAE_RATE = 16000
 # Raw-store meta that the methods reading raw views need, copied as is (audio_bank is rewritten).
 RAW_META_KEYS = ("pairing", "sample_rate", "clip_samples", "image_size", "image_mean", "image_std", "prompt_template",
                  "class_prompt_names")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUDIO_CKPT_HELP = "PATH/TO/audiomae_pretrained.pth"
-CLIP_CKPT_HELP = "PATH/TO/ViT-B-16.pt"
-
-
-# ----------------------------------------------------------------------------- CLIP image tower
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    """open_clip CLIP architecture (both towers: the checkpoint is checked against all of it).
-
-    The defaults are OpenAI's ViT-B/16 (open_clip `ViT-B-16-quickgelu`); `tiny` is for tests.
-    """
-
-    embed_dim: int = 512
-    image_size: int = 224
-    width: int = 768
-    layers: int = 12
-    head_width: int = 64
-    patch_size: int = 16
-    context_length: int = 77
-    vocab_size: int = 49408
-    text_width: int = 512
-    text_heads: int = 8
-    text_layers: int = 12
-
-    def __post_init__(self) -> None:
-        if self.image_size % self.patch_size or self.width % self.head_width:
-            raise ValueError(f"ClipConfig: image_size must divide by patch_size and width by head_width: {self}")
-
-    @classmethod
-    def tiny(cls, image_size: int) -> "ClipConfig":
-        """2 layers, width 64, patch 16, over `image_size` px images (tests and debugging, random weights only)."""
-        return cls(embed_dim=32, image_size=image_size, width=64, layers=2, head_width=32, patch_size=16, context_length=8,
-                   vocab_size=64, text_width=32, text_heads=2, text_layers=1)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """(T, P) of the `visual` view: (1, 196) for ViT-B/16 at 224 px."""
-        return 1, (self.image_size // self.patch_size) ** 2
-
-    def to_json(self) -> dict:
-        return {"model": CLIP_MODEL, **asdict(self)}
-
-
-def build_clip(cfg: ClipConfig = ClipConfig(), seed: int = 0) -> torch.nn.Module:
-    """The whole open_clip CLIP (QuickGELU, as OpenAI's), random weights from `seed`; fp32."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    vision = CLIPVisionCfg(layers=cfg.layers, width=cfg.width, head_width=cfg.head_width, patch_size=cfg.patch_size,
-                           image_size=cfg.image_size)
-    text = CLIPTextCfg(context_length=cfg.context_length, vocab_size=cfg.vocab_size, width=cfg.text_width, heads=cfg.text_heads,
-                       layers=cfg.text_layers)
-    with torch.random.fork_rng(devices=[]):  # random weights depend on the seed only
-        torch.manual_seed(seed)
-        model = CLIP(cfg.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
-    return model.float().eval()
-
-
-def openai_state_dict(path: Path) -> dict:
-    """The OpenAI TorchScript checkpoint's state dict (torch.jit.load, map_location cpu), minus the three int entries."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: CLIP checkpoint not found; pass the local OpenAI ViT-B-16.pt (TorchScript) with --clip-ckpt")
-    try:
-        with warnings.catch_warnings():  # torch 2.11 marks TorchScript deprecated; the OpenAI file is TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # RuntimeError for a non-TorchScript file, truncated archives, ...
-        raise DatasetError(
-            f"{path}: not a TorchScript archive ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); pass OpenAI's "
-            "ViT-B-16.pt exactly as released (the TorchScript file the `clip` package and open_clip's 'openai' tag download); "
-            "if the file is truncated, download it again"
-        ) from e
-    sd = dict(module.state_dict())
-    for key in OPENAI_EXTRA_KEYS:
-        sd.pop(key, None)
-    return sd
-
-
-def load_openai_clip(model: torch.nn.Module, path: Path, log=print) -> None:
-    """Load OpenAI's TorchScript ViT-B-16.pt into an open_clip CLIP; every key must match exactly.
-
-    Missing or unexpected keys (other than input_resolution / context_length / vocab_size, which
-    the TorchScript file carries as ints) and shape mismatches are a DatasetError naming them.
-    """
-    path = Path(path)
-    sd = openai_state_dict(path)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise DatasetError(
-            f"{path}: not the OpenAI CLIP checkpoint of this architecture ({CLIP_MODEL}, {own['visual.conv1.weight'].shape[0]} wide): "
-            + (f"missing {summarise_keys(missing)}; " if missing else "")
-            + (f"unexpected {summarise_keys(unexpected)}; " if unexpected else "")
-            + "pass OpenAI's ViT-B-16.pt (TorchScript), not another model's file or an open_clip/HF re-save"
-        )
-    check_shapes(model, sd, path, "CLIP")
-    model.load_state_dict(sd, strict=True)
-    log(f"CLIP checkpoint {path}: {len(sd)} tensors loaded, no missing or unexpected keys "
-        f"(dropped the TorchScript ints {', '.join(OPENAI_EXTRA_KEYS)})")
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -185,16 +96,17 @@ def load_openai_clip(model: torch.nn.Module, path: Path, log=print) -> None:
 class PairedEncoders:
     """AudioMAE (bank clips) + CLIP image tower (stored images) on one device."""
 
-    def __init__(self, audio_cfg: AudioMAEConfig, clip_cfg: ClipConfig, device: torch.device, precision: str, audio_rate: int,
-                 fbank_norm: str, audio_ckpt: Path | None = None, clip_ckpt: Path | None = None, seed: int = 0, log=print):
+    def __init__(self, audio_cfg: AudioMAEConfig, clip_cfg: ClipConfig, device: torch.device, precision: str,
+                 audio_rate: int, fbank_norm: str, audio_ckpt: Path | None = None, clip_ckpt: Path | None = None,
+                 seed: int = 0):
         self.audio_cfg, self.clip_cfg, self.device, self.precision = audio_cfg, clip_cfg, device, precision
         self.audio_rate, self.fbank_norm = int(audio_rate), fbank_norm
         self.audio = AudioMAEEncoder(audio_cfg, seed=seed)
         if audio_ckpt is not None:
-            load_audiomae_checkpoint(self.audio, audio_ckpt, log)
+            load_audiomae_checkpoint(self.audio, audio_ckpt)
         clip = build_clip(clip_cfg, seed=seed + 1)
         if clip_ckpt is not None:
-            load_openai_clip(clip, clip_ckpt, log)
+            load_openai_clip(clip, clip_ckpt)
         self.visual = clip.visual  # the text tower is only needed to check the checkpoint
         self.visual.output_tokens = True
         del clip
@@ -232,96 +144,6 @@ class PairedEncoders:
         return tokens.float().cpu().numpy()[:, None]
 
 
-# ----------------------------------------------------------------------------- locating stores
-
-
-def store_dir(data_root: Path) -> Path:
-    return Path(data_root) / "cache" / "store"
-
-
-def image_view(store: FeatureStore) -> str:
-    """The name of the raw image view in `store` (RAW_IMAGE_VIEW, or a legacy name)."""
-    for name in (RAW_IMAGE_VIEW, *LEGACY_IMAGE_VIEWS):
-        if name in store.views:
-            return name
-    raise DatasetError(f"{store.path}: no raw image view ({RAW_IMAGE_VIEW!r}) in this store (views {sorted(store.views)}); "
-                       "it is not a paired image + audio store")
-
-
-def raw_store_of(store: FeatureStore) -> FeatureStore:
-    """The raw paired store behind `store`: itself, or for a features store the store it was derived from."""
-    rel = store.meta.get("features_of")
-    if rel is None:
-        return store
-    path = Path(os.path.normpath(store.path / rel))
-    if not (path / "manifest.json").is_file():
-        raise DatasetError(f"{store.path}: derived from the raw store {path}, which is missing; open the dataset again to rebuild it")
-    return FeatureStore(path)
-
-
-def _read_manifest(path: Path) -> dict | None:
-    try:
-        return json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _newest_raw_store(adapter, folder: Path) -> Path | None:
-    """The most recently published `<name>-<16 hex>` paired store (datasets.adapters.paired_folder's naming), if any."""
-    pattern = re.compile(rf"{re.escape(adapter.name)}-[0-9a-f]{{16}}")
-    found = []
-    for path in folder.glob(f"{adapter.name}-*"):
-        manifest = path / "manifest.json"
-        if pattern.fullmatch(path.name) and manifest.is_file():
-            found.append((manifest.stat().st_mtime_ns, path.name, path))
-    return max(found)[2] if found else None
-
-
-def features_store_path(adapter, data_root: Path, raw: FeatureStore | Path | None = None) -> Path | None:
-    """The newest complete features store of `adapter` under `data_root`, or None.
-
-    With `raw` (the raw paired store, or its directory), only a features store derived from exactly
-    that store (same fingerprint) counts: pass it from `open()`. Without it (for `available_views()`:
-    a few manifest reads, no scan), the raw store is taken to be the adapter's most recently built
-    `<name>-<hash>` store when there is one (an edited folder builds a new one, whose features do
-    not exist yet), else any features store whose raw store is still on disk unchanged counts.
-    Passing a features store as `raw` means the raw store it was derived from.
-    """
-    if isinstance(raw, FeatureStore):
-        raw = raw_store_of(raw)
-    elif raw is not None:
-        manifest = _read_manifest(Path(raw))
-        rel = (manifest or {}).get("meta", {}).get("features_of")
-        raw = Path(os.path.normpath(Path(raw) / rel)) if rel else Path(raw)
-    folder = store_dir(data_root)
-    if raw is None and folder.is_dir():
-        raw = _newest_raw_store(adapter, folder)
-    want = None
-    if raw is not None:
-        want = raw.fingerprint if isinstance(raw, FeatureStore) else ((_read_manifest(raw) or {}).get("fingerprint"))
-        if want is None:
-            return None
-    if not folder.is_dir():
-        return None
-    found = []
-    for path in folder.glob(f"{adapter.name}{STORE_INFIX}*"):
-        if path.suffix == ".partial" or not path.is_dir():
-            continue
-        manifest = _read_manifest(path)
-        meta = (manifest or {}).get("meta", {})
-        if not manifest or meta.get("dataset") != adapter.name or "features_of" not in meta:
-            continue
-        if want is not None:
-            if meta.get("raw_fingerprint") != want:
-                continue
-        else:
-            origin = _read_manifest(Path(os.path.normpath(path / meta["features_of"])))
-            if not origin or origin.get("fingerprint") != meta.get("raw_fingerprint"):
-                continue
-        found.append(((path / "manifest.json").stat().st_mtime_ns, path.name, path))
-    return max(found)[2] if found else None
-
-
 def is_paired(adapter) -> bool:
     """Whether `adapter` is a paired image + audio dataset (whose feature views this module extracts)."""
     from datasets.adapters.paired_folder import PairedFolderAdapter
@@ -332,38 +154,14 @@ def is_paired(adapter) -> bool:
     return bool(views & {RAW_IMAGE_VIEW, *LEGACY_IMAGE_VIEWS}) and "waveform" in views
 
 
-def extraction_command(adapter, data_root: Path | str = "data") -> str:
-    """The command that writes `adapter`'s features store (checkpoint paths as placeholders)."""
-    parts = ["python -m datasets.extraction.paired"]
-    root = getattr(adapter, "_root", None)
-    if root is not None:  # a run-time paired folder: it must be registered in the extraction process too
-        parts.append(f"--paired-folder {root}={adapter.name}")
-    parts.append(f"--dataset {adapter.name}")
-    if Path(data_root) != Path("data"):
-        parts.append(f"--data-root {data_root}")
-    parts.append(f"--audio-ckpt {AUDIO_CKPT_HELP} --clip-ckpt {CLIP_CKPT_HELP} --trust-pickle")
-    return " ".join(parts)
-
-
 # ----------------------------------------------------------------------------- extraction
-
-
-def _check_values(name: str, values: np.ndarray, rows: list[int], precision: str) -> None:
-    from datasets.adapters.avcil_features import F16_MAX
-
-    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if not finite.all():
-        raise DatasetError(f"row {rows[int(np.argmin(finite))]}: the {name} encoder produced NaN/inf under {precision}; re-run with --precision fp32")
-    peak = float(np.abs(values).max(initial=0.0))
-    if peak > F16_MAX:
-        raise DatasetError(f"{name} features reach |x| = {peak:.4g}, beyond the float16 range of the store; check the checkpoint")
 
 
 def _ckpt_record(path: Path | None) -> dict | None:
     if path is None:
         return None
-    digest = file_sha256(Path(path))
-    return {"kind": "file", "sha256": digest, "sha256_prefix": digest[:16]}
+    record = checkpoint_record(Path(path))
+    return {**record, "sha256_prefix": record["sha256"][:16]}
 
 
 def _resolve_adapter(dataset):
@@ -374,10 +172,11 @@ def _resolve_adapter(dataset):
     return dataset
 
 
-def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt: Path | None = None, clip_ckpt: Path | None = None, *,
-                            trust_pickle: bool = False, random_encoders: bool = False, tiny_encoders: bool = False, batch: int = 32,
-                            device: str = "auto", precision: str = "auto", audio_rate: int = AUDIOMAE_RATE, fbank_norm: str = "none",
-                            force: bool = False, seed: int = 0, progress: bool = True, log=print) -> FeatureStore:
+def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt: Path | None = None,
+                            clip_ckpt: Path | None = None, *, trust_pickle: bool = False, random_encoders: bool = False,
+                            tiny_encoders: bool = False, batch: int = 32, device: str = "auto", precision: str = "auto",
+                            audio_rate: int = AUDIOMAE_RATE, fbank_norm: str = "none", force: bool = False,
+                            seed: int = 0, progress: bool = True) -> FeatureStore:
     """Write (or find) the features store of the paired dataset `dataset` (a registered name or an adapter).
 
     See the module docstring. Returns the features store. `tiny_encoders` (tests and debugging)
@@ -385,30 +184,33 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     """
     from tqdm import tqdm
 
-    from datasets.adapters.paired_folder import AudioPairing
-
     data_root = Path(data_root)
     check_audio_options(batch, audio_rate, fbank_norm)
     if random_encoders and (audio_ckpt is not None or clip_ckpt is not None):
-        raise DatasetError("--random-encoders and --audio-ckpt/--clip-ckpt exclude each other: give the checkpoints, or neither")
+        raise ConfigError("--random-encoders and --audio-ckpt/--clip-ckpt exclude each other: give the checkpoints, "
+                          "or neither")
     if not random_encoders and (audio_ckpt is None or clip_ckpt is None):
-        raise DatasetError(
-            "refusing to extract without pretrained encoders: pass --audio-ckpt (AudioMAE ViT-B AS-2M pretrained.pth, from the "
-            "AudioMAE repository) and --clip-ckpt (OpenAI's ViT-B-16.pt TorchScript file). Nothing is downloaded. "
-            "--random-encoders extracts with random weights instead (debugging only: the store is marked pretrained=false)")
+        raise ConfigError(
+            "refusing to extract without pretrained encoders: pass --audio-ckpt (AudioMAE ViT-B AS-2M pretrained.pth, "
+            "from the AudioMAE repository) and --clip-ckpt (OpenAI's ViT-B-16.pt TorchScript file). Nothing is "
+            "downloaded. --random-encoders extracts with random weights instead (debugging only: the store is marked "
+            "pretrained=false)"
+        )
     if tiny_encoders and not random_encoders:
-        raise DatasetError("--tiny-encoders is for tests and needs --random-encoders (no checkpoint fits the reduced encoders)")
+        raise ConfigError("--tiny-encoders is for tests and needs --random-encoders (no checkpoint fits the reduced "
+                          "encoders)")
     if audio_ckpt is not None and not Path(audio_ckpt).is_file():
-        raise DatasetError(f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded pretrained.pth")
+        raise WeightsError(f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded "
+                           "pretrained.pth")
     if clip_ckpt is not None and not Path(clip_ckpt).is_file():
-        raise DatasetError(f"{clip_ckpt}: CLIP checkpoint not found; pass the path of OpenAI's ViT-B-16.pt")
+        raise WeightsError(f"{clip_ckpt}: CLIP checkpoint not found; pass the path of OpenAI's ViT-B-16.pt")
     if audio_ckpt is not None and not trust_pickle:
-        from datasets.adapters.avcil_features import PickleRefused
-
-        raise PickleRefused(
-            f"refusing to read {audio_ckpt} without --trust-pickle: the AudioMAE checkpoint is a pickle-based torch file. It is "
-            "read with torch.load(weights_only=True) (tensors and argparse.Namespace only), as datasets.extraction.videos does; only use "
-            "the file from a trusted source (the AudioMAE authors' release), then pass --trust-pickle")
+        raise ConfigError(
+            f"refusing to read {audio_ckpt} without --trust-pickle: the AudioMAE checkpoint is a pickle-based torch "
+            "file. It is read with torch.load(weights_only=True) (tensors and argparse.Namespace only), as "
+            "datasets.extraction.videos does; only use the file from a trusted source (the AudioMAE authors' "
+            "release), then pass --trust-pickle"
+        )
 
     adapter = _resolve_adapter(dataset)
     status = adapter.availability(data_root)
@@ -429,7 +231,7 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
         raise DatasetError(f"{raw.path}: images are {size} x {size} px but the CLIP ViT-B/16 tower takes {ccfg.image_size}; "
                            f"rebuild the raw store with image_size {ccfg.image_size}")
     dev = pick_device(device)
-    prec = _precision(dev, precision)
+    prec = resolve_precision(dev, precision)
     ckpts = {"audio": _ckpt_record(audio_ckpt), "visual": _ckpt_record(clip_ckpt)}
     t, p = ccfg.grid
     views = [ViewSpec("audio", (acfg.dim,)), ViewSpec("visual", (t, p, ccfg.width))]
@@ -443,7 +245,8 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     key = config_hash(key_spec)
     final = store_dir(data_root) / f"{adapter.name}{STORE_INFIX}{key}"
     if (final / "manifest.json").is_file() and not force:
-        log(f"{adapter.title}: features already extracted with these settings at {final}; nothing to do (--force extracts again)")
+        log.info("%s: features already extracted with these settings at %s; nothing to do (--force extracts again)",
+                 adapter.title, final)
         return FeatureStore(final)
 
     meta = {
@@ -481,9 +284,10 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     links = {name: (raw, name) for name in raw.views if name not in FEATURE_VIEWS}
 
     writer = StoreWriter(final, raw.table(), views, meta, str(raw.path), links=links)
-    log(f"{adapter.title}: {n} images, {meta['distinct_clips']} distinct clips from {bank.path.name}, audio {bank_rate} -> "
-        f"{audio_rate} Hz, fbank norm {fbank_norm}, {dev} {prec}, batch {batch} -> {final}")
-    encoders = PairedEncoders(acfg, ccfg, dev, prec, audio_rate, fbank_norm, audio_ckpt, clip_ckpt, seed, log)
+    log.info("%s: %d images, %d distinct clips from %s, audio %d -> %d Hz, fbank norm %s, %s %s, batch %d -> %s",
+             adapter.title, n, meta["distinct_clips"], bank.path.name, bank_rate, audio_rate, fbank_norm, dev, prec,
+             batch, final)
+    encoders = PairedEncoders(acfg, ccfg, dev, prec, audio_rate, fbank_norm, audio_ckpt, clip_ckpt, seed)
 
     # Audio: the distinct clips in order of first use, in fixed chunks of `batch`, so a resumed run
     # encodes exactly the batches an uninterrupted one does; vectors of clips whose rows are already
@@ -503,7 +307,7 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
             members = order[chunk * batch : (chunk + 1) * batch]
             waves = bank.gather("waveform", members, dtype=torch.float32).numpy()
             values = encoders.encode_audio(encoders.fbanks(waves, bank_rate))
-            _check_values("audio", values, [int(m) for m in members], prec)
+            check_values("audio", values, [f"row {int(m)}" for m in members], prec)
             for c, v in zip(members.tolist(), values.astype(np.float16)):
                 cache.setdefault(int(c), v)
             encoded += len(members)
@@ -522,19 +326,20 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
             if writer.filled["visual"] < hi:
                 images = raw.gather(img_view, np.arange(lo, hi), dtype=torch.float32)
                 out["visual"] = encoders.encode_visual(images)
-                _check_values("visual", out["visual"], list(range(lo, hi)), prec)
+                check_values("visual", out["visual"], [f"row {r}" for r in range(lo, hi)], prec)
             for name, values in out.items():
                 skip = writer.filled[name] - lo  # rows of this batch already written before an interruption
                 writer.write(name, lo + skip, values[skip:])
             bar.update(hi - lo)
     finally:
         bar.close()
-    writer.add_meta(device=str(dev), versions=_versions(), extract_seconds_last_run=round(time.time() - t0, 1),
+    writer.add_meta(device=str(dev), versions=versions(), extract_seconds_last_run=round(time.time() - t0, 1),
                     clips_encoded_last_run=encoded,
                     checkpoint_paths={"audio": None if audio_ckpt is None else str(Path(audio_ckpt).resolve()),
                                       "visual": None if clip_ckpt is None else str(Path(clip_ckpt).resolve())})
     store = writer.finalize()
-    log(f"{adapter.title}: wrote {len(store)} rows (audio {store.views['audio'].shape}, visual {store.views['visual'].shape}) -> {final}")
+    log.info("%s: wrote %d rows (audio %s, visual %s) -> %s", adapter.title, len(store), store.views["audio"].shape,
+             store.views["visual"].shape, final)
     return store
 
 
@@ -556,10 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-encoders", action="store_true",
                    help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)")
     p.add_argument("--tiny-encoders", action="store_true", help="test/debug only, with --random-encoders: 2-layer reduced encoders")
-    p.add_argument("--audio-rate", type=_positive_int, default=AUDIOMAE_RATE, metavar="HZ",
+    p.add_argument("--audio-rate", type=positive_int, default=AUDIOMAE_RATE, metavar="HZ",
                    help="audio rate before the fbank (default 16000, AudioMAE's; 11430 as the AV-CIL video extraction)")
     p.add_argument("--fbank-norm", choices=FBANK_NORMS, default="none", help="fbank normalisation: none (default, as AV-CIL) or audioset")
-    p.add_argument("--batch", type=_positive_int, default=32, metavar="N", help="images (and clips) per encoder batch (default 32)")
+    p.add_argument("--batch", type=positive_int, default=32, metavar="N",
+                   help="images (and clips) per encoder batch (default 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")

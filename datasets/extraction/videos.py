@@ -31,8 +31,8 @@ Per clip (one PyAV pass, `datasets.media.decode_video`):
               the dataset's fps above (the frame on screen at about half the clip's length), as
               RGB uint8 at the video's own resolution -> shorter side to 224 with PIL bicubic (the
               long side truncated, as torchvision's Resize(224)), centre crop 224 (torchvision's
-              CenterCrop offset rounding) -> / 255 -> CLIP mean/std: CLIP's own eval transform,
-              the same as the paired image stores of `datasets.adapters.paired_folder`;
+              CenterCrop offset rounding) -> / 255 -> CLIP mean/std: CLIP's own eval transform
+              (`datasets.media.clip_image`), the same as the paired image stores of `datasets.adapters.paired_folder`;
   waveform    (220500,) float16: the audio track decoded once at its own rate, channels averaged,
               polyphase-resampled to 44.1 kHz, the centre 5 s (zero-padded on both sides, centred,
               when shorter). The AudioMAE input is resampled from the same native-rate decode, so
@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -76,25 +77,50 @@ import torch
 from tqdm import tqdm
 
 from datasets import media
-from datasets.encoders.audiomae import FBANK_NORMS, WINDOW_SECONDS, AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint
 from datasets.adapters.avcil_features import (
     AVCIL_REPO,
     DICT_FILES,
-    F16_MAX,
     INFOS,
     AVCILInfo,
-    PickleRefused,
     build_table,
-    fingerprint_file,
     dataset_info,
     default_src,
+    fingerprint_file,
     store_path,
 )
 from datasets.base import SampleTable
-from datasets.errors import DatasetError, run_command
-from datasets.io import atomic_write_text, config_hash, file_sha256, pick_device
+from datasets.encoders.audiomae import (
+    FBANK_NORMS,
+    WINDOW_SECONDS,
+    AudioMAEConfig,
+    AudioMAEEncoder,
+    fbank,
+    load_audiomae_checkpoint,
+)
+from datasets.encoders.videomae import (
+    VideoMAEEncoder,
+    VideoMAESpec,
+    load_videomae_weights,
+    pixel_values,
+    resize_crop,
+    weight_files,
+)
+from datasets.errors import ConfigError, DatasetError, WeightsError, positive_int, run_command
+from datasets.extraction.common import (
+    AUDIO_PIPELINE,
+    PRECISIONS,
+    TINY_AUDIO,
+    check_audio_options,
+    check_values,
+    resolve_precision,
+    versions,
+)
+from datasets.io import atomic_write_text, config_hash, pick_device
+from datasets.media import CLIP_MEAN, CLIP_STD
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
-from datasets.encoders.videomae import VideoMAEEncoder, VideoMAESpec, load_videomae_weights, pixel_values, resize_crop, weight_files
+from datasets.weights import checkpoint_record
+
+log = logging.getLogger(__name__)
 
 EXTRACT_VERSION = 1  # bump whenever the extraction changes the features
 FPS = {"ave": 10, "ksounds": 8, "vggsound100": 8}  # the reference's ffmpeg -r per dataset
@@ -103,7 +129,6 @@ VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", "
 STAGING_SUFFIX = ".extract"
 REPORT_SUFFIX = ".extract-report.json"
 BAD_FILE = "excluded_clips.json"  # inside the staging store: {vid: reason}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # --mcil-views: the raw views of the image + audio + text methods (see the module docstring)
 MCIL_IMAGE_VIEW = "clip_image"
 MCIL_IMAGE_SIZE = 224
@@ -111,18 +136,8 @@ MCIL_RATE = 44100
 MCIL_SECONDS = 5
 MCIL_SAMPLES = MCIL_RATE * MCIL_SECONDS  # 220500
 MCIL_PROMPT = "a video of {}."
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# Reduced encoders for tests and debugging (`--tiny-encoders`, random weights only).
-TINY_AUDIO = AudioMAEConfig(dim=32, depth=2, heads=2)
+# Reduced VideoMAE for tests and debugging (`--tiny-encoders`, random weights only; TINY_AUDIO: extraction.common).
 TINY_VIDEO = VideoMAESpec(size=64, dim=32, depth=2, heads=2, mlp=64)
-
-AUDIO_PIPELINE = {
-    "decode": "PyAV (datasets.media.decode_video), channels averaged to mono, scipy resample_poly to audio_rate",
-    "fbank": "torchaudio.compliance.kaldi.fbank(htk_compat=True, use_energy=False, window_type='hanning', num_mel_bins=128, "
-             "dither=0.0, frame_shift=10) of the mean-subtracted waveform, zero-padded / cropped to 1024 frames",
-    "pool": "mean of the patch tokens (CLS excluded), then fc_norm",
-}
 
 
 def frame_indices(n: int, k: int = NUM_FRAMES) -> list[int]:
@@ -198,25 +213,16 @@ class _Prep:
 
 
 def mcil_image(frame: np.ndarray, size: int = MCIL_IMAGE_SIZE) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> float32 (3, size, size): CLIP's eval transform (see the module docstring)."""
+    """uint8 RGB (H, W, 3) -> float32 (3, size, size): CLIP's eval transform (datasets.media.clip_image)."""
     from PIL import Image
 
-    h, w = frame.shape[:2]
-    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    im = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    x = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    x = (x - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return media.clip_image(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)), size)
 
 
 def mcil_waveform(wave: np.ndarray, rate: int) -> np.ndarray:
     """Mono float32 at `rate` -> (MCIL_SAMPLES,) at 44.1 kHz: the centre 5 s, or centred zero padding."""
-    from datasets.adapters.paired_folder import fit_center
-
-    return np.ascontiguousarray(fit_center(media.mix_resample(wave, int(rate), MCIL_RATE), MCIL_SAMPLES), dtype=np.float32)
+    wave = media.fit_center(media.mix_resample(wave, int(rate), MCIL_RATE), MCIL_SAMPLES)
+    return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def _decode(path: Path, prep: "_Prep") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -290,39 +296,20 @@ def _prepared(jobs: list, workers: int, window: int):
 # ----------------------------------------------------------------------------- encoders
 
 
-def _precision(device: torch.device, precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise DatasetError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
-    if device.type != "cuda":
-        if precision not in ("auto", "fp32"):
-            raise DatasetError(f"--precision {precision} needs a CUDA device; on {device} extraction runs in fp32")
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-def _checkpoint_hash(path: Path) -> dict:
-    path = Path(path)
-    if path.is_file():
-        return {"kind": "file", "sha256": file_sha256(path)}
-    return {"kind": "directory", "sha256": {str(f.relative_to(path)): file_sha256(f) for f in weight_files(path)}}
-
-
 class Encoders:
     """AudioMAE + VideoMAE on one device; one call encodes a batch of decoded clips."""
 
     def __init__(self, audio_cfg: AudioMAEConfig, video_spec: VideoMAESpec, device: torch.device, precision: str,
                  audio_rate: int, fbank_norm: str, audio_ckpt: Path | None = None, visual_ckpt: Path | None = None,
-                 seed: int = 0, log=print):
+                 seed: int = 0):
         self.audio_cfg, self.video_spec, self.device, self.precision = audio_cfg, video_spec, device, precision
         self.audio_rate, self.fbank_norm = audio_rate, fbank_norm
         self.audio = AudioMAEEncoder(audio_cfg, seed=seed)
         self.visual = VideoMAEEncoder(video_spec, seed=seed + 1)
         if audio_ckpt is not None:
-            load_audiomae_checkpoint(self.audio, audio_ckpt, log)
+            load_audiomae_checkpoint(self.audio, audio_ckpt)
         if visual_ckpt is not None:
-            load_videomae_weights(self.visual, visual_ckpt, log)
+            load_videomae_weights(self.visual, visual_ckpt)
         self.audio.to(device).eval()
         self.visual.to(device).eval()
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -394,7 +381,7 @@ def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, 
             if good:
                 a, v = encoders([results[j][0] for j in good], [results[j][1] for j in good])
                 for name, values in (("audio", a), ("visual", v)):
-                    _check_values(name, values, [table.ids[row + j] for j in good], encoders.precision)
+                    check_values(name, values, [f"vid {table.ids[row + j]!r}" for j in good], encoders.precision)
                     out[name][good] = values
                 if prep.mcil:
                     out[MCIL_IMAGE_VIEW][good] = np.stack([results[j][3] for j in good])
@@ -410,16 +397,6 @@ def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, 
     writer.add_meta(extract_key=run.key, **run_meta, excluded_clips=sorted(bad),
                     extract_seconds_last_run=round(time.time() - t0, 1))
     return writer.finalize()
-
-
-def _check_values(name: str, values: np.ndarray, vids: list[str], precision: str) -> None:
-    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if not finite.all():
-        raise DatasetError(f"vid {vids[int(np.argmin(finite))]!r}: the {name} encoder produced NaN/inf under {precision}; "
-                           "re-run with --precision fp32")
-    peak = float(np.abs(values).max(initial=0.0))
-    if peak > F16_MAX:
-        raise DatasetError(f"{name} features reach |x| = {peak:.4g}, beyond the float16 range of the store; check the checkpoint")
 
 
 def _publish(run: _Run, staging: FeatureStore, bad: dict, videos_dir: Path, batch_rows: int = 256) -> FeatureStore:
@@ -455,23 +432,13 @@ def _publish(run: _Run, staging: FeatureStore, bad: dict, videos_dir: Path, batc
     return store
 
 
-def check_audio_options(batch: int, audio_rate: int, fbank_norm: str) -> None:
-    """The AudioMAE front-end options every extraction command takes, checked up front."""
-    if batch <= 0:
-        raise DatasetError(f"--batch must be positive, got {batch}")
-    if audio_rate <= 0:
-        raise DatasetError(f"--audio-rate must be positive, got {audio_rate}")
-    if fbank_norm not in FBANK_NORMS:
-        raise DatasetError(f"--fbank-norm must be one of {FBANK_NORMS}, got {fbank_norm!r}")
-
-
 def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path | None = None, dicts: Path | None = None,
                      audio_ckpt: Path | None = None, visual_ckpt: Path | None = None, *, trust_pickle: bool = False,
                      random_encoders: bool = False, batch: int = 16, device: str = "auto", precision: str = "auto",
                      skip_bad: bool = False, audio_rate: int = 11430, fbank_norm: str = "none", force: bool = False,
                      workers: int | None = None, seed: int = 0, progress: bool = True, mcil_views: bool = False,
-                     audio_config: AudioMAEConfig | None = None, video_config: VideoMAESpec | None = None,
-                     log=print) -> FeatureStore:
+                     audio_config: AudioMAEConfig | None = None,
+                     video_config: VideoMAESpec | None = None) -> FeatureStore:
     """Extract `dataset` from raw videos into `store_path(data_root, dataset)`. See the module docstring.
 
     `audio_config` / `video_config` (tests and debugging only) shrink the encoders; they need
@@ -481,31 +448,34 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
     data_root = Path(data_root)
     check_audio_options(batch, audio_rate, fbank_norm)
     if not trust_pickle:
-        raise PickleRefused(
-            "refusing to extract: the AV-CIL dict files (category_encode_dict.npy, all_classId_vid_dict.npy, all_id_category_dict.npy) "
-            "are Python pickles, and loading a pickle can execute arbitrary code. Only use the files from a trusted source "
-            f"(the AV-CIL authors' repository {AVCIL_REPO}); then pass --trust-pickle. The store written is pickle-free."
+        raise ConfigError(
+            "refusing to extract: the AV-CIL dict files (category_encode_dict.npy, all_classId_vid_dict.npy, "
+            "all_id_category_dict.npy) are Python pickles, and loading a pickle can execute arbitrary code. Only use "
+            f"the files from a trusted source (the AV-CIL authors' repository {AVCIL_REPO}); then pass --trust-pickle. "
+            "The store written is pickle-free."
         )
     if random_encoders and (audio_ckpt is not None or visual_ckpt is not None):
-        raise DatasetError("--random-encoders and --audio-ckpt/--visual-ckpt exclude each other: give the checkpoints, or neither")
+        raise ConfigError("--random-encoders and --audio-ckpt/--visual-ckpt exclude each other: give the checkpoints, "
+                          "or neither")
     if not random_encoders and (audio_ckpt is None or visual_ckpt is None):
-        raise DatasetError(
-            "refusing to extract without pretrained encoders: pass --audio-ckpt (AudioMAE ViT-B AS-2M pretrained.pth, from the "
-            "AudioMAE repository) and --visual-ckpt (a local snapshot directory of MCG-NJU/videomae-base, or its state-dict file). "
-            "Nothing is downloaded. --random-encoders extracts with random weights instead (for debugging only: the store is "
-            "marked pretrained=false and the leaderboard flags every result)"
+        raise ConfigError(
+            "refusing to extract without pretrained encoders: pass --audio-ckpt (AudioMAE ViT-B AS-2M pretrained.pth, "
+            "from the AudioMAE repository) and --visual-ckpt (a local snapshot directory of MCG-NJU/videomae-base, or "
+            "its state-dict file). Nothing is downloaded. --random-encoders extracts with random weights instead (for "
+            "debugging only: the store is marked pretrained=false and the leaderboard flags every result)"
         )
     if (audio_config is not None or video_config is not None) and not random_encoders:
-        raise DatasetError("reduced encoder configs (--tiny-encoders) are for tests and need --random-encoders")
+        raise ConfigError("reduced encoder configs (--tiny-encoders) are for tests and need --random-encoders")
     if audio_ckpt is not None and not Path(audio_ckpt).is_file():
-        raise DatasetError(f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded pretrained.pth")
+        raise WeightsError(f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded "
+                           "pretrained.pth")
     if visual_ckpt is not None and not Path(visual_ckpt).exists():
-        raise DatasetError(f"{visual_ckpt}: VideoMAE weights not found; pass a local snapshot directory of MCG-NJU/videomae-base "
-                           "or a state-dict file")
+        raise WeightsError(f"{visual_ckpt}: VideoMAE weights not found; pass a local snapshot directory of "
+                           "MCG-NJU/videomae-base or a state-dict file")
     acfg, vspec = audio_config or AudioMAEConfig(), video_config or VideoMAESpec()
     workers = min(8, os.cpu_count() or 1) if workers is None else max(0, int(workers))
     dev = pick_device(device)
-    prec = _precision(dev, precision)
+    prec = resolve_precision(dev, precision)
 
     final = store_path(data_root, info.name)
     folder = resolve_dicts(dicts, data_root, info)
@@ -526,8 +496,9 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
             else f"VideoMAE architecture, RANDOM weights (seed {seed + 1})",
         },
         "encoder_configs": {"audio": acfg.to_json(), "visual": vspec.to_json()},
-        "checkpoints": {"audio": None if audio_ckpt is None else _checkpoint_hash(audio_ckpt),
-                        "visual": None if visual_ckpt is None else _checkpoint_hash(visual_ckpt)},
+        "checkpoints": {"audio": None if audio_ckpt is None else checkpoint_record(audio_ckpt),
+                        "visual": None if visual_ckpt is None else checkpoint_record(visual_ckpt,
+                                                                                     weight_files(visual_ckpt))},
         "audio_rate": int(audio_rate),
         "fbank_norm": fbank_norm,
         "audio_pipeline": AUDIO_PIPELINE,
@@ -568,7 +539,8 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
         if existing.meta.get("extract_key") == key and not force:
             if run.staging.exists():  # a finished extraction crashed before removing its staging store
                 shutil.rmtree(run.staging)
-            log(f"{info.title}: already extracted with these settings at {final}; nothing to do (--force extracts again)")
+            log.info("%s: already extracted with these settings at %s; nothing to do (--force extracts again)",
+                     info.title, final)
             return existing
         if not force:
             raise DatasetError(f"{final}: a feature store already exists (source: {existing.meta.get('source', '?')}); "
@@ -582,7 +554,7 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
     run_meta = {"videos_dir": str(videos_dir.resolve()), "dicts_dir": str(folder.resolve()), "device": str(dev),
                 "checkpoint_paths": {"audio": None if audio_ckpt is None else str(Path(audio_ckpt).resolve()),
                                      "visual": None if visual_ckpt is None else str(Path(visual_ckpt).resolve())},
-                "versions": _versions()}
+                "versions": versions()}
 
     staged = None
     if (run.staging / "manifest.json").is_file():
@@ -591,9 +563,10 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
             shutil.rmtree(run.staging)
             staged = None
     if staged is None:
-        log(f"{info.title}: {len(table.ids)} clips from {videos_dir} ({len(missing)} missing), {fps} fps, audio {audio_rate} Hz, "
-            f"fbank norm {fbank_norm}, {dev} {prec}, batch {batch}, {workers} decode worker(s)")
-        encoders = Encoders(acfg, vspec, dev, prec, audio_rate, fbank_norm, audio_ckpt, visual_ckpt, seed, log)
+        log.info("%s: %d clips from %s (%d missing), %s fps, audio %d Hz, fbank norm %s, %s %s, batch %d, "
+                 "%d decode worker(s)", info.title, len(table.ids), videos_dir, len(missing), fps, audio_rate,
+                 fbank_norm, dev, prec, batch, workers)
+        encoders = Encoders(acfg, vspec, dev, prec, audio_rate, fbank_norm, audio_ckpt, visual_ckpt, seed)
         staged = _extract_rows(run, paths, videos_dir, encoders, fps, batch, workers, skip_bad, progress, run_meta)
     bad_file = run.staging / BAD_FILE
     bad = json.loads(bad_file.read_text()) if bad_file.is_file() else {}
@@ -602,31 +575,12 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
                            f"(e.g. {next(iter(bad.values()))}); re-run with --skip-bad to publish without them, or delete "
                            f"{run.staging} to extract everything again")
     store = _publish(run, staged, bad, videos_dir)
-    log(f"{info.title}: extracted {len(store)} clips ({len(bad)} excluded, see {run.report}), {len(table.class_names)} classes -> {final}")
+    log.info("%s: extracted %d clips (%d excluded, see %s), %d classes -> %s", info.title, len(store), len(bad),
+             run.report, len(table.class_names), final)
     return store
 
 
-def _versions() -> dict:
-    import av
-    import torchaudio
-
-    out = {"torch": torch.__version__, "torchaudio": torchaudio.__version__, "av": av.__version__}
-    try:
-        import transformers
-
-        out["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover - pinned in requirements.txt
-        pass
-    return out
-
-
 # ----------------------------------------------------------------------------- command line
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -647,11 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="required: confirm the dict .npy files come from a trusted source (they are pickles, which can run code when loaded)")
     p.add_argument("--random-encoders", action="store_true",
                    help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)")
-    p.add_argument("--audio-rate", type=_positive_int, default=11430, metavar="HZ",
+    p.add_argument("--audio-rate", type=positive_int, default=11430, metavar="HZ",
                    help="audio sample rate before the fbank (default 11430, as the AV-CIL extraction; AudioMAE was pretrained at 16000)")
     p.add_argument("--fbank-norm", choices=FBANK_NORMS, default="none",
                    help="fbank normalisation: none (default, as AV-CIL) or audioset ((x + 4.2677) / (2 * 4.5690), as AudioMAE)")
-    p.add_argument("--batch", type=_positive_int, default=16, metavar="N", help="clips per encoder batch (default 16)")
+    p.add_argument("--batch", type=positive_int, default=16, metavar="N", help="clips per encoder batch (default 16)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU")

@@ -12,7 +12,7 @@ MODES = ("paper", "code")
 
 
 def mcil_views(modality: str, cfg: dict) -> tuple[str, ...]:
-    """Raw images from the store; the audio comes from the store's clip bank (datasets.adapters.paired_folder)."""
+    """Raw images from the store; the audio comes from the store's clip bank (datasets.pairing)."""
     return ("clip_image",)
 
 

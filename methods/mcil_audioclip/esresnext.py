@@ -367,37 +367,3 @@ def esresnext(preset: str = "full", **overrides) -> ESResNeXtFBSP:
     if preset not in ESRESNEXT_PRESETS:
         raise KeyError(f"unknown ESResNeXt preset {preset!r}; known: {sorted(ESRESNEXT_PRESETS)}")
     return ESRESNEXT_PRESETS[preset].build(**overrides)
-
-
-def load_torchvision_resnext(model: ESResNeXtFBSP, path, option: str = "--resnext-imagenet-ckpt") -> dict:
-    """The released code's init (`pretrained=True` in `esresnet/base.py`): copy the conv/BN tensors of a
-    torchvision `resnext50_32x4d` ImageNet state dict (`.pth`, read with weights_only=True) whose names
-    and shapes match; `fc` (1000 classes), `fbsp`, `window` and the attention gates keep their init, and
-    the gates' BN weight and bias are set to 1 (the reference's `_reset_attention`).
-
-    Returns {file, sha256, loaded, missing (model keys not copied), unexpected (file keys not used),
-    skipped (file keys with a different shape)}. A backbone tensor of a different shape (e.g. a plain
-    ResNet-50 file) is a ValueError; only `fc.*` may differ."""
-    from methods.mcil_audioclip.weights import file_report, read_plain_state_dict
-
-    report = file_report(path, option)
-    sd = read_plain_state_dict(path)
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    own = model.state_dict()
-    skipped = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in skipped if not k.startswith("fc.")]
-    if bad:
-        raise ValueError(f"{path}: not a torchvision resnext50_32x4d state dict for this ESResNeXt "
-                         f"(shape mismatches: {bad[:8]}{' ...' if len(bad) > 8 else ''})")
-    take = {k: v for k, v in sd.items() if k in own and k not in skipped}
-    if not any(k.startswith("layer") for k in take):
-        raise ValueError(f"{path}: no ResNeXt backbone tensor matches the model (keys like {sorted(sd)[:5]})")
-    with torch.no_grad():
-        for k, v in take.items():
-            own[k].copy_(v)
-        for att in model.attention_blocks():
-            att.bn.weight.fill_(1.0)
-            att.bn.bias.fill_(1.0)
-    report.update(loaded=len(take), missing=sorted(k for k in own if k not in take),
-                  unexpected=sorted(k for k in sd if k not in own), skipped=sorted(skipped))
-    return report

@@ -2,7 +2,7 @@
 
 Per task t (no exemplars, no distillation; the reference trains on the current task only):
 - train rows: the task's images; each is paired with an audio clip of its class
-  (`train_pairing: paired`, a fresh deterministic pairing every epoch, datasets.adapters.paired_folder.AudioPairing)
+  (`train_pairing: paired`, a fresh deterministic pairing every epoch, datasets.pairing.AudioPairing)
   or, as the release does, with a random clip of the current task (`shuffled`: the batch's
   clips permuted, so image and audio usually disagree; reference 1.3);
 - forward: v (image tower with router t), a (frozen audio tower + projection), f = AAVFM(v, a),
@@ -19,7 +19,7 @@ class through its own task's router); each test image is routed by the selected 
 from its training images, is nearest in cosine; `none`: the single router), paired with its
 canonical clip, and classified by argmax over the seen classes.
 
-Each test pass also collects what the MCIL metrics need (benchmarks.metrics.accuracy.mcil_metrics):
+Each test pass also collects what the MCIL metrics need (benchmarks.metrics.mcil.mcil_metrics):
 the seen classes' single-template text mean, the mean image feature and the NMIs, over the
 whole test set (default) and over its last batch of `eval_batch_size` (the reference's form),
 plus how often fusion fired and, in paper mode, the task-selection accuracy.
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.core.template import ResidentViews
+from benchmarks.metrics.mcil import mcil_metrics, softmax_nmi
 from benchmarks.suites.single_label import StoreTemplate
-from benchmarks.metrics.accuracy import mcil_metrics, softmax_nmi
-from datasets.adapters.paired_folder import AudioPairing
+from datasets.pairing import AudioPairing
 from methods.mcil_audioclip.losses import mcil_loss
 from methods.mcil_audioclip.moe import moe_modules
 from methods.mcil_audioclip.model import MCILAudioCLIP

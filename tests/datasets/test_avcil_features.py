@@ -19,7 +19,7 @@ import pytest
 import datasets
 from datasets.adapters import avcil_features as av
 from datasets.base import SPLITS
-from datasets.errors import DatasetError
+from datasets.errors import ConfigError, DatasetError
 from datasets.store import StoreWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def test_unknown_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run(tmp_path / "src", tmp_path / "data", "nope")
     assert e.value.code != 0 and "nope" in capsys.readouterr().err
-    with pytest.raises(DatasetError, match="unknown AV-CIL dataset 'nope'"):
+    with pytest.raises(ConfigError, match="unknown AV-CIL dataset 'nope'"):
         av.import_features("nope", tmp_path, tmp_path, trust_pickle=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -17,14 +18,29 @@ import pytest
 import torch
 
 import datasets
-from datasets.adapters import avcil_features as av
-from datasets.extraction import videos as ex
 from datasets import media
-from datasets.encoders.audiomae import AUDIOSET_MEAN, AUDIOSET_STD, AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint, sincos_pos_embed
+from datasets.adapters import avcil_features as av
 from datasets.base import SPLITS
-from datasets.errors import DatasetError
+from datasets.encoders.audiomae import (
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    AudioMAEConfig,
+    AudioMAEEncoder,
+    fbank,
+    load_audiomae_checkpoint,
+    sincos_pos_embed,
+)
+from datasets.encoders.videomae import (
+    VideoMAEEncoder,
+    VideoMAESpec,
+    load_videomae_weights,
+    pixel_values,
+    resize_crop,
+    tokens_to_grid,
+)
+from datasets.errors import DatasetError, WeightsError
+from datasets.extraction import videos as ex
 from datasets.store import StoreWriter
-from datasets.encoders.videomae import VideoMAEEncoder, VideoMAESpec, load_videomae_weights, pixel_values, resize_crop, tokens_to_grid
 from tests.datasets.test_avcil_features import make_source
 
 T_TINY, P_TINY = ex.TINY_VIDEO.grid  # (8, 16)
@@ -50,7 +66,7 @@ def raw(tmp_path_factory):
 
 def extract(data_root: Path, raw: dict, **kw):
     opts = dict(videos=raw["videos"], dicts=raw["src"], trust_pickle=True, random_encoders=True, batch=4, workers=0,
-                progress=False, audio_config=ex.TINY_AUDIO, video_config=ex.TINY_VIDEO, log=lambda *a: None)
+                progress=False, audio_config=ex.TINY_AUDIO, video_config=ex.TINY_VIDEO)
     opts.update(kw)
     return ex.extract_features("ave", data_root, **opts)
 
@@ -153,11 +169,13 @@ def fake_audiomae_checkpoint(path: Path, extra: dict | None = None, drop: str | 
     return sd
 
 
-def test_audiomae_checkpoint_with_the_real_layout_is_accepted_and_printed(tmp_path, capsys):
+def test_audiomae_checkpoint_with_the_real_layout_is_accepted_and_logged(tmp_path, caplog):
     sd = fake_audiomae_checkpoint(tmp_path / "pretrained.pth")
     enc = AudioMAEEncoder(ex.TINY_AUDIO)
-    report = load_audiomae_checkpoint(enc, tmp_path / "pretrained.pth")
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="datasets.encoders.audiomae"):
+        report = load_audiomae_checkpoint(enc, tmp_path / "pretrained.pth")
+    out = caplog.text
+    assert report["file"] == str(tmp_path / "pretrained.pth") and len(report["sha256"]) == 16 and report["loaded"] > 0
     assert report["missing"] == ["fc_norm.bias", "fc_norm.weight"]
     assert {"norm.weight", "norm.bias", "mask_token", "decoder_embed.weight"} <= set(report["unexpected"])
     assert "missing keys (2" in out and "fc_norm.bias" in out and "decoder_blocks.*.attn.qkv.weight (x2)" in out and "mask_token" in out
@@ -169,15 +187,15 @@ def test_audiomae_checkpoint_with_the_real_layout_is_accepted_and_printed(tmp_pa
 
 def test_audiomae_checkpoint_with_other_keys_is_rejected(tmp_path):
     fake_audiomae_checkpoint(tmp_path / "extra.pth", extra={"blocks.0.attn.extra": torch.zeros(3)})
-    with pytest.raises(DatasetError, match=r"unexpected \['blocks.0.attn.extra'\]"):
-        load_audiomae_checkpoint(AudioMAEEncoder(ex.TINY_AUDIO), tmp_path / "extra.pth", log=lambda *a: None)
+    with pytest.raises(WeightsError, match=r"unexpected \['blocks.0.attn.extra'\]"):
+        load_audiomae_checkpoint(AudioMAEEncoder(ex.TINY_AUDIO), tmp_path / "extra.pth")
     fake_audiomae_checkpoint(tmp_path / "drop.pth", drop="blocks.1.mlp.fc1.weight")
-    with pytest.raises(DatasetError, match=r"missing \['blocks.1.mlp.fc1.weight'\]"):
-        load_audiomae_checkpoint(AudioMAEEncoder(ex.TINY_AUDIO), tmp_path / "drop.pth", log=lambda *a: None)
-    with pytest.raises(DatasetError, match="does not fit"):
-        load_audiomae_checkpoint(AudioMAEEncoder(AudioMAEConfig(dim=64, depth=2, heads=2)), tmp_path / "drop.pth", log=lambda *a: None)
+    with pytest.raises(WeightsError, match=r"missing \['blocks.1.mlp.fc1.weight'\]"):
+        load_audiomae_checkpoint(AudioMAEEncoder(ex.TINY_AUDIO), tmp_path / "drop.pth")
+    with pytest.raises(WeightsError, match="does not fit.*shape mismatches"):
+        load_audiomae_checkpoint(AudioMAEEncoder(AudioMAEConfig(dim=64, depth=2, heads=2)), tmp_path / "drop.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(DatasetError, match="junk.pth"):
+    with pytest.raises(WeightsError, match="junk.pth.*download it again"):
         load_audiomae_checkpoint(AudioMAEEncoder(ex.TINY_AUDIO), tmp_path / "junk.pth")
 
 
@@ -246,7 +264,7 @@ def _pretraining_state_dict(legacy: bool) -> tuple[dict, dict]:
     return sd, cfg.to_dict()
 
 
-def test_videomae_weights_from_a_legacy_snapshot_dir_and_a_state_dict_file(tmp_path, capsys):
+def test_videomae_weights_from_a_legacy_snapshot_dir_and_a_state_dict_file(tmp_path, caplog):
     from safetensors.torch import save_file
 
     sd, cfg = _pretraining_state_dict(legacy=True)
@@ -255,8 +273,9 @@ def test_videomae_weights_from_a_legacy_snapshot_dir_and_a_state_dict_file(tmp_p
     save_file(sd, str(snap / "model.safetensors"))
     (snap / "config.json").write_text(json.dumps(cfg, default=str))
     enc = VideoMAEEncoder(ex.TINY_VIDEO, seed=9)
-    report = load_videomae_weights(enc, snap)
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="datasets.encoders.videomae"):
+        report = load_videomae_weights(enc, snap)
+    out = caplog.text
     assert report["legacy_qv_bias"] and report["missing"] == [] and "legacy q_bias/v_bias converted" in out
     assert all(k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")) for k in report["unexpected"]) and report["unexpected"]
     own = enc.model.state_dict()
@@ -267,15 +286,17 @@ def test_videomae_weights_from_a_legacy_snapshot_dir_and_a_state_dict_file(tmp_p
     new, _ = _pretraining_state_dict(legacy=False)  # transformers 5 layout, one state-dict file
     torch.save({k[len("videomae."):]: v for k, v in new.items() if k.startswith("videomae.")}, tmp_path / "w.pth")
     enc2 = VideoMAEEncoder(ex.TINY_VIDEO, seed=9)
-    assert load_videomae_weights(enc2, tmp_path / "w.pth", log=lambda *a: None) == {"missing": [], "unexpected": [], "legacy_qv_bias": False}
+    report = load_videomae_weights(enc2, tmp_path / "w.pth")
+    assert (report["missing"], report["unexpected"], report["legacy_qv_bias"]) == ([], [], False)
+    assert report["file"] == str(tmp_path / "w.pth") and report["loaded"] == len(enc2.model.state_dict())
     assert torch.equal(enc2.model.state_dict()[p + "key.bias"], new["videomae." + p + "key.bias"])
 
     torch.save({**new, "classifier.weight": torch.zeros(2, 32)}, tmp_path / "extra.pth")
-    with pytest.raises(DatasetError, match=r"unexpected \['classifier.weight'\]"):
-        load_videomae_weights(VideoMAEEncoder(ex.TINY_VIDEO), tmp_path / "extra.pth", log=lambda *a: None)
+    with pytest.raises(WeightsError, match=r"unexpected \['classifier.weight'\]"):
+        load_videomae_weights(VideoMAEEncoder(ex.TINY_VIDEO), tmp_path / "extra.pth")
     (snap / "config.json").write_text(json.dumps({**cfg, "use_mean_pooling": True}, default=str))
-    with pytest.raises(DatasetError, match="use_mean_pooling"):
-        load_videomae_weights(VideoMAEEncoder(ex.TINY_VIDEO), snap, log=lambda *a: None)
+    with pytest.raises(WeightsError, match="use_mean_pooling"):
+        load_videomae_weights(VideoMAEEncoder(ex.TINY_VIDEO), snap)
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -375,18 +396,19 @@ def test_skip_bad_excludes_the_clips_and_reports_them(raw, baseline, tmp_path):
 
 def test_refusals(raw, tmp_path, capsys):
     common = ["--dataset", "ave", "--data-root", str(tmp_path), "--videos", str(raw["videos"]), "--dicts", str(raw["src"]), "--no-progress"]
-    assert ex.main(common + ["--trust-pickle"]) == 1
+    assert ex.main(common + ["--trust-pickle"]) == 2  # a ConfigError: an option is missing
     err = capsys.readouterr().err
     assert "without pretrained encoders" in err and "--audio-ckpt" in err and "--random-encoders" in err
     assert ex.main(common + ["--random-encoders"]) == 2
     assert "execute arbitrary code" in capsys.readouterr().err
-    assert ex.main(common + ["--trust-pickle", "--random-encoders", "--audio-ckpt", str(tmp_path / "x.pth")]) == 1
+    assert ex.main(common + ["--trust-pickle", "--random-encoders", "--audio-ckpt", str(tmp_path / "x.pth")]) == 2
     assert "exclude each other" in capsys.readouterr().err
     assert ex.main(common + ["--trust-pickle", "--audio-ckpt", str(tmp_path / "x.pth"), "--visual-ckpt", str(tmp_path)]) == 1
     assert "x.pth: AudioMAE checkpoint not found" in capsys.readouterr().err
-    assert ex.main(common + ["--trust-pickle", "--tiny-encoders", "--audio-ckpt", str(tmp_path), "--visual-ckpt", str(tmp_path)]) == 1
+    assert ex.main(common + ["--trust-pickle", "--tiny-encoders", "--audio-ckpt", str(tmp_path), "--visual-ckpt",
+                             str(tmp_path)]) == 2
     assert "need --random-encoders" in capsys.readouterr().err
-    assert ex.main(common + ["--trust-pickle", "--random-encoders", "--precision", "bf16", "--device", "cpu"]) == 1
+    assert ex.main(common + ["--trust-pickle", "--random-encoders", "--precision", "bf16", "--device", "cpu"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "imported").exists()
 

@@ -17,17 +17,21 @@ from PIL import Image
 
 import datasets
 from benchmarks.core.protocols import Protocol
+from datasets import media, pairing
 from datasets.adapters import imagenet_esc as E
 from datasets.adapters import mini_aric as M
+from datasets.adapters import paired_build
 from datasets.adapters import paired_folder as P
+from datasets.adapters.paired_folder import PairedFolderAdapter
+from datasets.adapters.paired_protocol import parse_protocol
 from datasets.base import SampleTable
 from datasets.errors import ConfigError, DatasetError
-from datasets.adapters.paired_folder import AudioPairing, PairedFolderAdapter
+from datasets.pairing import AudioPairing
 from datasets.store import FeatureStore, StoreWriter
 
 RATE = 8000
 CLIP_S = 0.25  # stored clip length in the small trees: 2000 samples
-MEAN, STD = np.array(P.CLIP_MEAN, dtype=np.float32), np.array(P.CLIP_STD, dtype=np.float32)
+MEAN, STD = np.array(media.CLIP_MEAN, dtype=np.float32), np.array(media.CLIP_STD, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- fixture writers
@@ -97,7 +101,7 @@ def test_image_resize_crop_normalise_matches_clip_eval_transform(tmp_path):
     arr = np.zeros((32, 64, 3), dtype=np.uint8)
     arr[:, :32, 0] = 255
     arr[:, 32:, 2] = 255
-    x = P.load_image(_save(arr, tmp_path / "rb.png"), 32)
+    x = media.load_image(_save(arr, tmp_path / "rb.png"), 32)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     red = (np.array([1, 0, 0], dtype=np.float32) - MEAN) / STD
     blue = (np.array([0, 0, 1], dtype=np.float32) - MEAN) / STD
@@ -106,15 +110,16 @@ def test_image_resize_crop_normalise_matches_clip_eval_transform(tmp_path):
     # A constant grey image of any size (greyscale mode, tall): bicubic keeps the constant.
     g = Image.fromarray(np.full((90, 37), 128, dtype=np.uint8), mode="L")
     g.save(tmp_path / "grey.jpg", quality=100)
-    y = P.load_image(tmp_path / "grey.jpg", 16)
+    y = media.load_image(tmp_path / "grey.jpg", 16)
     np.testing.assert_allclose(y, np.broadcast_to(((128 / 255 - MEAN) / STD)[:, None, None], (3, 16, 16)), atol=0.02)
     # Random images of odd sizes: identical to torchvision's Resize(S, bicubic) + CenterCrop(S) + ToTensor + Normalize.
     T = pytest.importorskip("torchvision.transforms")
-    tf = T.Compose([T.Resize(24, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(24), T.ToTensor(), T.Normalize(P.CLIP_MEAN, P.CLIP_STD)])
+    tf = T.Compose([T.Resize(24, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(24), T.ToTensor(),
+                    T.Normalize(media.CLIP_MEAN, media.CLIP_STD)])
     for k, size in enumerate([(53, 31), (31, 77), (24, 24), (10, 13)]):
         path = write_image(tmp_path / f"r{k}.png", k, size=size)
         ref = tf(Image.open(path).convert("RGB")).numpy()
-        np.testing.assert_allclose(P.load_image(path, 24), ref, atol=1e-5)
+        np.testing.assert_allclose(media.load_image(path, 24), ref, atol=1e-5)
 
 
 def _save(arr, path):
@@ -127,20 +132,20 @@ def test_audio_mono_resample_crop_pad(tmp_path):
     t = np.arange(4 * n) / RATE
     left, right = 0.5 * np.sin(2 * np.pi * 300 * t), 0.25 * np.cos(2 * np.pi * 500 * t)
     sf.write(tmp_path / "st.wav", np.stack([left, right], 1).astype(np.float32), RATE, subtype="FLOAT")
-    wave, resampled = P.load_clip(tmp_path / "st.wav", RATE, n)
+    wave, resampled = media.load_clip(tmp_path / "st.wav", RATE, n)
     assert wave.shape == (n,) and wave.dtype == np.float32 and not resampled
     mono = ((left + right) / 2).astype(np.float32)
     np.testing.assert_allclose(wave, mono[3 * n // 2 : 3 * n // 2 + n], atol=1e-6)  # channels averaged, centre crop
     # 1-second clip of 0.5 into a 2-second slot: centred, zero padded on both sides (FLAC).
     sf.write(tmp_path / "one.flac", np.full(RATE, 0.5, dtype=np.float32), RATE)
-    w1, _ = P.load_clip(tmp_path / "one.flac", RATE, 2 * RATE)
+    w1, _ = media.load_clip(tmp_path / "one.flac", RATE, 2 * RATE)
     assert np.all(w1[: RATE // 2] == 0) and np.all(w1[-RATE // 2 :] == 0)
     np.testing.assert_allclose(w1[RATE // 2 : RATE // 2 + RATE], 0.5, atol=2e-4)  # FLAC is 16-bit
     # 44.1 kHz stereo -> 8 kHz mono: a 440 Hz tone stays a 440 Hz tone; values stay in [-1, 1].
     t44 = np.arange(44100) / 44100
     tone = np.sin(2 * np.pi * 440 * t44)
     sf.write(tmp_path / "t44.wav", np.stack([tone, tone], 1).astype(np.float32), 44100, subtype="FLOAT")
-    w2, resampled = P.load_clip(tmp_path / "t44.wav", RATE, RATE)
+    w2, resampled = media.load_clip(tmp_path / "t44.wav", RATE, RATE)
     assert resampled and w2.min() >= -1 and w2.max() <= 1
     expect = np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)
     np.testing.assert_allclose(w2[400:-400], expect[400:-400], atol=0.02)
@@ -149,7 +154,7 @@ def test_audio_mono_resample_crop_pad(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wave file")
     for bad in ("empty.wav", "junk.wav"):
         with pytest.raises(DatasetError, match=bad):
-            P.load_clip(tmp_path / bad, RATE, n)
+            media.load_clip(tmp_path / bad, RATE, n)
 
 
 # ----------------------------------------------------------------------------- generic store
@@ -166,7 +171,7 @@ def test_generic_store_shapes_meta_and_val_carve_out(generic):
         assert key in m, key
     assert m["pairing"] == "class" and m["sample_rate"] == RATE and m["clip_samples"] == 2000 and m["image_size"] == 32
     assert m["prompt_template"] == "a picture of a {}." and m["class_prompt_names"] == ["alpha", "beta", "gamma ray"]
-    assert m["skipped"] == [] and m["image_mean"] == list(P.CLIP_MEAN) and m["audio_layout"] == "split"
+    assert m["skipped"] == [] and m["image_mean"] == list(media.CLIP_MEAN) and m["audio_layout"] == "split"
     bank = FeatureStore(store.path.parent / m["audio_bank"])
     assert store.path.parent == bank.path.parent and bank.path.name.startswith("mydata-bank-")
     assert bank.views["waveform"].shape == (2000,) and bank.views["waveform"].dtype == "float16"
@@ -177,10 +182,12 @@ def test_generic_store_shapes_meta_and_val_carve_out(generic):
     i_flac = bank.ids.index("audio/train/beta/a1.flac")
     assert np.all(w[i_flac][:200] == 0) and np.all(w[i_flac][-200:] == 0) and np.abs(w[i_flac][900:1100]).max() > 0
     i_1s = bank.ids.index("audio/train/alpha/a2.wav")
-    np.testing.assert_allclose(w[i_1s], P.load_clip(root / "audio/train/alpha/a2.wav", RATE, 2000)[0].astype(np.float16))
+    expect = media.load_clip(root / "audio/train/alpha/a2.wav", RATE, 2000)[0]
+    np.testing.assert_allclose(w[i_1s], expect.astype(np.float16))
     # Image rows are exactly load_image of their file, as float16.
     for rid in ("image/train/alpha/img00.png", "image/test/gamma_ray/img01.png"):
-        np.testing.assert_array_equal(store.array("clip_image")[store.ids.index(rid)], P.load_image(root / rid, 32).astype(np.float16))
+        np.testing.assert_array_equal(store.array("clip_image")[store.ids.index(rid)],
+                                      media.load_image(root / rid, 32).astype(np.float16))
     # val carved from train: alpha has 12 -> position 9; beta 3 and gamma 4 -> their last image.
     t = store.table()
     val = sorted(i for i, s in zip(t.ids, t.splits) if s == "val")
@@ -234,10 +241,12 @@ def test_audio_pairing_labels_determinism_epochs_and_eval(generic):
 
 def test_pairing_hash_is_deterministic_and_mixes():
     rows = np.arange(1000)
-    h = P.pair_hash(0, 0, rows)
-    assert h.dtype == np.uint64 and np.array_equal(h, P.pair_hash(0, 0, rows))
-    assert len(np.unique(h % 7)) == 7 and (P.pair_hash(0, 1, rows) != h).mean() > 0.99 and (P.pair_hash(1, 0, rows) != h).mean() > 0.99
-    assert np.array_equal(P.splitmix64(np.array([0], dtype=np.uint64)), np.array([0xE220A8397B1DCDAF], dtype=np.uint64))
+    h = pairing.pair_hash(0, 0, rows)
+    assert h.dtype == np.uint64 and np.array_equal(h, pairing.pair_hash(0, 0, rows))
+    assert len(np.unique(h % 7)) == 7 and (pairing.pair_hash(0, 1, rows) != h).mean() > 0.99
+    assert (pairing.pair_hash(1, 0, rows) != h).mean() > 0.99
+    assert np.array_equal(pairing.splitmix64(np.array([0], dtype=np.uint64)),
+                          np.array([0xE220A8397B1DCDAF], dtype=np.uint64))
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -249,12 +258,13 @@ def test_protocol_yaml_and_class_order(generic, tmp_path):
     assert spec.name == "1+2x1" and spec.classes_per_step == (1, 2) and spec.memory == 9 and spec.class_order == (2, 0, 1)
     assert adapter.prompt_template == "a picture of a {}."
     names = ["a", "b", "c", "d", "e", "f", "g"]
-    spec, template = P.parse_protocol({"initial": 4, "per_step": 3}, names, "p.yaml")
+    spec, template = parse_protocol({"initial": 4, "per_step": 3}, names, "p.yaml")
     assert (spec.name, spec.classes_per_step, spec.memory, spec.class_order, template) == ("4+3x1", (4, 3), 105, tuple(range(7)), "a photo of a {}.")
     (tmp_path / "orders.yaml").write_text("[g, f, e, d, c, b, a]\n")
-    spec, _ = P.parse_protocol({"initial": 1, "per_step": 2, "class_order_file": "orders.yaml", "name": "mine"}, names, "p.yaml", tmp_path)
+    spec, _ = parse_protocol({"initial": 1, "per_step": 2, "class_order_file": "orders.yaml", "name": "mine"}, names,
+                             "p.yaml", tmp_path)
     assert spec.name == "mine" and spec.class_order == (6, 5, 4, 3, 2, 1, 0) and spec.classes_per_step == (1, 2, 2, 2)
-    spec, _ = P.parse_protocol({"initial": 3, "per_step": 2, "class_order": [6, 5, 4, 3, 2, 1, 0]}, names, "p.yaml")
+    spec, _ = parse_protocol({"initial": 3, "per_step": 2, "class_order": [6, 5, 4, 3, 2, 1, 0]}, names, "p.yaml")
     assert spec.class_order == (6, 5, 4, 3, 2, 1, 0)
     for bad, msg in (({"initial": 4, "per_step": 2}, r"7 classes .* initial step of 4 .* steps of 2: 3 classes remain .* not a multiple of 2"),
                      ({"initial": 9, "per_step": 1}, "only 7"),
@@ -264,7 +274,7 @@ def test_protocol_yaml_and_class_order(generic, tmp_path):
                      ({"initial": 1, "per_step": 2, "class_order": ["a"] * 7}, "more than once"),
                      ({"initial": 1, "per_step": 2, "prompt_template": "no slot"}, "prompt_template")):
         with pytest.raises(DatasetError, match=msg):
-            P.parse_protocol(bad, names, "p.yaml")
+            parse_protocol(bad, names, "p.yaml")
     # A bad protocol.yaml: the dataset is reported missing with the numbers; --list does not crash.
     bad_root = tmp_path / "badproto"
     shutil.copytree(root / "image", bad_root / "image")
@@ -325,7 +335,7 @@ def test_truncated_image_found_while_building(tmp_path):
     write_image(path, 5, size=(64, 64))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    assert P._check_job(("image", str(path))) is None  # passes the header check
+    assert paired_build.check_job(("image", str(path))) is None  # passes the header check
     with pytest.raises(DatasetError, match="image/train/b/img00.jpg"):
         adapter_for(root).open(tmp_path, progress=False)
     assert not list((tmp_path / "cache/store").glob("*.partial"))  # the stale half-built store is gone
@@ -362,7 +372,7 @@ def test_structure_errors_name_the_folder(tmp_path):
 def test_interrupted_build_resumes(tmp_path, monkeypatch):
     root = _tree(tmp_path)
     calls = {"n": 0}
-    real = P._image_job
+    real = paired_build.image_job
 
     def counting(job):
         calls["n"] += 1
@@ -375,7 +385,7 @@ def test_interrupted_build_resumes(tmp_path, monkeypatch):
         if view == "clip_image" and start == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(P, "_image_job", counting)
+    monkeypatch.setattr(paired_build, "image_job", counting)
     monkeypatch.setattr(StoreWriter, "write", crash_after_first_image_batch)
     with pytest.raises(KeyboardInterrupt):
         adapter_for(root, batch_size=3).open(tmp_path, progress=False)
@@ -384,7 +394,7 @@ def test_interrupted_build_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(StoreWriter, "write", real_write)
     store = adapter_for(root, batch_size=3).open(tmp_path, progress=False)
     assert calls["n"] == 8  # the 3 finished rows were not redone
-    expect = np.stack([P.load_image(root / i, 32) for i in store.ids]).astype(np.float16)
+    expect = np.stack([media.load_image(root / i, 32) for i in store.ids]).astype(np.float16)
     np.testing.assert_array_equal(store.array("clip_image"), expect)
     assert not list((tmp_path / "cache/store").glob("*.partial"))
 
@@ -539,7 +549,7 @@ def test_mini_aric_pairing_rule_and_store(tmp_path):
         image = Path(store.ids[r]).name
         clip_id = bank.ids[clips[r]]
         assert clip_id.split("#")[0] == f"audio/{M.audio_partner(image)}"
-        expect = P.load_clip(root / "audio" / M.audio_partner(image), RATE, 800)[0]
+        expect = media.load_clip(root / "audio" / M.audio_partner(image), RATE, 800)[0]
         np.testing.assert_array_equal(bank.array("waveform")[clips[r]], expect.astype(np.float16))
     # 0.2 s source, 0.1 s stored: the centre (samples 400..1199 of 1600)
     src, _ = sf.read(root / "audio" / M.audio_partner(Path(store.ids[0]).name), dtype="float32")

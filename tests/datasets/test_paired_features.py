@@ -17,10 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.extraction import paired as pf
+from datasets import paired_stores as ps
 from datasets.base import Availability, DatasetAdapter, ProtocolSpec, SampleTable
-from datasets.errors import DatasetError
-from datasets.adapters.paired_folder import CLIP_MEAN, CLIP_STD, AudioPairing
+from datasets.encoders import clip as clip_enc
+from datasets.errors import ConfigError, DatasetError, WeightsError
+from datasets.extraction import paired as pf
+from datasets.media import CLIP_MEAN, CLIP_STD
+from datasets.pairing import AudioPairing
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
 
 S, RATE, CLIP = 32, 44100, 22050
@@ -58,8 +61,8 @@ def write_raw(data_root: Path) -> Path:
     meta = {"dataset": "tiny_paired", "audio_bank": "tiny_paired-bank-0", "pairing": "class", "sample_rate": RATE, "clip_samples": CLIP,
             "image_size": S, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "prompt_template": "a photo of a {}.",
             "class_prompt_names": [c.replace("_", " ") for c in CLASSES], "skipped": [], "pretrained": None}
-    w = StoreWriter(folder / "tiny_paired-0", table, [ViewSpec(pf.RAW_IMAGE_VIEW, (3, S, S))], meta, "images")
-    w.write(pf.RAW_IMAGE_VIEW, 0, images)
+    w = StoreWriter(folder / "tiny_paired-0", table, [ViewSpec(ps.RAW_IMAGE_VIEW, (3, S, S))], meta, "images")
+    w.write(ps.RAW_IMAGE_VIEW, 0, images)
     return w.finalize().path
 
 
@@ -68,28 +71,28 @@ class TinyPaired(DatasetAdapter):
 
     name, title, suites = "tiny_paired", "Tiny paired", ("audio-visual",)
     modalities = ("audio", "visual", "audio-visual")
-    views = (pf.RAW_IMAGE_VIEW, "waveform")
+    views = (ps.RAW_IMAGE_VIEW, "waveform")
 
     def availability(self, data_root):
         return Availability(True, "present")
 
     def open(self, data_root, progress=True):
         raw = FeatureStore(Path(data_root) / "cache" / "store" / "tiny_paired-0")
-        features = pf.features_store_path(self, data_root, raw)
+        features = ps.features_store_path(self, data_root, raw)
         return FeatureStore(features) if features else raw
 
     def available_views(self, data_root):
-        return self.views + (pf.FEATURE_VIEWS if pf.features_store_path(self, data_root) else ())
+        return self.views + (ps.FEATURE_VIEWS if ps.features_store_path(self, data_root) else ())
 
     def missing_views_hint(self, data_root, lacking):
-        return f"extract them with `{pf.extraction_command(self, data_root)}`" if lacking <= {"audio", "visual"} else ""
+        return f"extract them with `{ps.extraction_command(self, data_root)}`" if lacking <= {"audio", "visual"} else ""
 
     def protocols(self):
         return [ProtocolSpec("1x3", (1, 1, 1), 6)]
 
 
 def run(data_root: Path, **kw):
-    opts = dict(random_encoders=True, tiny_encoders=True, batch=BATCH, device="cpu", progress=False, log=lambda *a: None)
+    opts = dict(random_encoders=True, tiny_encoders=True, batch=BATCH, device="cpu", progress=False)
     opts.update(kw)
     return pf.extract_paired_features(TinyPaired(), data_root, **opts)
 
@@ -126,11 +129,11 @@ def test_features_store_shapes_links_and_meta(extracted):
     assert store.path.parent == extracted["root"] / "cache" / "store" and store.path.name.startswith("tiny_paired-features-")
     assert store.views["audio"].shape == (pf.TINY_AUDIO.dim,) and store.views["visual"].shape == (1, (S // 16) ** 2, 64)
     assert store.table().digest() == raw.table().digest()
-    assert set(store.views) == {"audio", "visual", pf.RAW_IMAGE_VIEW}
-    assert store.links == {pf.RAW_IMAGE_VIEW: (raw.path, pf.RAW_IMAGE_VIEW)}
-    assert not (store.path / "views" / f"{pf.RAW_IMAGE_VIEW}.npy").exists()  # linked, not copied
-    np.testing.assert_array_equal(store.array(pf.RAW_IMAGE_VIEW), raw.array(pf.RAW_IMAGE_VIEW))
-    torch.testing.assert_close(store.gather(pf.RAW_IMAGE_VIEW, [5, 1]), raw.gather(pf.RAW_IMAGE_VIEW, [5, 1]))
+    assert set(store.views) == {"audio", "visual", ps.RAW_IMAGE_VIEW}
+    assert store.links == {ps.RAW_IMAGE_VIEW: (raw.path, ps.RAW_IMAGE_VIEW)}
+    assert not (store.path / "views" / f"{ps.RAW_IMAGE_VIEW}.npy").exists()  # linked, not copied
+    np.testing.assert_array_equal(store.array(ps.RAW_IMAGE_VIEW), raw.array(ps.RAW_IMAGE_VIEW))
+    torch.testing.assert_close(store.gather(ps.RAW_IMAGE_VIEW, [5, 1]), raw.gather(ps.RAW_IMAGE_VIEW, [5, 1]))
     for k in pf.RAW_META_KEYS:
         assert store.meta[k] == raw.meta[k]
     meta = store.meta
@@ -158,13 +161,14 @@ def test_each_distinct_clip_is_encoded_once_and_shared_by_its_images(extracted):
 
 def test_features_match_a_direct_encoding(extracted):
     store, raw = extracted["store"], extracted["raw"]
-    enc = pf.PairedEncoders(pf.TINY_AUDIO, pf.ClipConfig.tiny(S), torch.device("cpu"), "fp32", 16000, "none", seed=0, log=lambda *a: None)
+    enc = pf.PairedEncoders(pf.TINY_AUDIO, clip_enc.ClipConfig.tiny(S), torch.device("cpu"), "fp32", 16000, "none",
+                            seed=0)
     pairing = AudioPairing(raw)
     clip = int(pairing.eval_clip_rows(np.array([7]))[0])
     wave = pairing.bank.gather("waveform", [clip], dtype=torch.float32).numpy()
     expected = enc.encode_audio(enc.fbanks(wave, RATE))[0]
     np.testing.assert_allclose(store.array("audio")[7].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
-    images = raw.gather(pf.RAW_IMAGE_VIEW, [3, 4], dtype=torch.float32)
+    images = raw.gather(ps.RAW_IMAGE_VIEW, [3, 4], dtype=torch.float32)
     with torch.no_grad():  # the patch tokens: ln_post over the last block's output, CLS dropped, no projection
         v = enc.visual
         x = v.ln_post(v.transformer(v._embeds(images)))[:, 1:]
@@ -174,17 +178,18 @@ def test_features_match_a_direct_encoding(extracted):
 def test_adapter_finds_the_store_and_a_second_run_reuses_it(extracted, monkeypatch):
     root, store = extracted["root"], extracted["store"]
     adapter = TinyPaired()
-    assert pf.features_store_path(adapter, root) == store.path
-    assert pf.features_store_path(adapter, root, extracted["raw"]) == store.path
+    assert ps.features_store_path(adapter, root) == store.path
+    assert ps.features_store_path(adapter, root, extracted["raw"]) == store.path
     assert adapter.open(root).path == store.path  # open() now returns the features store
-    assert set(adapter.available_views(root)) == {pf.RAW_IMAGE_VIEW, "waveform", "audio", "visual"}
+    assert set(adapter.available_views(root)) == {ps.RAW_IMAGE_VIEW, "waveform", "audio", "visual"}
     monkeypatch.setattr(pf.PairedEncoders, "encode_audio", lambda *a: pytest.fail("encoded again"))
     assert run(root).path == store.path  # opened through the features store: traced back to the raw store, nothing to do
 
     # a newer `<name>-<hash>` raw store (the folder was edited): without `raw`, its features are looked for, and do not exist
     newer = _plain(root / "cache" / "store" / "tiny_paired-0123456789abcdef", _table())
     try:
-        assert pf.features_store_path(adapter, root) is None and pf.features_store_path(adapter, root, extracted["raw"]) == store.path
+        assert ps.features_store_path(adapter, root) is None
+        assert ps.features_store_path(adapter, root, extracted["raw"]) == store.path
     finally:
         shutil.rmtree(newer.path)
 
@@ -215,16 +220,16 @@ def test_interrupted_extraction_resumes_to_the_same_store(extracted, tmp_path, m
 
 
 def test_argument_errors():
-    with pytest.raises(DatasetError, match="exclude each other"):
+    with pytest.raises(ConfigError, match="exclude each other"):
         pf.extract_paired_features(TinyPaired(), "x", clip_ckpt=Path("c.pt"), random_encoders=True)
-    with pytest.raises(DatasetError, match="refusing to extract without pretrained encoders"):
+    with pytest.raises(ConfigError, match="refusing to extract without pretrained encoders"):
         pf.extract_paired_features(TinyPaired(), "x")
-    with pytest.raises(DatasetError, match="needs --random-encoders"):
+    with pytest.raises(ConfigError, match="needs --random-encoders"):
         pf.extract_paired_features(TinyPaired(), "x", tiny_encoders=True, audio_ckpt=Path("a"), clip_ckpt=Path("c"))
 
 
 def test_extraction_command_names_the_dataset():
-    cmd = pf.extraction_command(TinyPaired(), "data")
+    cmd = ps.extraction_command(TinyPaired(), "data")
     assert cmd.startswith("python -m datasets.extraction.paired --dataset tiny_paired --audio-ckpt ") and "--clip-ckpt" in cmd
 
 
@@ -316,8 +321,8 @@ def save_fake_openai(path: Path, sd: dict) -> Path:
     return path
 
 
-def openai_like(cfg: pf.ClipConfig, seed: int) -> dict:
-    sd = dict(pf.build_clip(cfg, seed=seed).state_dict())
+def openai_like(cfg: clip_enc.ClipConfig, seed: int) -> dict:
+    sd = dict(clip_enc.build_clip(cfg, seed=seed).state_dict())
     sd.update(input_resolution=torch.tensor(cfg.image_size), context_length=torch.tensor(cfg.context_length),
               vocab_size=torch.tensor(cfg.vocab_size))
     return sd
@@ -325,24 +330,25 @@ def openai_like(cfg: pf.ClipConfig, seed: int) -> dict:
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the fake checkpoint is TorchScript, as OpenAI's
 def test_fake_openai_torchscript_checkpoint_loads_strictly(tmp_path):
-    cfg = pf.ClipConfig.tiny(S)
+    cfg = clip_enc.ClipConfig.tiny(S)
     sd = openai_like(cfg, seed=5)
     path = save_fake_openai(tmp_path / "ViT-B-16.pt", sd)
-    model = pf.build_clip(cfg, seed=0)
-    pf.load_openai_clip(model, path, log=lambda *a: None)
+    model = clip_enc.build_clip(cfg, seed=0)
+    clip_enc.load_openai_clip(model, path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, sd[key].half().float() if sd[key].is_floating_point() else sd[key], msg=key)
-    with pytest.raises(DatasetError, match=r"unexpected visual\.extra_head\.weight"):
-        pf.load_openai_clip(pf.build_clip(cfg), save_fake_openai(tmp_path / "extra.pt", {**sd, "visual.extra_head.weight": torch.ones(2)}))
+    with pytest.raises(WeightsError, match=r"unexpected \['visual\.extra_head\.weight'\]"):
+        extra = {**sd, "visual.extra_head.weight": torch.ones(2)}
+        clip_enc.load_openai_clip(clip_enc.build_clip(cfg), save_fake_openai(tmp_path / "extra.pt", extra))
     without = {k: v for k, v in sd.items() if k != "visual.ln_post.bias"}
-    with pytest.raises(DatasetError, match=r"missing visual\.ln_post\.bias"):
-        pf.load_openai_clip(pf.build_clip(cfg), save_fake_openai(tmp_path / "missing.pt", without))
+    with pytest.raises(WeightsError, match=r"missing \['visual\.ln_post\.bias'\]"):
+        clip_enc.load_openai_clip(clip_enc.build_clip(cfg), save_fake_openai(tmp_path / "missing.pt", without))
     wrong = {**sd, "visual.proj": torch.zeros(3, 3)}
-    with pytest.raises(DatasetError, match="does not fit"):
-        pf.load_openai_clip(pf.build_clip(cfg), save_fake_openai(tmp_path / "shape.pt", wrong))
+    with pytest.raises(WeightsError, match="does not fit"):
+        clip_enc.load_openai_clip(clip_enc.build_clip(cfg), save_fake_openai(tmp_path / "shape.pt", wrong))
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(DatasetError, match="not a TorchScript archive"):
-        pf.load_openai_clip(pf.build_clip(cfg), tmp_path / "junk.pt")
+    with pytest.raises(WeightsError, match="not a TorchScript archive"):
+        clip_enc.load_openai_clip(clip_enc.build_clip(cfg), tmp_path / "junk.pt")
 
 
 # ----------------------------------------------------------------------------- --mcil-views (datasets.extraction.videos)
@@ -370,7 +376,7 @@ def mcil_extracted(tmp_path_factory):
     vids = [v for s in SPLITS for c in sorted(fx["cid"][s]) for v in sorted(fx["cid"][s][c])]
     _grey_videos(root / "videos", vids)
     opts = dict(videos=root / "videos", dicts=root / "src", trust_pickle=True, random_encoders=True, batch=8, workers=0,
-                progress=False, audio_config=ex.TINY_AUDIO, video_config=ex.TINY_VIDEO, log=lambda *a: None)
+                progress=False, audio_config=ex.TINY_AUDIO, video_config=ex.TINY_VIDEO)
     with_views = ex.extract_features("ave", root / "with", mcil_views=True, **opts)
     without = ex.extract_features("ave", root / "without", **opts)
     return with_views, without

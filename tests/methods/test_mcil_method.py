@@ -5,6 +5,7 @@ import torch
 
 from benchmarks.core.protocols import Protocol
 from benchmarks.core.streams import build_stream
+from datasets.errors import ConfigError
 from methods import registry
 from methods.mcil_audioclip.moe import moe_modules
 from tests.conftest import make_toy_paired_store
@@ -82,7 +83,7 @@ def test_real_towers_need_weights_or_random_encoders(paired):
     store, stream = paired
     spec = registry()["mcil_audioclip"]
     cfg = spec.config("imagenet_esc19", "audio-visual")
-    with pytest.raises(ValueError, match="audioclip_ckpt"):
+    with pytest.raises(ConfigError, match="audioclip_ckpt"):
         spec.build(modality="audio-visual", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
 
 

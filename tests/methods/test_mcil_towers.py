@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from datasets.errors import WeightsError
+from datasets.weights import OPENAI_EXTRA_KEYS, is_torchscript_archive
 from methods.mcil_audioclip import esresnext as esx
 from methods.mcil_audioclip import towers as tw
 from methods.mcil_audioclip import weights as wt
@@ -392,7 +394,7 @@ def test_torchvision_resnext_init(tmp_path):
     torch.save(tv.state_dict(), path)
     model = esx.ESResNeXtFBSP(layers=(1, 1, 1, 1), groups=4, width_per_group=16, num_classes=64, n_fft=256,
                               hop_length=128, win_length=256)
-    report = esx.load_torchvision_resnext(model, path)
+    report = wt.load_torchvision_resnext(model, path)
     assert report["skipped"] == ["fc.bias", "fc.weight"] and report["unexpected"] == []
     assert torch.equal(model.layer3[0].conv2.weight, tv.layer3[0].conv2.weight)
     assert torch.equal(model.bn1.running_var, tv.bn1.running_var)
@@ -401,8 +403,8 @@ def test_torchvision_resnext_init(tmp_path):
     assert len(report["sha256"]) == 16 and report["loaded"] == len(tv.state_dict()) - 2
     plain = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1])  # not grouped
     torch.save(plain.state_dict(), tmp_path / "resnet.pth")
-    with pytest.raises(ValueError, match="conv2.weight"):
-        esx.load_torchvision_resnext(model, tmp_path / "resnet.pth")
+    with pytest.raises(WeightsError, match="conv2.weight.*--resnext-imagenet-ckpt"):
+        wt.load_torchvision_resnext(model, tmp_path / "resnet.pth")
 
 
 # ---- weight loading ---------------------------------------------------------------------------------
@@ -412,7 +414,7 @@ def test_load_openai_torchscript_archive(tmp_path):
     sd = openai_style_state(source, 64)
     path = tmp_path / "ViT-tiny.pt"
     save_torchscript_state(sd, path)
-    assert wt.is_torchscript_archive(path)
+    assert is_torchscript_archive(path)
     towers = tw.build_towers("tiny-vit", zero_factory)
     report = wt.load_openai_clip(towers, path)
     assert report["file"] == str(path) and len(report["sha256"]) == 16 and report["unexpected"] == []
@@ -420,7 +422,7 @@ def test_load_openai_torchscript_archive(tmp_path):
     assert report["loaded"] == len(sd) - 3
     own = towers.clip.state_dict()
     for k, v in sd.items():
-        if k not in wt.OPENAI_EXTRA_KEYS:
+        if k not in OPENAI_EXTRA_KEYS:
             assert own[k].dtype == torch.float32 or not own[k].is_floating_point()
             assert torch.equal(own[k], v.to(own[k].dtype)), k
     # a plain state-dict file of the same tensors loads the same way
@@ -468,40 +470,42 @@ def test_loader_errors(tmp_path):
     good = non_moe_state(tw.build_clip(tw.PRESETS["tiny-rn"]))
     # (c) an unexpected key is named
     torch.save({**good, "visual.extra_adapter.weight": torch.zeros(3)}, tmp_path / "extra.pt")
-    with pytest.raises(ValueError, match=r"extra\.pt.*unexpected keys: \['visual\.extra_adapter\.weight'\]"):
+    with pytest.raises(WeightsError, match=r"extra\.pt.*unexpected \['visual\.extra_adapter\.weight'\].*--clip-ckpt"):
         wt.load_openai_clip(towers, tmp_path / "extra.pt")
     # a missing non-MoE key is named
     torch.save({k: v for k, v in good.items() if k != "ln_final.weight"}, tmp_path / "short.pt")
-    with pytest.raises(ValueError, match=r"missing keys: \['ln_final\.weight'\]"):
+    with pytest.raises(WeightsError, match=r"missing \['ln_final\.weight'\]"):
         wt.load_openai_clip(towers, tmp_path / "short.pt")
     # a ViT file into an RN preset: both layouts named
     vit = openai_style_state(tw.build_clip(tw.PRESETS["tiny-vit"]), 64)
     save_torchscript_state(vit, tmp_path / "vit.pt")
-    with pytest.raises(ValueError, match=r"preset 'tiny-rn' \(ModifiedResNet.*the file holds ViT\(width=64, layers=2, patch=16\)"):
+    with pytest.raises(WeightsError,
+                       match=r"preset 'tiny-rn' \(ModifiedResNet.*the file holds ViT\(width=64, layers=2, patch=16\)"):
         wt.load_openai_clip(towers, tmp_path / "vit.pt")
     # a shape mismatch (other width / context)
     torch.save({**good, "positional_embedding": torch.zeros(40, 64)}, tmp_path / "ctx40.pt")
-    with pytest.raises(ValueError, match=r"shape mismatches: \['positional_embedding: file \(40, 64\) vs model \(77, 64\)'\]"):
+    with pytest.raises(WeightsError,
+                       match=r"shape mismatches: \['positional_embedding: file \(40, 64\) vs model \(77, 64\)'\]"):
         wt.load_openai_clip(towers, tmp_path / "ctx40.pt")
     # an AudioCLIP file without audio keys, an audio key of the wrong shape
-    with pytest.raises(ValueError, match="no 'audio"):
+    with pytest.raises(WeightsError, match="no 'audio.*--audioclip-ckpt"):
         wt.load_audioclip(towers, tmp_path / "extra.pt")
     bad_audio = {**good, **{f"audio.{k}": v for k, v in towers.audio.state_dict().items()}}
     bad_audio["audio.fbsp.m"] = torch.zeros(7)
     torch.save(bad_audio, tmp_path / "bad_audio.pt")
-    with pytest.raises(ValueError, match=r"fbsp\.m: file \(7,\) vs model \(129,\)"):
+    with pytest.raises(WeightsError, match=r"fbsp\.m: file \(7,\) vs model \(129,\)"):
         wt.load_audioclip(towers, tmp_path / "bad_audio.pt")
     # missing files name the option
-    with pytest.raises(FileNotFoundError, match="--clip-ckpt"):
+    with pytest.raises(WeightsError, match="--clip-ckpt"):
         wt.load_openai_clip(towers, tmp_path / "nope.pt")
-    with pytest.raises(FileNotFoundError, match="--audioclip-ckpt"):
+    with pytest.raises(WeightsError, match="--audioclip-ckpt"):
         wt.load_audioclip(towers, None)
-    with pytest.raises(FileNotFoundError, match="--esrnx-ckpt"):
+    with pytest.raises(WeightsError, match="--esrnx-ckpt"):
         wt.load_esresnext(towers, tmp_path / "nope.pt")
-    with pytest.raises(FileNotFoundError, match="--resnext-imagenet-ckpt"):
+    with pytest.raises(WeightsError, match="--resnext-imagenet-ckpt"):
         wt.load_resnext_imagenet(towers, tmp_path / "nope.pth")
     # a TorchScript archive given where a plain state dict is expected
-    with pytest.raises(ValueError, match="TorchScript archive"):
+    with pytest.raises(WeightsError, match="TorchScript archive"):
         wt.load_audioclip(towers, tmp_path / "vit.pt")
 
 
@@ -511,6 +515,6 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path):
     torch.save({"state_dict": good, "config": _Payload()}, tmp_path / "pickled.pt")
     towers = tw.build_towers("tiny-rn")
     for loader in (wt.load_openai_clip, wt.load_audioclip, wt.load_esresnext):
-        with pytest.raises(wt.UnsafeCheckpointError, match=r"pickled\.pt: refused: .*arbitrary Python objects.*_Payload"):
+        with pytest.raises(WeightsError, match=r"pickled\.pt: refused: .*arbitrary Python objects.*_Payload"):
             loader(towers, tmp_path / "pickled.pt")
     assert _UNPICKLED == []  # the object was never reconstructed
