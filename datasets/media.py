@@ -321,19 +321,52 @@ def decode_video(
         container.close()
 
 
-def read_audio(path: Path, sample_rate: int = 16000, duration: float | None = None, fix: str | None = None) -> np.ndarray:
-    """Read an audio file (wav/flac/ogg, via soundfile) as mono float32 at `sample_rate`."""
+def wav_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is incomplete, or None. libsndfile clamps a data chunk cut short to the bytes present and
+    returns a shorter clip without a word, so the declared chunk size is checked against the file's size."""
+    import struct
+
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None  # not a WAV: its reader checks it
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                streaming = chunk_size in (0, 0xFFFFFFFF)  # written without knowing the length: nothing to check
+                if not streaming and pos + 8 + chunk_size > size:
+                    return f"truncated: its data chunk declares {chunk_size} bytes but only {size - pos - 8} are present"
+                return None
+            pos += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
+def read_samples(path: Path, fix: str | None = None, where: str = "") -> tuple[np.ndarray, int]:
+    """(float32 samples (n, channels), sample rate) of an audio file (wav/flac/ogg, via soundfile): the one reader of
+    audio files, so every caller fails the same way on a missing, unreadable, empty or truncated file."""
     import soundfile as sf
 
     path = Path(path)
+    named = Path(f"{path} (listed at {where})") if where else path
     if not path.is_file():
-        raise _fail(path, "file not found", fix)
+        raise _fail(named, "audio file not found", fix)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise _fail(path, f"not a readable audio file, corrupt or truncated ({e})", fix) from e
-    if len(data) == 0:
-        raise _fail(path, "contains no audio samples", fix)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise _fail(named, f"not a readable audio file, corrupt or truncated ({e})", fix) from e
+    if len(data) == 0 or data.shape[1] == 0:
+        raise _fail(named, "contains no audio samples", fix)
+    if reason := wav_truncation(path):
+        raise _fail(named, reason, fix)
+    return data, int(rate)
+
+
+def read_audio(path: Path, sample_rate: int = 16000, duration: float | None = None, fix: str | None = None) -> np.ndarray:
+    """Read an audio file as mono float32 at `sample_rate`."""
+    data, rate = read_samples(path, fix)
     return mix_resample(data, rate, sample_rate, duration)
 
 
@@ -376,13 +409,6 @@ def fit_center(wave: np.ndarray, n: int) -> np.ndarray:
 
 def load_clip(path: Path, sample_rate: int, clip_samples: int, fix: str | None = None) -> tuple[np.ndarray, bool]:
     """(float32 (clip_samples,) mono in [-1, 1] at `sample_rate`, was it resampled?)."""
-    import soundfile as sf
-
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise _fail(path, f"not a readable audio file, corrupt or truncated ({e})", fix) from e
-    if len(data) == 0 or data.shape[1] == 0:
-        raise _fail(path, "contains no audio samples", fix)
+    data, rate = read_samples(path, fix)
     wave = mix_resample(data, int(rate), int(sample_rate))
     return np.clip(fit_center(wave, clip_samples), -1.0, 1.0).astype(np.float32), int(rate) != int(sample_rate)

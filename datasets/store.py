@@ -74,6 +74,23 @@ def link_mismatch_error(store_path: Path, target_path: Path, view: str) -> Datas
     )
 
 
+REBUILD = "delete the store folder and run the same command again to rebuild it"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable or incomplete ({e}); {REBUILD}") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable or incomplete ({e}); {REBUILD}") from None
+
+
 class FeatureStore:
     """Read side. Views are memory-mapped; `gather` is one fancy-index operation per view."""
 
@@ -82,15 +99,15 @@ class FeatureStore:
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
             raise DatasetError(f"{manifest_path}: not a feature store (no manifest); rebuild it by re-running the import/extraction")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = _read_json(manifest_path)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise DatasetError(f"{manifest_path}: store format {self.manifest.get('format_version')} != {FORMAT_VERSION}; delete the store and rebuild it")
         self.dataset: str = self.manifest["dataset"]
         self.class_names: list[str] = self.manifest["class_names"]
         self.meta: dict = self.manifest.get("meta", {})
-        self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
-        self.labels = np.load(self.path / "labels.npy", allow_pickle=False)
-        self.splits = np.load(self.path / "splits.npy", allow_pickle=False)
+        self.ids: list[str] = _read_json(self.path / "ids.json")
+        self.labels = _read_npy(self.path / "labels.npy")
+        self.splits = _read_npy(self.path / "splits.npy")
         self.views = {k: ViewSpec(k, tuple(v["shape"]), v["dtype"]) for k, v in self.manifest["views"].items()}
         #: linked views: name -> (target store directory, target view name); see the module docstring
         self.links: dict[str, tuple[Path, str]] = {

@@ -426,7 +426,7 @@ def case_avcil_dict_files_disagree(c):
         c,
         avcil_import(c),
         [fx["dir"] / "all_id_category_dict.npy", repr(fx["cid"]["train"][0][1])],
-        ["download both again", "download them again", "copy them again", "re-copy"],
+        ["download both again", "download them again", "copy both again", "copy them again", "re-copy"],
     )
 
 
@@ -1082,12 +1082,6 @@ CASES = [
     pytest.param(
         case_wav_truncated_mid_data,
         id="wav-truncated-mid-data",
-        marks=xfail(
-            "a WAV cut inside its data chunk decodes silently to a shorter clip (libsndfile clamps the frame count to "
-            "the bytes present); no error. Fix: datasets/media.py read_audio (and paired_folder load_clip/_check_job, "
-            "encoders/logmel load_wave) should compare the RIFF data-chunk size with the file size",
-            raises=DID_NOT_RAISE,
-        ),
     ),
     pytest.param(case_wav_truncated_header_paired, id="wav-truncated-header-paired-folder"),
     pytest.param(case_wav_empty_paired, id="wav-empty-paired-folder"),
@@ -1106,12 +1100,6 @@ CASES = [
     pytest.param(
         case_features_wrong_ndim,
         id="features-wrong-ndim",
-        marks=xfail(
-            "names the file and vid but gives no fix (`... has shape (1, 12); expected a 1-d array per vid`). "
-            "Fix: datasets/adapters/avcil_features.py _check_features, the `len(expected) != ndim` message "
-            "should say what to do (wrong file for this slot / download it again)",
-            raises=AssertionError,
-        ),
     ),
     pytest.param(case_features_tokens_do_not_fit_grid, id="features-tokens-not-divisible-by-grid"),
     pytest.param(case_features_vid_missing, id="features-vid-missing"),
@@ -1119,13 +1107,6 @@ CASES = [
     pytest.param(
         case_avcil_dict_files_disagree,
         id="avcil-dict-files-disagree",
-        marks=xfail(
-            "names the file and vid but says no fix (`...; the dict files do not belong together`), unlike "
-            "the neighbouring messages (`download both again`). Fix: datasets/adapters/avcil_features.py "
-            "build_table, the `vid_cat[vid] != class_names[c]` and `extra` messages should end with the fix "
-            "(copy both dict files again from the AV-CIL repo)",
-            raises=AssertionError,
-        ),
     ),
     pytest.param(case_avcil_class_without_val_samples, id="avcil-class-without-val-samples"),
     # feature stores
@@ -1133,13 +1114,6 @@ CASES = [
     pytest.param(
         case_store_manifest_truncated,
         id="store-manifest-truncated",
-        marks=xfail(
-            "a truncated manifest.json raises a bare json.JSONDecodeError (no file name, no fix; a traceback "
-            "through run_all). Fix: datasets/store.py FeatureStore.__init__, wrap `json.loads(manifest_path."
-            "read_text())` (and ids.json, labels.npy, splits.npy) in a DatasetError naming the file and "
-            "'delete the store and rebuild it'",
-            raises=json.JSONDecodeError,
-        ),
     ),
     pytest.param(case_store_view_truncated_fails_the_cell, id="store-view-truncated-run_all-cell-fails"),
     pytest.param(case_store_missing, id="store-missing"),
@@ -1195,35 +1169,16 @@ CASES = [
     pytest.param(
         case_ckpt_cnn14_no_matching_key,
         id="ckpt-cnn14-no-matching-key",
-        marks=xfail(
-            "a --set pretrained= file with none of CNN14's keys is accepted silently: 0 tensors loaded, the run "
-            "goes on from random weights. Fix: methods/_cnn14/model.py load_pretrained, raise a WeightsError "
-            "naming the file and the unexpected/missing keys when nothing (or no conv weight) was loaded",
-            raises=DID_NOT_RAISE,
-        ),
     ),
     pytest.param(
         case_ckpt_cnn14_not_a_checkpoint,
         id="ckpt-cnn14-not-a-checkpoint",
-        marks=xfail(
-            "torch.load's raw pickle.UnpicklingError escapes (a traceback, no fix; FileNotFoundError likewise "
-            "for a wrong path). Fix: methods/_cnn14/model.py load_pretrained, read the file with "
-            "datasets/weights.py require_file + read_state_dict (WeightsError naming the file and the fix)",
-            raises=pickle.UnpicklingError,
-        ),
     ),
     pytest.param(case_ckpt_mcil_clip_unexpected_key, id="ckpt-mcil-clip-unexpected-key"),
     pytest.param(case_ckpt_mcil_audioclip_missing_audio_keys, id="ckpt-mcil-audioclip-missing-audio-keys"),
     pytest.param(
         case_ckpt_cign_resnet18_wrong_keys,
         id="ckpt-cign-resnet18-wrong-keys",
-        marks=xfail(
-            "names the file and option but raises a plain ValueError (FileNotFoundError for a wrong path; a raw "
-            "torch error for a non-checkpoint), so run_all reports it as a bug with a traceback. Fix: "
-            "methods/cign/model.py load_resnet18_weights, raise datasets.errors.WeightsError (datasets/weights.py "
-            "require_file / read_state_dict / check_keys)",
-            raises=ValueError,
-        ),
     ),
     # result records
     pytest.param(case_record_truncated_is_rerun_atomically, id="record-truncated-rerun"),

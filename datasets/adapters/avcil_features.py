@@ -282,14 +282,18 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
                 if vid not in vid_cat:
                     raise DatasetError(f"{idc_p}: vid {vid!r} ({split}, class {c} {class_names[c]!r} in {cid_p.name}) is missing; the dict files do not belong together, download both again")
                 if vid_cat[vid] != class_names[c]:
-                    raise DatasetError(f"{idc_p}: vid {vid!r} ({split}) has category {vid_cat[vid]!r} but {cid_p.name} lists it under class {c} {class_names[c]!r}; the dict files do not belong together")
+                    raise DatasetError(f"{idc_p}: vid {vid!r} ({split}) has category {vid_cat[vid]!r} but {cid_p.name} lists it under class {c} {class_names[c]!r}; "
+                                       "the dict files do not belong together: copy both again from the AV-CIL "
+                                       "repository's data/<dataset>/ folder")
                 ids.append(vid)
                 labels.append(c)
                 splits.append(split)
                 listed.add(vid)
         extra = sorted(set(vid_cat) - listed)
         if extra:
-            raise DatasetError(f"{idc_p}: vid {extra[0]!r} ({split}{f', and {len(extra) - 1} more' if len(extra) > 1 else ''}) is not listed in {cid_p.name}; the dict files do not belong together")
+            raise DatasetError(f"{idc_p}: vid {extra[0]!r} ({split}{f', and {len(extra) - 1} more' if len(extra) > 1 else ''}) is not listed in {cid_p.name}; "
+                               "the dict files do not belong together: copy both again from the AV-CIL repository's "
+                               "data/<dataset>/ folder")
     table = SampleTable(ids, np.array(labels), np.array(splits), class_names)
     table.validate(str(cid_p))
     return table, cid_p
@@ -306,7 +310,9 @@ def _check_features(src, table: SampleTable, ndim: int) -> tuple[int, ...]:
     ref_vid = table.ids[0]
     expected, _ = src.meta(ref_vid)
     if len(expected) != ndim:
-        raise DatasetError(f"{src.path}: vid {ref_vid!r} has shape {tuple(expected)}; expected a {ndim}-d array per vid")
+        raise DatasetError(f"{src.path}: vid {ref_vid!r} has shape {tuple(expected)}; expected a {ndim}-d array per "
+                           "vid: the file in this slot holds other features (audio and visual swapped?); put the "
+                           "released file there, or download it again")
     for vid in table.ids:
         shape, dtype = src.meta(vid)
         if tuple(shape) != tuple(expected):

@@ -24,7 +24,7 @@ from datasets.adapters.paired_scan import Item, Scan
 from datasets.base import SPLITS, SampleTable
 from datasets.errors import DatasetError
 from datasets.io import atomic_write_text, config_hash
-from datasets.media import load_clip, load_image
+from datasets.media import load_clip, load_image, wav_truncation
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def check_job(job: tuple) -> str | None:
         return f"not a readable audio file ({e})"
     if info.frames <= 0 or info.channels <= 0:
         return "contains no audio samples"
-    return None
+    return wav_truncation(path)
 
 
 class Workers:

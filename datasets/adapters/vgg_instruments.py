@@ -91,17 +91,11 @@ def spectrogram_frames(sample_rate: int, seconds: float = 3.0, nperseg: int = 51
 def log_spectrogram(path: Path, sample_rate: int, seconds: float = 3.0, nperseg: int = 512, noverlap: int = 274,
                     eps: float = 1e-7) -> tuple[np.ndarray, bool]:
     """(log spectrogram float32 (nperseg//2 + 1, T), resampled?) of the centred `seconds` window."""
-    import soundfile as sf
     from scipy.signal import spectrogram
 
-    from datasets.media import mix_resample
+    from datasets.media import mix_resample, read_samples
 
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise DatasetError(f"{path}: not a readable audio file, corrupt or truncated ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1") from e
-    if len(data) == 0:
-        raise DatasetError(f"{path}: contains no audio samples; replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1")
+    data, rate = read_samples(path, "replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1")
     wave = np.clip(data, -1.0, 1.0).mean(axis=1)
     resampled = rate != sample_rate
     if resampled:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.errors import DatasetError
+from datasets.media import read_samples
 
 EPS = float(torch.finfo(torch.float32).eps)
 
@@ -88,19 +88,8 @@ def load_wave(path: Path, cfg: LogMelConfig, where: str = "") -> np.ndarray:
     Any unreadable input raises a DatasetError naming the file (and `where`, e.g. the phase
     file and line that listed it) and the fix.
     """
-    import soundfile as sf
-
-    path = Path(path)
-    src = f" (listed at {where})" if where else ""
-    if not path.is_file():
-        raise DatasetError(f"{path}{src}: audio file not found; put the file there, or point --audio-root at the folder that holds it")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise DatasetError(f"{path}{src}: not a readable audio file, corrupt or truncated ({e}); replace it with a good copy, "
-                           "or set skip_bad: true in the dataset's dataset.yaml to skip it") from e
-    if len(data) == 0:
-        raise DatasetError(f"{path}{src}: contains no audio samples; replace it, or set skip_bad: true to skip it")
+    data, rate = read_samples(path, "replace it with a good copy (or point --audio-root at the folder that holds it), "
+                                    "or set skip_bad: true in the dataset's dataset.yaml to skip it", where)
     mono = data.mean(axis=1)
     if rate != cfg.sample_rate:
         import torchaudio.functional as AF

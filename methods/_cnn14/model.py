@@ -26,13 +26,19 @@ the linear head keeps PyTorch's default initialisation (the reference's `_lin` m
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets.errors import WeightsError
+from datasets.weights import load_report, read_state_dict, require_file, short_list
+
 REFERENCE_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 log = logging.getLogger(__name__)
+PANNS_FIX = ("pass PANNs' Cnn14 checkpoint (e.g. Cnn14_mAP=0.431.pth, downloaded by hand), or set pretrained: null "
+             "to train from scratch")
 NORMS = ("bn", "gn", "cn")
 
 
@@ -146,23 +152,23 @@ class CNN14(nn.Module):
 
 
 def load_pretrained(model: CNN14, path: str) -> dict:
-    """Load PANNs (or any CNN14) weights from a user path with weights_only=True.
+    """Load PANNs (or any CNN14) weights from a user path through the one weights reader (weights_only).
 
     Tensors whose name and shape match are loaded; the rest is reported: `missing` (in the
     model, not in the file: e.g. the new head `fc.*`, GN/CN parameters), `unexpected` (in the
-    file only: e.g. PANNs' spectrogram extractor, fc1, fc_audioset) and `shape_mismatch`.
+    file only: e.g. PANNs' spectrogram extractor, fc1, fc_audioset) and `shape_mismatch`. A file of
+    which no tensor fits is refused: training would silently start from random weights.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (or a dict with a 'model' state dict)")
+    state = read_state_dict(require_file(path, "PANNs CNN14", PANNS_FIX), "PANNs CNN14")
     own = model.state_dict()
     loadable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     mismatch = sorted(k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+    missing, unexpected = sorted(set(own) - set(loadable) - set(mismatch)), sorted(set(state) - set(own))
+    if not loadable:
+        raise WeightsError(f"{path}: no tensor of it fits CNN14 (unexpected {short_list(unexpected)}; missing "
+                           f"{short_list(missing)}; shape mismatches {short_list(mismatch)}); {PANNS_FIX}")
     model.load_state_dict(loadable, strict=False)
-    return {"path": str(path), "loaded": len(loadable), "missing": sorted(set(own) - set(loadable) - set(mismatch)),
-            "unexpected": sorted(set(state) - set(own)), "shape_mismatch": mismatch}
+    return load_report(Path(path), len(loadable), missing, unexpected, shape_mismatch=mismatch)
 
 
 def build_cnn14(modality: str, store, num_classes: int, cfg: dict) -> CNN14:
@@ -175,7 +181,7 @@ def build_cnn14(modality: str, store, num_classes: int, cfg: dict) -> CNN14:
     if cfg.get("pretrained"):
         model.load_report = load_pretrained(model, cfg["pretrained"])
         r = model.load_report
-        log.info("  pretrained weights %s: %d tensors loaded; missing %d %s; unexpected %d %s; shape mismatch %s", r["path"],
+        log.info("  pretrained weights %s: %d tensors loaded; missing %d %s; unexpected %d %s; shape mismatch %s", r["file"],
                  r["loaded"], len(r["missing"]), r["missing"][:6], len(r["unexpected"]), r["unexpected"][:6],
                  r["shape_mismatch"][:6])
     return model

@@ -33,7 +33,6 @@ With the zero-column growth, adding classes then leaves every old-class output u
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -43,6 +42,10 @@ from torch import nn
 
 from datasets.base import MODALITIES
 from datasets.base import MODALITY_VIEWS as FEATURE_VIEWS
+from datasets.weights import check_keys, checkpoint_sha256, read_state_dict, require_file
+
+RESNET18_FIX = ("give a local torchvision ResNet-18 ImageNet state dict (nothing is downloaded), or set "
+                "visual_weights: null for random init")
 
 #: store views each input mode reads, per modality (FEATURE_VIEWS: the cached features)
 RAW_VIEWS = {"audio": ("spectrogram",), "visual": ("image",), "audio-visual": ("spectrogram", "image")}
@@ -300,26 +303,16 @@ def _resnet18_body(in_channels: int = 3) -> nn.Sequential:
 
 
 def load_resnet18_weights(net: nn.Module, path: str | Path) -> str:
-    """Load a torchvision ResNet-18 state dict (e.g. resnet18-f37072fd.pth) from a local file,
-    `weights_only=True`; the classifier `fc.*` may be absent or is ignored. Returns its sha256."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"visual_weights: {path} does not exist; give the path of a local torchvision ResNet-18 "
-                                "ImageNet state dict (nothing is downloaded), or set visual_weights: null for random init")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    """Load a torchvision ResNet-18 state dict (e.g. resnet18-f37072fd.pth) from a local file through the one
+    weights reader (weights_only); the classifier `fc.*` may be absent or is ignored. Returns its sha256."""
+    what = "visual_weights (torchvision ResNet-18)"
+    path = require_file(path, what, RESNET18_FIX)
+    state = read_state_dict(path, what)
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    own = {k for k in net.state_dict() if not k.startswith("fc.")}
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise ValueError(f"visual_weights {path}: not a torchvision ResNet-18 state dict (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    check_keys(own, state, path, what, RESNET18_FIX)
     net.load_state_dict(state, strict=False)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return checkpoint_sha256(path)
 
 
 class RawVisualEncoder(nn.Module):

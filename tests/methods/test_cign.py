@@ -1,4 +1,5 @@
 """CIGN: token growth/freezing, assignment, loss terms by hand, the AV product rule, training, raw mode."""
+from datasets.errors import WeightsError
 from __future__ import annotations
 
 import math
@@ -307,8 +308,8 @@ def test_raw_mode_loads_local_imagenet_weights_only(tmp_path):
     torch.testing.assert_close(net.encoders["visual"].body[0].weight, ref["conv1.weight"])
     torch.testing.assert_close(net.encoders["visual"].body[7][1].bn2.running_var, ref["layer4.1.bn2.running_var"])
     assert "sha256" in net.init_info["visual_encoder"]
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(WeightsError, match="not found.*nothing is downloaded"):
         build_cign("visual", store, 2, {**TINY, "input": "raw", "visual_weights": str(tmp_path / "absent.pth")})
     torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="not a torchvision ResNet-18"):
+    with pytest.raises(WeightsError, match="does not fit visual_weights \\(torchvision ResNet-18\\); unexpected \\['foo'\\]"):
         build_cign("visual", store, 2, {**TINY, "input": "raw", "visual_weights": str(tmp_path / "bad.pth")})
