@@ -1,5 +1,4 @@
 """CIGN: token growth/freezing, assignment, loss terms by hand, the AV product rule, training, raw mode."""
-from datasets.errors import WeightsError
 from __future__ import annotations
 
 import math
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from benchmarks.core.protocols import Protocol
 from benchmarks.core.streams import build_stream
+from datasets.errors import WeightsError
 from datasets.store import StoreWriter, ViewSpec
 from methods import registry
 from methods.cign import losses as L
