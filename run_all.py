@@ -25,6 +25,7 @@ from benchmarks.run.cell import GridContext
 from benchmarks.run.grid import build_grid
 from benchmarks.run.launch import LAUNCHERS
 from benchmarks.suites import SUITES, get_suite
+from datasets.cli import setup_console
 from datasets.errors import ConfigError, HarnessError
 from datasets.io import pick_device
 
@@ -137,29 +138,12 @@ def list_everything(args) -> None:
         print(f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}")
 
 
-class CLIHandler(logging.Handler):
-    """The one log handler of the command line: info to stdout, warnings and errors to stderr, message text only."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-        stream.write(self.format(record) + "\n")
-        stream.flush()
-
-
-def setup_logging(verbose: bool = False) -> None:
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, CLIHandler)]:
-        root.removeHandler(h)
-    root.addHandler(CLIHandler())
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 log = logging.getLogger("run_all")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    setup_console(args.verbose)
     try:
         return run(args)
     except HarnessError as e:

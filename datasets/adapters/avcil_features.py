@@ -33,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.base import SPLITS, Availability, DatasetAdapter, ProtocolSpec, SampleTable
-from datasets.errors import ConfigError, DatasetError, positive_int, run_command
+from datasets.cli import positive_int, run_command
+from datasets.errors import ConfigError, DatasetError
 from datasets.io import atomic_write_text, file_sha256
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
 

@@ -57,7 +57,8 @@ import torch
 
 from datasets.encoders.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint
 from datasets.encoders.clip import CLIP_MODEL, ClipConfig, build_clip, load_openai_clip
-from datasets.errors import ConfigError, DatasetError, WeightsError, positive_int, run_command
+from datasets.cli import positive_int, run_command
+from datasets.errors import ConfigError, DatasetError, WeightsError
 from datasets.extraction.common import (
     AUDIO_PIPELINE,
     PRECISIONS,

@@ -105,7 +105,8 @@ from datasets.encoders.videomae import (
     resize_crop,
     weight_files,
 )
-from datasets.errors import ConfigError, DatasetError, WeightsError, positive_int, run_command
+from datasets.cli import positive_int, run_command
+from datasets.errors import ConfigError, DatasetError, WeightsError
 from datasets.extraction.common import (
     AUDIO_PIPELINE,
     PRECISIONS,
