@@ -10,6 +10,7 @@
 A second run with nothing changed skips every finished cell (same resolved config and
 stream hash). A failing cell is reported and recorded as failed; the rest of the grid runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,43 +35,108 @@ ROOT = Path(__file__).resolve().parent
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", nargs="+", default=["audio-visual"], choices=sorted(SUITES), metavar="SUITE",
-                   help=f"which grid(s) to run: {', '.join(sorted(SUITES))} (default: audio-visual)")
-    p.add_argument("--datasets", nargs="+", help="restrict to these datasets (default: every dataset of the suite that is present)")
+    p.add_argument(
+        "--suite",
+        nargs="+",
+        default=["audio-visual"],
+        choices=sorted(SUITES),
+        metavar="SUITE",
+        help=f"which grid(s) to run: {', '.join(sorted(SUITES))} (default: audio-visual)",
+    )
+    p.add_argument(
+        "--datasets", nargs="+", help="restrict to these datasets (default: every dataset of the suite that is present)"
+    )
     p.add_argument("--methods", nargs="+", help="restrict to these methods (default: all of the suite)")
-    p.add_argument("--modalities", nargs="+", choices=["audio", "visual", "audio-visual"], help="restrict modalities (default: all a method supports)")
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        choices=["audio", "visual", "audio-visual"],
+        help="restrict modalities (default: all a method supports)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the suite's, 0 1)")
-    p.add_argument("--data-root", type=Path, default=ROOT / "data", help="datasets and caches live here (default: ./data)")
-    p.add_argument("--results-dir", type=Path, default=ROOT / "results", help="one JSON record per cell (default: ./results)")
-    p.add_argument("--leaderboard-dir", type=Path, default=ROOT / "leaderboard", help="where the leaderboard is written (default: ./leaderboard)")
+    p.add_argument(
+        "--data-root", type=Path, default=ROOT / "data", help="datasets and caches live here (default: ./data)"
+    )
+    p.add_argument(
+        "--results-dir", type=Path, default=ROOT / "results", help="one JSON record per cell (default: ./results)"
+    )
+    p.add_argument(
+        "--leaderboard-dir",
+        type=Path,
+        default=ROOT / "leaderboard",
+        help="where the leaderboard is written (default: ./leaderboard)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="training/inference precision (default: the method config's, fp32)")
-    p.add_argument("--epochs", type=int, help="override every method's epochs (recorded; the leaderboard marks such cells as not the reference protocol)")
-    p.add_argument("--random-encoders", action="store_true",
-                   help="allow methods that train on raw media (CIGN raw mode) to start their encoders from random weights when no "
-                        "pretrained weights are given (recorded in every cell's config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="set a method config value (YAML-parsed) in every method whose config has KEY, e.g. "
-                        "--set audioclip_ckpt=/weights/AudioCLIP-Full-Training.pt; recorded in the cell's config; repeatable. "
-                        "A KEY that no selected method has is an error listing the valid keys")
-    p.add_argument("--list", action="store_true", help="list datasets with present/missing status, methods and suites, then exit")
-    p.add_argument("--dry-run", action="store_true", help="print the grid (and which cells are already done) without running")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="training/inference precision (default: the method config's, fp32)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="override every method's epochs (recorded; the leaderboard marks such cells as not the reference protocol)",
+    )
+    p.add_argument(
+        "--random-encoders",
+        action="store_true",
+        help="allow methods that train on raw media (CIGN raw mode) to start their encoders from random weights when no "
+        "pretrained weights are given (recorded in every cell's config)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="set a method config value (YAML-parsed) in every method whose config has KEY, e.g. "
+        "--set audioclip_ckpt=/weights/AudioCLIP-Full-Training.pt; recorded in the cell's config; repeatable. "
+        "A KEY that no selected method has is an error listing the valid keys",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list datasets with present/missing status, methods and suites, then exit"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the grid (and which cells are already done) without running"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-leaderboard", action="store_true", help="do not re-render the leaderboard")
-    p.add_argument("--audio-root", action="append", metavar="[DATASET=]DIR",
-                   help="multi-label suite: read the wavs named in a dataset's phase files under DIR (re-roots absolute paths from "
-                        "another machine; see README). Without DATASET= it applies to every multi-label dataset; repeatable")
-    p.add_argument("--paired-folder", action="append", metavar="PATH[=NAME]",
-                   help="audio-visual suite: add a paired image+audio folder (PATH/image/{train,test}/<class>/, PATH/audio/...; see "
-                        "datasets/adapters/paired_folder.py) as dataset NAME (default: the folder name); repeatable")
-    p.add_argument("--paired-protocol", metavar="INITIAL,PER_STEP",
-                   help="protocol of the --paired-folder datasets that have no protocol.yaml, e.g. 4,3 (4 classes, then steps of 3)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="paired image+audio datasets: leave unreadable files out (listed in the store meta) instead of stopping "
-                        "(same as PAIRED_SKIP_BAD=1)")
-    p.add_argument("--keep-phase-checkpoints", action="store_true",
-                   help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.tools.cka)")
-    p.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS), help="how the cells run (default: local, in this process)")
+    p.add_argument(
+        "--audio-root",
+        action="append",
+        metavar="[DATASET=]DIR",
+        help="multi-label suite: read the wavs named in a dataset's phase files under DIR (re-roots absolute paths from "
+        "another machine; see README). Without DATASET= it applies to every multi-label dataset; repeatable",
+    )
+    p.add_argument(
+        "--paired-folder",
+        action="append",
+        metavar="PATH[=NAME]",
+        help="audio-visual suite: add a paired image+audio folder (PATH/image/{train,test}/<class>/, PATH/audio/...; see "
+        "datasets/adapters/paired_folder.py) as dataset NAME (default: the folder name); repeatable",
+    )
+    p.add_argument(
+        "--paired-protocol",
+        metavar="INITIAL,PER_STEP",
+        help="protocol of the --paired-folder datasets that have no protocol.yaml, e.g. 4,3 (4 classes, then steps of 3)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="paired image+audio datasets: leave unreadable files out (listed in the store meta) instead of stopping "
+        "(same as PAIRED_SKIP_BAD=1)",
+    )
+    p.add_argument(
+        "--keep-phase-checkpoints",
+        action="store_true",
+        help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.tools.cka)",
+    )
+    p.add_argument(
+        "--launcher",
+        default="local",
+        choices=sorted(LAUNCHERS),
+        help="how the cells run (default: local, in this process)",
+    )
     p.add_argument("--verbose", action="store_true", help="also show debug messages")
     return p.parse_args(argv)
 
@@ -112,10 +178,14 @@ def register_paired(args) -> None:
         if not (sep and path and name and "/" not in name):
             path, name = value, None
         if not Path(path).is_dir():
-            raise ConfigError(f"--paired-folder {path}: no such folder; give the folder that holds image/ and audio/ "
-                              f"(see README, 'Your own paired folder')")
+            raise ConfigError(
+                f"--paired-folder {path}: no such folder; give the folder that holds image/ and audio/ "
+                f"(see README, 'Your own paired folder')"
+            )
         if protocol is not None and (Path(path) / "protocol.yaml").is_file():
-            log.info("[note] %s is used; --paired-protocol applies only to folders without one", Path(path) / "protocol.yaml")
+            log.info(
+                "[note] %s is used; --paired-protocol applies only to folders without one", Path(path) / "protocol.yaml"
+            )
         register_paired_folder(Path(path), name, None if (Path(path) / "protocol.yaml").is_file() else protocol)
 
 
@@ -130,12 +200,16 @@ def list_everything(args) -> None:
     for name, a in sorted(dataset_registry().items()):
         status = a.availability(args.data_root)
         protocols = ", ".join(p.name for p in a.protocols())
-        print(f"  {name:16s} [{'present' if status.present else 'MISSING'}] {a.title}; suites {', '.join(a.suites)}; protocols {protocols}")
+        print(
+            f"  {name:16s} [{'present' if status.present else 'MISSING'}] {a.title}; suites {', '.join(a.suites)}; protocols {protocols}"
+        )
         if not status.present:
             print("      " + status.message.replace("\n", "\n      "))
     print("Methods:")
     for name, m in sorted(method_registry().items()):
-        print(f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}")
+        print(
+            f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}"
+        )
 
 
 log = logging.getLogger("run_all")
@@ -166,13 +240,22 @@ def run(args) -> int:
         args.data_root = Path(os.path.relpath(args.data_root))
     settings = parse_settings(args.settings)
     suites = [get_suite(name) for name in dict.fromkeys(args.suite)]
-    grids = {s.name: build_grid(s, args.data_root, args.datasets, args.methods, args.modalities, args.seeds) for s in suites}
+    grids = {
+        s.name: build_grid(s, args.data_root, args.datasets, args.methods, args.modalities, args.seeds) for s in suites
+    }
     # a --set key must belong to some method selected in any of the suites run together
-    check_settings(settings, [g.methods[m] for g in grids.values() for m in (args.methods or g.methods) if m in g.methods],
-                   [d for g in grids.values() for d in (args.datasets or g.datasets)])
+    check_settings(
+        settings,
+        [g.methods[m] for g in grids.values() for m in (args.methods or g.methods) if m in g.methods],
+        [d for g in grids.values() for d in (args.datasets or g.datasets)],
+    )
     device = pick_device(args.device)
-    overrides = {"epochs": args.epochs, "precision": args.precision, "random_encoders": True if args.random_encoders else None,
-                 SETTINGS_KEY: settings}
+    overrides = {
+        "epochs": args.epochs,
+        "precision": args.precision,
+        "random_encoders": True if args.random_encoders else None,
+        SETTINGS_KEY: settings,
+    }
     status, failed_any, outcomes = 0, False, {}
     for suite in suites:
         grid = grids[suite.name]
@@ -180,8 +263,15 @@ def run(args) -> int:
             log.info("[missing] %s: %s", name, message)
         for note in grid.not_applicable:
             log.info("[skipped] %s", note)
-        ctx = GridContext(suite, args.data_root, args.results_dir, device, progress=not args.no_progress, overrides=overrides,
-                          options={"keep_phase_checkpoints": args.keep_phase_checkpoints})
+        ctx = GridContext(
+            suite,
+            args.data_root,
+            args.results_dir,
+            device,
+            progress=not args.no_progress,
+            overrides=overrides,
+            options={"keep_phase_checkpoints": args.keep_phase_checkpoints},
+        )
         print(f"suite {suite.name}: {len(grid.cells)} cells on {device}")
         outcome = LAUNCHERS[args.launcher](grid.cells, grid.methods, ctx, dry_run=args.dry_run)
         if outcome.interrupted:
@@ -214,16 +304,31 @@ def render_leaderboard(args, outcomes: dict) -> None:
         if suite.name in outcomes:
             grid, outcome = outcomes[suite.name]
             gone = grid.missing
-            notes = [f"{len(outcome.failed)} cell(s) failed in the last run; see Failed cells."] if outcome.failed else []
+            notes = (
+                [f"{len(outcome.failed)} cell(s) failed in the last run; see Failed cells."] if outcome.failed else []
+            )
             notes += [f"Not applicable: {note}." for note in grid.not_applicable]
         else:
-            gone = {k: st.message for k, a in sorted(adapters.items())
-                    if suite.name in a.suites and not (st := a.availability(args.data_root)).present}
-        info[suite.name] = {"missing": gone, "missing_protocols": {k: [p.name for p in adapters[k].protocols()] for k in gone},
-                            "title": suite.description, "notes": notes, "reported": reported.get(suite.name, []),
-                            "kind": suite.kind.name}
-    render(args.results_dir, args.leaderboard_dir, info, titles={k: a.title for k, a in adapters.items()},
-           produced_by="python run_all.py --suite <suite>")
+            gone = {
+                k: st.message
+                for k, a in sorted(adapters.items())
+                if suite.name in a.suites and not (st := a.availability(args.data_root)).present
+            }
+        info[suite.name] = {
+            "missing": gone,
+            "missing_protocols": {k: [p.name for p in adapters[k].protocols()] for k in gone},
+            "title": suite.description,
+            "notes": notes,
+            "reported": reported.get(suite.name, []),
+            "kind": suite.kind.name,
+        }
+    render(
+        args.results_dir,
+        args.leaderboard_dir,
+        info,
+        titles={k: a.title for k, a in adapters.items()},
+        produced_by="python run_all.py --suite <suite>",
+    )
     log.info("leaderboard written to %s", args.leaderboard_dir)
 
 

@@ -4,6 +4,7 @@ A module of `datasets.adapters` that defines `ADAPTERS = [SomeAdapter(), ...]` r
 adding one module. (This package shadows the Hugging Face `datasets` library on purpose:
 the harness does not use it.)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,7 +40,9 @@ def register(adapter: DatasetAdapter) -> DatasetAdapter:
     """Add (or replace) a run-time adapter under `adapter.name`; a module adapter's name is refused."""
     _RUNTIME.pop(adapter.name, None)
     if adapter.name in registry():
-        raise ConfigError(f"dataset name {adapter.name!r} is taken by a built-in dataset; register the folder under another name (PATH=NAME)")
+        raise ConfigError(
+            f"dataset name {adapter.name!r} is taken by a built-in dataset; register the folder under another name (PATH=NAME)"
+        )
     _RUNTIME[adapter.name] = adapter
     return adapter
 
@@ -47,5 +50,7 @@ def register(adapter: DatasetAdapter) -> DatasetAdapter:
 def get_adapter(name: str) -> DatasetAdapter:
     adapters = registry()
     if name not in adapters:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(adapters))} (see `python run_all.py --list`)")
+        raise ConfigError(
+            f"unknown dataset {name!r}; known: {', '.join(sorted(adapters))} (see `python run_all.py --list`)"
+        )
     return adapters[name]

@@ -5,6 +5,7 @@ root (and, if not, exactly what to put where), and opens a `FeatureStore` holdin
 sample table (ids, labels, splits, class names) and the views the methods consume. Heavy
 views are computed once and cached; a second `open` is a cheap read of the store.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,7 +58,9 @@ class SampleTable:
         """
         n = len(self.ids)
         if not (len(self.labels) == len(self.splits) == n):
-            raise DatasetError(f"{source}: ids/labels/splits lengths differ ({n}, {len(self.labels)}, {len(self.splits)})")
+            raise DatasetError(
+                f"{source}: ids/labels/splits lengths differ ({n}, {len(self.labels)}, {len(self.splits)})"
+            )
         if len(set(self.ids)) != n:
             seen, dup = set(), None
             for i in self.ids:
@@ -71,7 +74,9 @@ class SampleTable:
             raise DatasetError(f"{source}: unknown split name(s) {bad}; use one of {SPLITS}")
         n_classes = len(self.class_names)
         if n and (self.labels.min() < 0 or self.labels.max() >= n_classes):
-            raise DatasetError(f"{source}: labels must lie in [0, {n_classes}); found {self.labels.min()}..{self.labels.max()}")
+            raise DatasetError(
+                f"{source}: labels must lie in [0, {n_classes}); found {self.labels.min()}..{self.labels.max()}"
+            )
         unknown = sorted(set(required_splits) - set(SPLITS))
         if unknown:
             raise ValueError(f"required_splits: unknown split name(s) {unknown}; use a subset of {SPLITS}")
@@ -91,8 +96,9 @@ class SampleTable:
         return h.hexdigest()
 
 
-def step_sizes(num_classes: int, per_step: int, initial: int | None = None, *, source: str = "protocol",
-               last_step: bool = False) -> tuple[int, ...]:
+def step_sizes(
+    num_classes: int, per_step: int, initial: int | None = None, *, source: str = "protocol", last_step: bool = False
+) -> tuple[int, ...]:
     """Classes per step: `initial` classes (default: `per_step`), then steps of `per_step`, covering `num_classes`.
 
     What is left after the last full step is an error naming `source`, or with `last_step` a smaller last
@@ -105,20 +111,23 @@ def step_sizes(num_classes: int, per_step: int, initial: int | None = None, *, s
             raise DatasetError(f"{source}: `{key}` must be a positive integer, got {v!r}")
     first = () if initial is None else (int(initial),)
     if initial is not None and initial > num_classes:
-        raise DatasetError(f"{source}: initial step of {initial} classes but the dataset has only {num_classes}; "
-                           "lower `initial`")
+        raise DatasetError(
+            f"{source}: initial step of {initial} classes but the dataset has only {num_classes}; lower `initial`"
+        )
     rest = num_classes - sum(first)
     steps, left = divmod(rest, int(per_step))
     if left and not last_step:
         if initial is None:
             raise DatasetError(
                 f"{source}: {num_classes} classes do not divide into steps of {per_step} (remainder {left}); "
-                f"give explicit classes per step or allow an explicit last step of {left}")
+                f"give explicit classes per step or allow an explicit last step of {left}"
+            )
         raise DatasetError(
             f"{source}: {num_classes} classes do not split into an initial step of {initial} and steps of {per_step}: "
             f"{rest} classes remain after the first step and {rest} is not a multiple of {per_step} (the last step "
             f"may not be partial); change `initial` or `per_step` so that {num_classes} - initial is a multiple of "
-            "per_step")
+            "per_step"
+        )
     return first + (int(per_step),) * steps + ((left,) if left else ())
 
 

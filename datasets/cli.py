@@ -4,6 +4,7 @@ handler, the way a command's body is run, and argument types.
 Library code logs through module loggers and never prints; a command installs `ConsoleHandler` once, so the
 library's info lines go to stdout and its warnings and errors to stderr, as message text only.
 """
+
 from __future__ import annotations
 
 import argparse

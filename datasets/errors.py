@@ -4,7 +4,9 @@
 file or argument and the fix) and exit with its `exit_code`; any other exception is a bug and
 keeps its traceback.
 """
+
 from __future__ import annotations
+
 
 class HarnessError(RuntimeError):
     """A problem the user can fix. The message names the file (or argument) and the fix."""

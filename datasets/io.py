@@ -1,4 +1,5 @@
 """Atomic writes, hashing and device choice: the small IO helpers every layer uses (one copy each)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -23,6 +23,7 @@ Every unreadable input (missing, truncated, corrupt, no stream) raises
 `datasets.base.DatasetError` naming the file and the fix; callers can pass their own
 `fix` text (e.g. "delete it, it is regenerated on the next run").
 """
+
 from __future__ import annotations
 
 import math
@@ -89,14 +90,18 @@ def write_clip(
             rate = Fraction(fps).limit_denominator(100_000)
             if video_codec == "libx264":
                 quality = {"qp": "0"} if lossless else {"crf": str(crf)}
-                vs = container.add_stream("libx264", rate=rate, options={**quality, "preset": "veryfast", "threads": "1"})
+                vs = container.add_stream(
+                    "libx264", rate=rate, options={**quality, "preset": "veryfast", "threads": "1"}
+                )
                 vs.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"  # 4:2:0 needs even sizes
             elif video_codec == "mpeg4" and not lossless:
                 vs = container.add_stream("mpeg4", rate=rate)
                 vs.pix_fmt = "yuv420p"
                 vs.bit_rate = max(200_000, int(h * w * float(rate) * 0.6))
             else:
-                raise ValueError(f"video_codec must be 'libx264' or 'mpeg4' (lossless: 'libx264' only), got {video_codec!r}")
+                raise ValueError(
+                    f"video_codec must be 'libx264' or 'mpeg4' (lossless: 'libx264' only), got {video_codec!r}"
+                )
             vs.width, vs.height = w, h
             a_stream = None
             if audio is not None:
@@ -113,7 +118,9 @@ def write_clip(
                 container.mux(vs.encode(vf))
             container.mux(vs.encode(None))
             if a_stream is not None:
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.clip(wave, -1, 1).T), format="fltp", layout=layout)
+                af = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(np.clip(wave, -1, 1).T), format="fltp", layout=layout
+                )
                 af.sample_rate = int(sample_rate)
                 af.pts = 0
                 container.mux(a_stream.encode(af))
@@ -256,7 +263,11 @@ def decode_video(
             raise _fail(path, "has no audio stream", fix)
         declared = _duration(container, vstream)
         wanted = {"video": 0} if astream is None else {"video": 0, "audio": 0}
-        rgb = (lambda f: f.to_ndarray(format="rgb24")) if size is None else (lambda f: f.to_ndarray(format="rgb24", width=size[1], height=size[0]))
+        rgb = (
+            (lambda f: f.to_ndarray(format="rgb24"))
+            if size is None
+            else (lambda f: f.to_ndarray(format="rgb24", width=size[1], height=size[0]))
+        )
 
         targets = sample_times(declared, num_frames, fps) if declared > 0 else None
         picked: list[np.ndarray] = []
@@ -293,7 +304,9 @@ def decode_video(
         else:
             frame_gap = 1.0 / float(vstream.average_rate) if vstream.average_rate else 0.0
             if last_t + frame_gap < 0.5 * declared:
-                raise _fail(path, f"truncated: the header says {declared:.2f} s of video but frames stop at {last_t:.2f} s", fix)
+                raise _fail(
+                    path, f"truncated: the header says {declared:.2f} s of video but frames stop at {last_t:.2f} s", fix
+                )
             while len(picked) < len(targets):
                 if prev_arr is None:
                     prev_arr = rgb(prev)
@@ -338,7 +351,9 @@ def wav_truncation(path: Path) -> str | None:
             if chunk_id == b"data":
                 streaming = chunk_size in (0, 0xFFFFFFFF)  # written without knowing the length: nothing to check
                 if not streaming and pos + 8 + chunk_size > size:
-                    return f"truncated: its data chunk declares {chunk_size} bytes but only {size - pos - 8} are present"
+                    return (
+                        f"truncated: its data chunk declares {chunk_size} bytes but only {size - pos - 8} are present"
+                    )
                 return None
             pos += 8 + chunk_size + (chunk_size & 1)
     return None
@@ -364,7 +379,9 @@ def read_samples(path: Path, fix: str | None = None, where: str = "") -> tuple[n
     return data, int(rate)
 
 
-def read_audio(path: Path, sample_rate: int = 16000, duration: float | None = None, fix: str | None = None) -> np.ndarray:
+def read_audio(
+    path: Path, sample_rate: int = 16000, duration: float | None = None, fix: str | None = None
+) -> np.ndarray:
     """Read an audio file as mono float32 at `sample_rate`."""
     data, rate = read_samples(path, fix)
     return mix_resample(data, rate, sample_rate, duration)

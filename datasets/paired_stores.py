@@ -7,6 +7,7 @@ features store `<name>-features-<hash>` next to it, which adds the views `audio`
 the raw views. The adapters find the features store here (`features_store_path`) without importing the
 extraction; the extraction writes it where this module looks.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,11 @@ def image_view(store: FeatureStore) -> str:
     for name in (RAW_IMAGE_VIEW, *LEGACY_IMAGE_VIEWS):
         if name in store.views:
             return name
-    raise DatasetError(f"{store.path}: no raw image view ({RAW_IMAGE_VIEW!r}) in this store (views "
-                       f"{sorted(store.views)}); "
-                       "it is not a paired image + audio store")
+    raise DatasetError(
+        f"{store.path}: no raw image view ({RAW_IMAGE_VIEW!r}) in this store (views "
+        f"{sorted(store.views)}); "
+        "it is not a paired image + audio store"
+    )
 
 
 def raw_store_of(store: FeatureStore) -> FeatureStore:
@@ -47,8 +50,9 @@ def raw_store_of(store: FeatureStore) -> FeatureStore:
         return store
     path = Path(os.path.normpath(store.path / rel))
     if not (path / "manifest.json").is_file():
-        raise DatasetError(f"{store.path}: derived from the raw store {path}, which is missing; open the dataset "
-                           "again to rebuild it")
+        raise DatasetError(
+            f"{store.path}: derived from the raw store {path}, which is missing; open the dataset again to rebuild it"
+        )
     return FeatureStore(path)
 
 

@@ -14,6 +14,7 @@ its own `waveform` view aligned with its rows: identity pairing). meta["pairing"
 Evaluation and feature extraction use the canonical pairing (seed 0, epoch 0), so every method sees
 the same pairs. Used by the paired adapters, the extraction commands and the image + audio + text methods.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,32 +58,40 @@ class AudioPairing:
         meta = store.meta
         bank = meta.get("audio_bank")
         if bank is None:
-            raise DatasetError(f"{store.path}: the store names no audio bank (meta 'audio_bank'); it is not a paired "
-                               "image+audio store")
+            raise DatasetError(
+                f"{store.path}: the store names no audio bank (meta 'audio_bank'); it is not a paired image+audio store"
+            )
         if bank == "self":
             self.bank, self.mode = store, "self"
             if "waveform" not in store.views:
-                raise DatasetError(f"{store.path}: meta says audio_bank 'self' but the store has no `waveform` view; "
-                                   "delete the store and rebuild it")
+                raise DatasetError(
+                    f"{store.path}: meta says audio_bank 'self' but the store has no `waveform` view; "
+                    "delete the store and rebuild it"
+                )
             return
         path = store.path.parent / bank
         if not (path / "manifest.json").is_file():
-            raise DatasetError(f"{path}: the audio clip bank of {store.path} is missing; delete {store.path} and open "
-                               "the dataset again to rebuild both")
+            raise DatasetError(
+                f"{path}: the audio clip bank of {store.path} is missing; delete {store.path} and open "
+                "the dataset again to rebuild both"
+            )
         self.bank = FeatureStore(path)
         self.mode = meta.get("pairing")
         n = len(store)
         if self.mode == "fixed":
             self._fixed = np.asarray(store.array("audio_clip"), dtype=np.int64)
             if n and (self._fixed.min() < 0 or self._fixed.max() >= len(self.bank)):
-                raise DatasetError(f"{store.path}: `audio_clip` points outside the bank {path}; delete both stores "
-                                   "and rebuild")
+                raise DatasetError(
+                    f"{store.path}: `audio_clip` points outside the bank {path}; delete both stores and rebuild"
+                )
         elif self.mode == "class":
             self._start, self._count, self._flat, self.fallback_rows = self._candidates(
-                store.labels, store.splits, self.bank.labels, self.bank.splits, len(store.class_names))
+                store.labels, store.splits, self.bank.labels, self.bank.splits, len(store.class_names)
+            )
         else:
-            raise DatasetError(f"{store.path}: unknown pairing {self.mode!r} in meta (expected 'fixed', 'class' or "
-                               "audio_bank 'self')")
+            raise DatasetError(
+                f"{store.path}: unknown pairing {self.mode!r} in meta (expected 'fixed', 'class' or audio_bank 'self')"
+            )
 
     @staticmethod
     def _candidates(labels, splits, bank_labels, bank_splits, n_classes: int):

@@ -23,6 +23,7 @@ is resumable: the writer records how many rows of each view are filled (`progres
 replaced atomically after each batch) and a new writer over the same partial directory
 continues from there.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ import torch
 
 from datasets.base import SPLITS, SampleTable
 from datasets.errors import DatasetError
-from datasets.io import atomic_write_bytes, atomic_write_text, config_hash
+from datasets.io import atomic_write_text, config_hash
 
 FORMAT_VERSION = 1
 
@@ -55,7 +56,7 @@ class ViewSpec:
 _LINKS_OPENING = threading.local()  # store directories whose links are being resolved (cycle guard)
 
 
-def _link_spec(target: "FeatureStore", view: str, base: Path) -> dict:
+def _link_spec(target: FeatureStore, view: str, base: Path) -> dict:
     """Manifest entry of a view linked to `target`'s `view` (itself resolved if it is a link)."""
     if view not in target.views:
         raise DatasetError(f"{target.path}: has no view {view!r} to link to; it has {sorted(target.views)}")
@@ -98,10 +99,14 @@ class FeatureStore:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise DatasetError(f"{manifest_path}: not a feature store (no manifest); rebuild it by re-running the import/extraction")
+            raise DatasetError(
+                f"{manifest_path}: not a feature store (no manifest); rebuild it by re-running the import/extraction"
+            )
         self.manifest = _read_json(manifest_path)
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise DatasetError(f"{manifest_path}: store format {self.manifest.get('format_version')} != {FORMAT_VERSION}; delete the store and rebuild it")
+            raise DatasetError(
+                f"{manifest_path}: store format {self.manifest.get('format_version')} != {FORMAT_VERSION}; delete the store and rebuild it"
+            )
         self.dataset: str = self.manifest["dataset"]
         self.class_names: list[str] = self.manifest["class_names"]
         self.meta: dict = self.manifest.get("meta", {})
@@ -112,17 +117,24 @@ class FeatureStore:
         #: linked views: name -> (target store directory, target view name); see the module docstring
         self.links: dict[str, tuple[Path, str]] = {
             k: (Path(os.path.normpath(self.path / v["link"]["store"])), v["link"]["view"])
-            for k, v in self.manifest["views"].items() if v.get("link")
+            for k, v in self.manifest["views"].items()
+            if v.get("link")
         }
         self._arrays: dict[str, np.ndarray] = {}
         self._table_digest: str | None = None
         for name, spec in self.views.items():
             arr = self.array(name)
             if arr.shape != (len(self.ids), *spec.shape):
-                where = (f"{self.path}: view {name!r} linked to {self.links[name][0]} view {self.links[name][1]!r}"
-                         if name in self.links else str(self.path / "views" / (name + ".npy")))
-                fix = (f"the linked store was rebuilt differently; delete {self.path} and derive it again" if name in self.links
-                       else "the store is corrupt, delete it and rebuild")
+                where = (
+                    f"{self.path}: view {name!r} linked to {self.links[name][0]} view {self.links[name][1]!r}"
+                    if name in self.links
+                    else str(self.path / "views" / (name + ".npy"))
+                )
+                fix = (
+                    f"the linked store was rebuilt differently; delete {self.path} and derive it again"
+                    if name in self.links
+                    else "the store is corrupt, delete it and rebuild"
+                )
                 raise DatasetError(f"{where}: shape {arr.shape} != expected {(len(self.ids), *spec.shape)}; {fix}")
 
     def __len__(self) -> int:
@@ -142,14 +154,18 @@ class FeatureStore:
     def _linked_array(self, view: str) -> np.ndarray:
         target_path, target_view = self.links[view]
         if not (target_path / "manifest.json").is_file():
-            raise DatasetError(f"{self.path}: view {view!r} is linked to the store {target_path}, which is missing or incomplete; "
-                               f"restore or rebuild {target_path}, or delete {self.path} and derive it again")
+            raise DatasetError(
+                f"{self.path}: view {view!r} is linked to the store {target_path}, which is missing or incomplete; "
+                f"restore or rebuild {target_path}, or delete {self.path} and derive it again"
+            )
         opening = getattr(_LINKS_OPENING, "paths", None)
         if opening is None:
             opening = _LINKS_OPENING.paths = set()
         key = str(self.path.resolve())
         if key in opening:
-            raise DatasetError(f"{self.path}: linked views form a cycle through {target_path}; delete the derived store and rebuild it")
+            raise DatasetError(
+                f"{self.path}: linked views form a cycle through {target_path}; delete the derived store and rebuild it"
+            )
         opening.add(key)
         try:
             target = FeatureStore(target_path)
@@ -158,8 +174,10 @@ class FeatureStore:
         if target.table_digest != self.table_digest:
             raise link_mismatch_error(self.path, target_path, view)
         if target_view not in target.views:
-            raise DatasetError(f"{self.path}: view {view!r} is linked to view {target_view!r} of {target_path}, which has no such view "
-                               f"(it has {sorted(target.views)}); delete {self.path} and derive it again")
+            raise DatasetError(
+                f"{self.path}: view {view!r} is linked to view {target_view!r} of {target_path}, which has no such view "
+                f"(it has {sorted(target.views)}); delete {self.path} and derive it again"
+            )
         return target.array(target_view)
 
     def array(self, view: str) -> np.ndarray:
@@ -200,8 +218,16 @@ class FeatureStore:
 class StoreWriter:
     """Write side: fill views in row batches, resumably, then publish atomically."""
 
-    def __init__(self, path: Path, table: SampleTable, views: list[ViewSpec], meta: dict, source: str,
-                 required_splits: tuple[str, ...] = SPLITS, links: dict | None = None):
+    def __init__(
+        self,
+        path: Path,
+        table: SampleTable,
+        views: list[ViewSpec],
+        meta: dict,
+        source: str,
+        required_splits: tuple[str, ...] = SPLITS,
+        links: dict | None = None,
+    ):
         """`links` {view: (store directory or FeatureStore, its view name)}: views this store exposes
         from another store over the same sample table, without copying (see the module docstring)."""
         if required_splits == SPLITS:
@@ -222,7 +248,8 @@ class StoreWriter:
                 raise DatasetError(
                     f"cannot link view {name!r} of {self.final} to {target.path}: the two stores hold different sample tables "
                     f"(table digests differ); derive {self.final.name} from the current {target.path.name} (same ids, labels, "
-                    "splits and classes)")
+                    "splits and classes)"
+                )
             self.links[name] = _link_spec(target, target_view, self.final)
             self.linked_views[name] = ViewSpec(name, target.views[target_view].shape, target.views[target_view].dtype)
         spec = {
@@ -243,7 +270,9 @@ class StoreWriter:
             (self.partial / "views").mkdir(parents=True)
             n = len(table.ids)
             for v in self.views.values():
-                np.lib.format.open_memmap(self.partial / "views" / f"{v.name}.npy", mode="w+", dtype=v.dtype, shape=(n, *v.shape)).flush()
+                np.lib.format.open_memmap(
+                    self.partial / "views" / f"{v.name}.npy", mode="w+", dtype=v.dtype, shape=(n, *v.shape)
+                ).flush()
             atomic_write_text(self.partial / "progress.json", json.dumps({k: 0 for k in self.views}))
             atomic_write_text(spec_path, json.dumps(spec, default=str))
         self.filled: dict[str, int] = json.loads((self.partial / "progress.json").read_text())
@@ -287,8 +316,10 @@ class StoreWriter:
             "dataset": self.meta.get("dataset", self.final.name),
             "fingerprint": self.fingerprint,
             "class_names": self.table.class_names,
-            "views": {**{k: v.to_json() for k, v in self.views.items()},
-                      **{k: {**v.to_json(), "link": self.links[k]} for k, v in self.linked_views.items()}},
+            "views": {
+                **{k: v.to_json() for k, v in self.views.items()},
+                **{k: {**v.to_json(), "link": self.links[k]} for k, v in self.linked_views.items()},
+            },
             "meta": self.meta,
         }
         atomic_write_text(self.partial / "manifest.json", json.dumps(manifest, indent=1, default=str))

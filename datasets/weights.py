@@ -17,6 +17,7 @@ the checkpoint expected, every unexpected key, missing key and shape mismatch, a
 is the record of a load: {file, sha256 (first 16 hex digits), loaded, missing, unexpected}.
 `checkpoint_record` is the full-sha256 record a feature store's meta keeps of its checkpoints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ from datasets.io import config_hash, file_sha256
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints in OpenAI's TorchScript files
 WRAPPER_KEYS = ("model", "state_dict")  # training-checkpoint wrappers around the state dict
-RESAVE = ("re-save only its state dict of tensors (torch.save(ckpt['model'], 'weights.pth')) in a session that "
-          "trusts the file")
+RESAVE = (
+    "re-save only its state dict of tensors (torch.save(ckpt['model'], 'weights.pth')) in a session that "
+    "trusts the file"
+)
 
 
 # ----------------------------------------------------------------------------- files
@@ -67,8 +70,14 @@ def load_report(path: Path, loaded: int, missing, unexpected, files: list[Path] 
     missing, unexpected, **extra}."""
     path = Path(path)
     digest = checkpoint_sha256(path)[:16] if path.is_file() else config_hash(checkpoint_record(path, files)["sha256"])
-    return {"file": str(path), "sha256": digest, "loaded": int(loaded), "missing": sorted(missing),
-            "unexpected": sorted(unexpected), **extra}
+    return {
+        "file": str(path),
+        "sha256": digest,
+        "loaded": int(loaded),
+        "missing": sorted(missing),
+        "unexpected": sorted(unexpected),
+        **extra,
+    }
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -104,12 +113,15 @@ def _tensors(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj:
         got = f"an empty {type(obj).__name__}" if isinstance(obj, dict) else type(obj).__name__
-        raise WeightsError(f"{path}: not a {what} state dict: expected a mapping of names to tensors (optionally under "
-                           f"{' or '.join(repr(k) for k in WRAPPER_KEYS)}), got {got}; pass the {what} checkpoint file")
+        raise WeightsError(
+            f"{path}: not a {what} state dict: expected a mapping of names to tensors (optionally under "
+            f"{' or '.join(repr(k) for k in WRAPPER_KEYS)}), got {got}; pass the {what} checkpoint file"
+        )
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise WeightsError(f"{path}: not a {what} state dict of tensors (non-tensor entries: {short_list(bad, 8)}); "
-                           f"{RESAVE}")
+        raise WeightsError(
+            f"{path}: not a {what} state dict of tensors (non-tensor entries: {short_list(bad, 8)}); {RESAVE}"
+        )
     return dict(obj)
 
 
@@ -128,11 +140,14 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
         except WeightsError:
             raise
         except Exception as e:
-            raise WeightsError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e}); "
-                               "download it again") from e
+            raise WeightsError(
+                f"{path}: unreadable safetensors file ({type(e).__name__}: {e}); download it again"
+            ) from e
     if is_torchscript_archive(path):
-        raise WeightsError(f"{path}: is a TorchScript archive (an OpenAI CLIP .pt), not the {what} state dict expected "
-                           "here; pass it as the CLIP checkpoint (--clip-ckpt / clip_ckpt), or the right file here")
+        raise WeightsError(
+            f"{path}: is a TorchScript archive (an OpenAI CLIP .pt), not the {what} state dict expected "
+            "here; pass it as the CLIP checkpoint (--clip-ckpt / clip_ckpt), or the right file here"
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -143,8 +158,10 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
                 f"(torch.load(weights_only=True) failed: {_reason(e)}). Re-save it as a plain state dict of tensors "
                 "(torch.save({name: tensor}, path)) in a session that trusts the file."
             ) from e
-        raise WeightsError(f"{path}: cannot load the {what} checkpoint with torch.load(weights_only=True) "
-                           f"({_reason(e)}); it is not a torch checkpoint or it is truncated: download it again") from e
+        raise WeightsError(
+            f"{path}: cannot load the {what} checkpoint with torch.load(weights_only=True) "
+            f"({_reason(e)}); it is not a torch checkpoint or it is truncated: download it again"
+        ) from e
     except Exception as e:  # truncated zip, not a torch file, ...
         raise WeightsError(
             f"{path}: cannot load the {what} checkpoint with torch.load(weights_only=True) ({type(e).__name__}: "
@@ -162,13 +179,16 @@ def read_torchscript_state_dict(path: Path, what: str, fix: str) -> dict[str, to
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # RuntimeError for a non-TorchScript file, truncated archives, ...
         first = str(e).splitlines()[0] if str(e) else ""
-        raise WeightsError(f"{path}: not a TorchScript archive ({type(e).__name__}: {first}); {fix}; if the file is "
-                           "truncated, download it again") from e
+        raise WeightsError(
+            f"{path}: not a TorchScript archive ({type(e).__name__}: {first}); {fix}; if the file is "
+            "truncated, download it again"
+        ) from e
     return dict(module.state_dict())
 
 
-def read_openai_clip(path: Path, plain: bool = True,
-                     fix: str = "pass OpenAI's CLIP .pt file") -> dict[str, torch.Tensor]:
+def read_openai_clip(
+    path: Path, plain: bool = True, fix: str = "pass OpenAI's CLIP .pt file"
+) -> dict[str, torch.Tensor]:
     """An OpenAI CLIP checkpoint without its int entries: the TorchScript archive as released, or (with
     `plain`) a plain state dict of the same tensors."""
     path = require_file(path, "CLIP", fix)
@@ -196,8 +216,9 @@ def short_list(keys, n: int = 12) -> str:
     return f"{keys[:n]}{f' (+{len(keys) - n} more)' if len(keys) > n else ''}"
 
 
-def check_keys(own: dict, sd: dict, path: Path, what: str, fix: str = "", allow_missing=None,
-               allow_unexpected=None) -> tuple[list[str], list[str]]:
+def check_keys(
+    own: dict, sd: dict, path: Path, what: str, fix: str = "", allow_missing=None, allow_unexpected=None
+) -> tuple[list[str], list[str]]:
     """(missing, unexpected) keys of state dict `sd` against the model's `own`, after raising one WeightsError
     naming the file, the checkpoint expected (`what`), every unexpected key, missing key and shape mismatch that
     `allow_unexpected` / `allow_missing` (key -> bool) do not accept, and `fix` (which file to pass instead)."""
@@ -205,8 +226,11 @@ def check_keys(own: dict, sd: dict, path: Path, what: str, fix: str = "", allow_
     missing = sorted(k for k in own if k not in sd)
     bad_unexpected = [k for k in unexpected if not (allow_unexpected and allow_unexpected(k))]
     bad_missing = [k for k in missing if not (allow_missing and allow_missing(k))]
-    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    mismatched = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     if bad_unexpected or bad_missing or mismatched:
         parts = [f"{path}: does not fit {what}"]
         if bad_unexpected:

@@ -5,6 +5,7 @@ A method folder `methods/<name>/` holds `__init__.py` (defining `METHODS = [<spe
 adding a folder. Folders whose name starts with `_` hold code shared by a family of methods
 (`_avcil`: the AV-CIL network and losses; `_cnn14`: the multi-label CNN14) and are not methods.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,5 +32,7 @@ def registry(suite: str | None = None) -> dict[str, MethodSpec]:
 def get_method(name: str) -> MethodSpec:
     methods = registry()
     if name not in methods:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(methods))} (see `python run_all.py --list`)")
+        raise ConfigError(
+            f"unknown method {name!r}; known: {', '.join(sorted(methods))} (see `python run_all.py --list`)"
+        )
     return methods[name]

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny in-memory-sized feature store with class-clustered features."""
+
 import numpy as np
 import pytest
 
@@ -29,7 +30,13 @@ def make_toy_store(path, n_classes=6, per_split=(12, 4, 4), audio_dim=8, grid=(2
     labels = np.array(labels)
     audio = audio_centres[labels] + rng.normal(size=(len(ids), audio_dim))
     visual = visual_centres[labels][:, None, None, :] + rng.normal(size=(len(ids), *grid))
-    w = StoreWriter(path, table, [ViewSpec("audio", (audio_dim,)), ViewSpec("visual", tuple(grid))], {"dataset": "toy", "pretrained": False}, "toy")
+    w = StoreWriter(
+        path,
+        table,
+        [ViewSpec("audio", (audio_dim,)), ViewSpec("visual", tuple(grid))],
+        {"dataset": "toy", "pretrained": False},
+        "toy",
+    )
     w.write("audio", 0, audio)
     w.write("visual", 0, visual)
     return w.finalize()
@@ -108,7 +115,9 @@ def toy_registry(monkeypatch):
     return adapters
 
 
-def make_toy_paired_store(path, n_classes=6, per_split=(8, 2, 4), image_size=64, sample_rate=16000, seconds=0.5, seed=0):
+def make_toy_paired_store(
+    path, n_classes=6, per_split=(8, 2, 4), image_size=64, sample_rate=16000, seconds=0.5, seed=0
+):
     """A paired image+audio store like SynthAV's raw views: colour-coded images, class-pitched tones,
     its own aligned `waveform` view (audio_bank "self")."""
     rng = np.random.default_rng(seed)
@@ -118,10 +127,20 @@ def make_toy_paired_store(path, n_classes=6, per_split=(8, 2, 4), image_size=64,
     images = colours[labels] + 0.5 * rng.normal(size=(len(ids), 3, image_size, image_size))
     t = np.arange(int(sample_rate * seconds)) / sample_rate
     waves = 0.3 * np.sin(2 * np.pi * (200 + 150 * labels[:, None]) * t) + 0.05 * rng.normal(size=(len(ids), len(t)))
-    meta = {"dataset": "toy_paired", "pretrained": False, "audio_bank": "self", "pairing": "self", "sample_rate": sample_rate,
-            "clip_samples": len(t), "image_size": image_size, "prompt_template": "a toy video of {}.",
-            "class_prompt_names": [f"toy class {c}" for c in range(n_classes)]}
-    w = StoreWriter(path, table, [ViewSpec("clip_image", (3, image_size, image_size)), ViewSpec("waveform", (len(t),))], meta, "toy")
+    meta = {
+        "dataset": "toy_paired",
+        "pretrained": False,
+        "audio_bank": "self",
+        "pairing": "self",
+        "sample_rate": sample_rate,
+        "clip_samples": len(t),
+        "image_size": image_size,
+        "prompt_template": "a toy video of {}.",
+        "class_prompt_names": [f"toy class {c}" for c in range(n_classes)],
+    }
+    w = StoreWriter(
+        path, table, [ViewSpec("clip_image", (3, image_size, image_size)), ViewSpec("waveform", (len(t),))], meta, "toy"
+    )
     w.write("clip_image", 0, images)
     w.write("waveform", 0, waves)
     return w.finalize()

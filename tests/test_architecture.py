@@ -6,6 +6,7 @@
   the report reads records only (no suites, runner or methods);
 - no module imports a private (leading underscore) name from another module.
 """
+
 from __future__ import annotations
 
 import ast
@@ -126,8 +127,14 @@ def test_no_package_cycles():
 # (importer prefix, forbidden import prefixes): the direction of the layers
 LAYERS = [
     ("datasets", ("benchmarks", "methods", "run_all")),
-    ("benchmarks.core", ("benchmarks.suites", "benchmarks.run", "benchmarks.report", "benchmarks.tools", "methods", "run_all")),
-    ("benchmarks.metrics", ("benchmarks.core", "benchmarks.suites", "benchmarks.run", "benchmarks.report", "methods", "datasets")),
+    (
+        "benchmarks.core",
+        ("benchmarks.suites", "benchmarks.run", "benchmarks.report", "benchmarks.tools", "methods", "run_all"),
+    ),
+    (
+        "benchmarks.metrics",
+        ("benchmarks.core", "benchmarks.suites", "benchmarks.run", "benchmarks.report", "methods", "datasets"),
+    ),
     ("benchmarks.suites", ("benchmarks.run", "benchmarks.report", "benchmarks.tools", "methods", "run_all")),
     ("methods", ("benchmarks.run", "benchmarks.report", "benchmarks.tools", "run_all")),
     ("benchmarks.report", ("benchmarks.suites", "benchmarks.run", "benchmarks.tools", "methods", "run_all")),
@@ -163,8 +170,12 @@ def test_no_private_name_is_imported_from_another_module():
 def test_every_module_imports_in_a_fresh_interpreter():
     """Each module is imported first by name in one new interpreter (an import cycle that breaks at import time, or a
     module that only works after another was imported, fails here with the module's name)."""
-    code = ("import importlib, sys, traceback\nbad = []\nfor name in sys.argv[1:]:\n    try:\n"
-            "        importlib.import_module(name)\n    except Exception as e:\n        bad.append(f'{name}: {e!r}')\n"
-            "print('\\n'.join(bad))\nsys.exit(1 if bad else 0)\n")
-    proc = subprocess.run([sys.executable, "-c", code, *sorted(MODULES)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    code = (
+        "import importlib, sys, traceback\nbad = []\nfor name in sys.argv[1:]:\n    try:\n"
+        "        importlib.import_module(name)\n    except Exception as e:\n        bad.append(f'{name}: {e!r}')\n"
+        "print('\\n'.join(bad))\nsys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *sorted(MODULES)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

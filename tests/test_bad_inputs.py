@@ -25,7 +25,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import pickle
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass

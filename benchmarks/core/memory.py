@@ -1,4 +1,5 @@
 """Exemplar selection on cached features. Memories hold store rows, never copies of data."""
+
 from __future__ import annotations
 
 import torch

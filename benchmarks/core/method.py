@@ -17,15 +17,17 @@ Checked before training: every `--set` key exists in some selected method's conf
 (`check_settings`), and every key the strategy and model builder read with `cfg["key"]` is in
 the resolved config (`check_config`).
 """
+
 from __future__ import annotations
 
 import ast
 import functools
 import inspect
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable
+from typing import ClassVar
 
 import yaml
 
@@ -91,10 +93,18 @@ class MethodSpec:
     def build(self, *, modality: str, store, stream, cfg: dict, device, seed: int, progress: bool = True):
         """The strategy of one cell (the one place a strategy is constructed)."""
         if modality not in self.modalities:
-            raise ConfigError(f"method {self.name} does not support modality {modality} (supports {', '.join(self.modalities)})")
+            raise ConfigError(
+                f"method {self.name} does not support modality {modality} (supports {', '.join(self.modalities)})"
+            )
         return self.strategy(
             model_factory=lambda n: self.model_builder(modality, store, n, cfg),
-            store=store, stream=stream, modality=modality, config=cfg, device=device, seed=seed, progress=progress,
+            store=store,
+            stream=stream,
+            modality=modality,
+            config=cfg,
+            device=device,
+            seed=seed,
+            progress=progress,
             views=self.required_views(modality, cfg),
         )
 
@@ -118,8 +128,10 @@ def check_settings(settings: dict, specs: Iterable[MethodSpec], datasets: Iterab
     unknown = sorted(set(settings) - valid)
     if unknown:
         names = ", ".join(sorted(s.name for s in specs)) or "none"
-        raise ConfigError(f"--set {', '.join(unknown)}: no selected method ({names}) has such a config key; valid keys: "
-                          f"{', '.join(sorted(valid)) or 'none'}")
+        raise ConfigError(
+            f"--set {', '.join(unknown)}: no selected method ({names}) has such a config key; valid keys: "
+            f"{', '.join(sorted(valid)) or 'none'}"
+        )
 
 
 # ---------------------------------------------------------------------- keys a method reads
@@ -133,14 +145,18 @@ def _project_code(obj) -> bool:
     return source is not None and Path(source).resolve().is_relative_to(REPOSITORY)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _subscripted_keys(module_name: str) -> frozenset[str]:
     """Constant keys read as `cfg["key"]`, `self.cfg["key"]` or `config["key"]` anywhere in a module (a read
     with a default, `cfg.get(...)`, is optional and not listed)."""
     tree = ast.parse(inspect.getsource(sys.modules[module_name]))
     keys = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
             target = node.value
             name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
             if name in ("cfg", "config") and isinstance(node.ctx, ast.Load):

@@ -5,6 +5,7 @@ must equal the number of classes in the order. `Protocol.uniform` builds the com
 `T x k` case and refuses a non-divisible count unless told to put the remainder in an
 explicit last step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ class Protocol:
 
     def __post_init__(self) -> None:
         if any(k <= 0 for k in self.classes_per_step):
-            raise DatasetError(f"protocol {self.name}: every step needs at least one class, got {list(self.classes_per_step)}")
+            raise DatasetError(
+                f"protocol {self.name}: every step needs at least one class, got {list(self.classes_per_step)}"
+            )
         if sum(self.classes_per_step) != len(self.class_order):
             raise DatasetError(
                 f"protocol {self.name}: steps {list(self.classes_per_step)} cover {sum(self.classes_per_step)} classes "
@@ -54,11 +57,17 @@ class Protocol:
         return [t for t, k in enumerate(self.classes_per_step) for _ in range(k)]
 
     def to_json(self) -> dict:
-        return {"name": self.name, "class_order": list(self.class_order), "classes_per_step": list(self.classes_per_step), "memory": self.memory}
+        return {
+            "name": self.name,
+            "class_order": list(self.class_order),
+            "classes_per_step": list(self.classes_per_step),
+            "memory": self.memory,
+        }
 
     @classmethod
-    def uniform(cls, name: str, num_classes: int, per_step: int, memory: int = 0, class_order=None,
-                remainder: str = "error") -> Protocol:
+    def uniform(
+        cls, name: str, num_classes: int, per_step: int, memory: int = 0, class_order=None, remainder: str = "error"
+    ) -> Protocol:
         """`num_classes // per_step` steps of `per_step`; a remainder is an error or (remainder='last-step') its own
         last step (datasets.base.step_sizes, the rule the paired folders' protocol.yaml uses too)."""
         sizes = step_sizes(num_classes, per_step, source=f"protocol {name}", last_step=remainder == "last-step")
@@ -66,6 +75,6 @@ class Protocol:
         return cls(name, order, sizes, memory)
 
     @classmethod
-    def from_spec(cls, spec: ProtocolSpec, num_classes: int) -> "Protocol":
+    def from_spec(cls, spec: ProtocolSpec, num_classes: int) -> Protocol:
         order = spec.class_order if spec.class_order is not None else tuple(range(num_classes))
         return cls(spec.name, tuple(order), tuple(spec.classes_per_step), spec.memory)

@@ -22,6 +22,7 @@ Schema (version 1):
     seeds: {train_seed}
     created: ISO time
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ from datasets.io import atomic_write_text
 SCHEMA = 1
 
 
-def record_path(results_dir: Path, suite: str, dataset: str, protocol: str, method: str, modality: str, seed: int) -> Path:
+def record_path(
+    results_dir: Path, suite: str, dataset: str, protocol: str, method: str, modality: str, seed: int
+) -> Path:
     return Path(results_dir) / suite / dataset / protocol / method / modality / f"seed{seed}.json"
 
 

@@ -11,6 +11,7 @@ Avalanche 0.6.0 pitfalls handled here (see ../shared/reference/cil_toolboxes.md 
 - stock strategies/plugins need task labels: datasets are task-aware with task label 0.
 - labels must be contiguous from 0: targets are class-order positions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,7 +107,9 @@ def build_stream(store: FeatureStore, protocol: Protocol) -> CILStream:
         counts = np.bincount(targets, minlength=protocol.num_classes)
         if (counts == 0).any():
             empty = [store.class_names[protocol.class_order[p]] for p in np.flatnonzero(counts == 0)]
-            raise DatasetError(f"{store.path}: class(es) {empty} have no {split} samples; every class in the protocol needs train, val and test samples")
+            raise DatasetError(
+                f"{store.path}: class(es) {empty} have no {split} samples; every class in the protocol needs train, val and test samples"
+            )
         split_sets[split] = _make_taskaware_classification_dataset(IdDataset(rows, targets), task_labels=0)
     bm = class_incremental_benchmark(
         split_sets, class_order=list(range(protocol.num_classes)), num_classes_per_exp=list(protocol.classes_per_step)

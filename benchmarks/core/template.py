@@ -18,6 +18,7 @@ layer makes once the things avalanche-lib 0.6.0 gets wrong for this harness
   with torch.save and read back with `weights_only=True` (avalanche's own
   `save_checkpoint` pickles the whole strategy and fails under current dill).
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,7 +59,17 @@ class IndexBatches:
     reshuffles.
     """
 
-    def __init__(self, rows, targets, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator, device, exemplars: "IndexBatches | None" = None):
+    def __init__(
+        self,
+        rows,
+        targets,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        generator: torch.Generator,
+        device,
+        exemplars: IndexBatches | None = None,
+    ):
         self.rows, self.targets = rows.to(device), targets.to(device)
         self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
         self.exemplars = exemplars
@@ -71,7 +82,11 @@ class IndexBatches:
 
     def __iter__(self):
         n = len(self.rows)
-        order = torch.randperm(n, generator=self.generator).to(self.rows.device) if self.shuffle else torch.arange(n, device=self.rows.device)
+        order = (
+            torch.randperm(n, generator=self.generator).to(self.rows.device)
+            if self.shuffle
+            else torch.arange(n, device=self.rows.device)
+        )
         replay = itertools.cycle(list(self.exemplars)) if self.exemplars is not None else None
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -119,8 +134,21 @@ class HarnessTemplate(SupervisedTemplate):
     history: list[dict]  # one entry per finished step, kept in the record
     precision: str  # "fp32" or "bf16" (autocast with fp32 master weights)
 
-    def __init__(self, *, model_factory, store: FeatureStore, stream, modality: str, config: dict, device, seed: int,
-                 views, criterion, plugins=None, progress: bool = True):
+    def __init__(
+        self,
+        *,
+        model_factory,
+        store: FeatureStore,
+        stream,
+        modality: str,
+        config: dict,
+        device,
+        seed: int,
+        views,
+        criterion,
+        plugins=None,
+        progress: bool = True,
+    ):
         self.model_factory = model_factory
         model = model_factory(stream.protocol.classes_per_step[0])
         self.store, self.stream, self.modality, self.cfg, self.seed = store, stream, modality, config, seed
@@ -164,8 +192,13 @@ class HarnessTemplate(SupervisedTemplate):
     def _before_training_exp(self, **kwargs):
         super()._before_training_exp(**kwargs)
         self.epoch = 0
-        self.bar = tqdm(total=self.train_epochs, desc=f"  {self.step_word} {self.step_index}", leave=False,
-                        disable=not self.progress, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.train_epochs,
+            desc=f"  {self.step_word} {self.step_index}",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
 
     def training_epoch(self, **kwargs):
         self.model.train()
@@ -186,7 +219,10 @@ class HarnessTemplate(SupervisedTemplate):
         try:
             for b in range(0, len(rows), self.eval_mb_size):
                 chunk = rows[b : b + self.eval_mb_size]
-                yield chunk, {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+                yield (
+                    chunk,
+                    {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views},
+                )
         finally:
             model.train(was_training)
 

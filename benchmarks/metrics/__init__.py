@@ -4,6 +4,7 @@
 The summaries in the records are computed by iterating these entries and the leaderboard prints their formulas, so a
 metric shown on a page always has the formula of the code that computed it.
 """
+
 from __future__ import annotations
 
 from benchmarks.metrics import accuracy, mcil, multilabel

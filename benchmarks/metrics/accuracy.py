@@ -11,6 +11,7 @@ Every metric is one entry of `METRICS` (key, display name, formula, function): `
 those entries compute and the leaderboard footnotes print their formulas, so the two cannot drift.
 Avalanche's metrics are not used. The MCIL-AudioCLIP metrics are in `benchmarks.metrics.mcil`.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def avg_forgetting(R) -> float | None:
     T = len(R)
     if T < 2:
         return None
-    per_step = [np.mean([R[j : t, j].max() - R[t, j] for j in range(t)]) for t in range(1, T)]
+    per_step = [np.mean([R[j:t, j].max() - R[t, j] for j in range(t)]) for t in range(1, T)]
     return float(np.mean(per_step))
 
 
@@ -76,21 +77,39 @@ def backward_transfer(R) -> float | None:
 
 #: the scalar metrics of one run, in the order the records store them
 METRICS = (
-    Metric("avg_inc_acc", "Avg inc. acc.",
-           "Average incremental accuracy = (1/T) sum_{t=0}^{T-1} A_t (step 0 included), A_t = pooled top-1 accuracy "
-           "over the test samples of all classes seen after step t.",
-           average_incremental_accuracy, ("A",)),
+    Metric(
+        "avg_inc_acc",
+        "Avg inc. acc.",
+        "Average incremental accuracy = (1/T) sum_{t=0}^{T-1} A_t (step 0 included), A_t = pooled top-1 accuracy "
+        "over the test samples of all classes seen after step t.",
+        average_incremental_accuracy,
+        ("A",),
+    ),
     Metric("last_acc", "Last acc.", "Last accuracy = A_{T-1}.", last_accuracy, ("A",)),
-    Metric("avg_forgetting", "Avg forgetting",
-           "Average forgetting (AV-CIL) = (1/(T-1)) sum_{t=1}^{T-1} F_t, "
-           "F_t = mean_{j<t} (max_{j<=l<=t-1} R[l][j] - R[t][j]); may be negative.",
-           avg_forgetting, ("R",), higher_is_better=False),
-    Metric("final_forgetting", "Final forgetting",
-           "Final forgetting (Chaudhry et al. 2018) = (1/(T-1)) sum_{j=0}^{T-2} (max_{j<=l<=T-2} R[l][j] - R[T-1][j]).",
-           final_forgetting, ("R",), higher_is_better=False),
-    Metric("bwt", "BWT",
-           "BWT (Lopez-Paz & Ranzato 2017, GEM) = (1/(T-1)) sum_{j=0}^{T-2} (R[T-1][j] - R[j][j]).",
-           backward_transfer, ("R",)),
+    Metric(
+        "avg_forgetting",
+        "Avg forgetting",
+        "Average forgetting (AV-CIL) = (1/(T-1)) sum_{t=1}^{T-1} F_t, "
+        "F_t = mean_{j<t} (max_{j<=l<=t-1} R[l][j] - R[t][j]); may be negative.",
+        avg_forgetting,
+        ("R",),
+        higher_is_better=False,
+    ),
+    Metric(
+        "final_forgetting",
+        "Final forgetting",
+        "Final forgetting (Chaudhry et al. 2018) = (1/(T-1)) sum_{j=0}^{T-2} (max_{j<=l<=T-2} R[l][j] - R[T-1][j]).",
+        final_forgetting,
+        ("R",),
+        higher_is_better=False,
+    ),
+    Metric(
+        "bwt",
+        "BWT",
+        "BWT (Lopez-Paz & Ranzato 2017, GEM) = (1/(T-1)) sum_{j=0}^{T-2} (R[T-1][j] - R[j][j]).",
+        backward_transfer,
+        ("R",),
+    ),
 )
 
 

@@ -21,6 +21,7 @@ linear in R). The metric functions convert explicitly: Metric 1 works in percent
 
 Every metric is one entry of `METRICS`; the leaderboard prints their formulas (M1, M2 columns).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -120,8 +121,14 @@ def _softmax_terms(x, y):
     x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
     y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y)
     z = x * y
-    return (F.softmax(z, dim=-1), F.log_softmax(z, dim=-1), F.softmax(x, dim=-1), F.log_softmax(x, dim=-1),
-            F.softmax(y, dim=-1), F.log_softmax(y, dim=-1))
+    return (
+        F.softmax(z, dim=-1),
+        F.log_softmax(z, dim=-1),
+        F.softmax(x, dim=-1),
+        F.log_softmax(x, dim=-1),
+        F.softmax(y, dim=-1),
+        F.log_softmax(y, dim=-1),
+    )
 
 
 def softmax_mutual_information(x, y):
@@ -188,8 +195,9 @@ def task_similarity_parts(text_means, image_means) -> tuple[list[float], list[fl
     import torch.nn.functional as F
 
     if len(text_means) != len(image_means):
-        raise ValueError("text_means and image_means must have one vector per step, "
-                         f"got {len(text_means)} and {len(image_means)}")
+        raise ValueError(
+            f"text_means and image_means must have one vector per step, got {len(text_means)} and {len(image_means)}"
+        )
 
     def half_cos(a, b):
         return float(F.cosine_similarity(_vec64(a), _vec64(b), dim=0)) / 2 + 0.5
@@ -258,8 +266,10 @@ def mcil_metric2(A, bwt_series, fwt_series, nmi_vf, nmi_af, *, reference_roundin
     """
     T = len(A)
     if not (len(bwt_series) == len(fwt_series) == T) or T == 0:
-        raise ValueError("A, bwt_series and fwt_series must have one entry per step, "
-                         f"got {len(A)}, {len(bwt_series)}, {len(fwt_series)}")
+        raise ValueError(
+            "A, bwt_series and fwt_series must have one entry per step, "
+            f"got {len(A)}, {len(bwt_series)}, {len(fwt_series)}"
+        )
     abar = float(np.mean(A)) / 100
     bwt = [float(b) / 100 for b in bwt_series]
     fwt = [float(f) / 100 for f in fwt_series]
@@ -289,8 +299,10 @@ def mcil_metrics(R, A, text_means, image_means, nmi_vf, nmi_af, *, reference_rou
     R_ = as_matrix(R)
     T = len(R_)
     if not (len(A) == len(text_means) == len(image_means) == T):
-        raise ValueError(f"R, A, text_means and image_means must cover the same {T} steps, "
-                         f"got {len(A)}, {len(text_means)}, {len(image_means)}")
+        raise ValueError(
+            f"R, A, text_means and image_means must cover the same {T} steps, "
+            f"got {len(A)}, {len(text_means)}, {len(image_means)}"
+        )
     series = continuum_series(R_)
     s = task_similarity(text_means, image_means)
     return {
@@ -305,41 +317,76 @@ def mcil_metrics(R, A, text_means, image_means, nmi_vf, nmi_af, *, reference_rou
 #: the MCIL metrics and the continuum-1.2.7 quantities they are built from; M1 and M2 are leaderboard columns
 #: (results.csv `mcil_m1`, `mcil_m2`), stored in records as results.method_metrics[variant]["m1" | "m2"]
 METRICS = (
-    Metric("mcil_m1", "MCIL M1",
-           "M1 = Ā/2 + (1/T) Σ_t (1 − s_t)(100 − F_t)/2, Ā the average incremental accuracy (%), F_t continuum-1.2.7 "
-           "forgetting after step t (%), s_t the task similarity (s_0 = 1; mean of the rescaled cosines of consecutive "
-           "steps' mean text embedding and mean test image feature). MCIL-AudioCLIP's Metric 1 as released, with the "
-           "image mean over the whole test set (the release: its last batch; that form is in results.csv as "
-           "*_last_batch).",
-           mcil_metric1, ("A", "F_series", "s"), source='results.method_metrics["whole-set"]["m1"]'),
-    Metric("mcil_m2", "MCIL M2",
-           "M2 = ½[½Ā_frac + ½(1/T) Σ_t (BWT_t + FWT_t)] + ½[½NMI(v,f) + ½NMI(a,f)] (0–1 scale), continuum-1.2.7 "
-           "BWT/FWT (fractions), softmax NMIs of image v / audio a against the fused feature f over the whole test set "
-           "after the last step (the release: its last batch). Only methods with text prototypes and a fusion report "
-           "them.",
-           mcil_metric2, ("A", "bwt_series", "fwt_series", "nmi_vf", "nmi_af"),
-           source='results.method_metrics["whole-set"]["m2"]'),
-    Metric("continuum_forgetting", "continuum forgetting",
-           "continuum-1.2.7 forgetting after T tasks = (1/(T-1)) sum_{j=0}^{T-3} "
-           "(max_{j<=l<=T-3} R[l][j] - R[T-1][j]); 0 for T <= 2 (the last previous task is skipped, the denominator "
-           "is not reduced).",
-           continuum_forgetting, ("R",), higher_is_better=False,
-           source='results.method_metrics[variant]["forgetting"]'),
-    Metric("continuum_bwt", "continuum BWT",
-           "continuum-1.2.7 BWT after T tasks = sum_{i=1}^{T-1} sum_{j=0}^{i-2} (R[i][j] - R[j][j]) / (T(T-1)/2); "
-           "0 for T <= 2 (j = i-1 is skipped).",
-           continuum_backward_transfer, ("R",), source='results.method_metrics[variant]["bwt"]'),
-    Metric("continuum_fwt", "continuum FWT",
-           "continuum-1.2.7 FWT after T tasks = sum_{i=1}^{T-1} sum_{j=0}^{i-1} R[i][j] / (T(T-1)/2): the mean "
-           "below-diagonal accuracy (accuracy on past tasks), not GEM's FWT; 0 for T <= 1.",
-           continuum_forward_transfer, ("R",), source='results.method_metrics[variant]["fwt"]'),
-    Metric("task_similarity", "task similarity",
-           "s_0 = 1; s_t = (cos(e_t, e_{t-1})/2 + 1/2)/2 + (cos(p_t, p_{t-1})/2 + 1/2)/2, e_t = mean text embedding of "
-           "the classes seen up to t, p_t = mean normalised image feature after t.",
-           task_similarity, ("text_means", "image_means"), higher_is_better=None,
-           source='results.method_metrics[variant]["task_similarity"]'),
-    Metric("softmax_nmi", "softmax NMI",
-           "MI(x,y) = sum_{b,d} p_xy (log p_xy - log p_x - log p_y), p_xy = softmax(x*y), p_x = softmax(x), "
-           "p_y = softmax(y) over the feature dim; NMI = MI / sqrt(H(x) H(y)), H summed over batch and dims.",
-           softmax_nmi, ("x", "y"), higher_is_better=None, source="the nmi_vf / nmi_af inputs of mcil_m2"),
+    Metric(
+        "mcil_m1",
+        "MCIL M1",
+        "M1 = Ā/2 + (1/T) Σ_t (1 − s_t)(100 − F_t)/2, Ā the average incremental accuracy (%), F_t continuum-1.2.7 "
+        "forgetting after step t (%), s_t the task similarity (s_0 = 1; mean of the rescaled cosines of consecutive "
+        "steps' mean text embedding and mean test image feature). MCIL-AudioCLIP's Metric 1 as released, with the "
+        "image mean over the whole test set (the release: its last batch; that form is in results.csv as "
+        "*_last_batch).",
+        mcil_metric1,
+        ("A", "F_series", "s"),
+        source='results.method_metrics["whole-set"]["m1"]',
+    ),
+    Metric(
+        "mcil_m2",
+        "MCIL M2",
+        "M2 = ½[½Ā_frac + ½(1/T) Σ_t (BWT_t + FWT_t)] + ½[½NMI(v,f) + ½NMI(a,f)] (0–1 scale), continuum-1.2.7 "
+        "BWT/FWT (fractions), softmax NMIs of image v / audio a against the fused feature f over the whole test set "
+        "after the last step (the release: its last batch). Only methods with text prototypes and a fusion report "
+        "them.",
+        mcil_metric2,
+        ("A", "bwt_series", "fwt_series", "nmi_vf", "nmi_af"),
+        source='results.method_metrics["whole-set"]["m2"]',
+    ),
+    Metric(
+        "continuum_forgetting",
+        "continuum forgetting",
+        "continuum-1.2.7 forgetting after T tasks = (1/(T-1)) sum_{j=0}^{T-3} "
+        "(max_{j<=l<=T-3} R[l][j] - R[T-1][j]); 0 for T <= 2 (the last previous task is skipped, the denominator "
+        "is not reduced).",
+        continuum_forgetting,
+        ("R",),
+        higher_is_better=False,
+        source='results.method_metrics[variant]["forgetting"]',
+    ),
+    Metric(
+        "continuum_bwt",
+        "continuum BWT",
+        "continuum-1.2.7 BWT after T tasks = sum_{i=1}^{T-1} sum_{j=0}^{i-2} (R[i][j] - R[j][j]) / (T(T-1)/2); "
+        "0 for T <= 2 (j = i-1 is skipped).",
+        continuum_backward_transfer,
+        ("R",),
+        source='results.method_metrics[variant]["bwt"]',
+    ),
+    Metric(
+        "continuum_fwt",
+        "continuum FWT",
+        "continuum-1.2.7 FWT after T tasks = sum_{i=1}^{T-1} sum_{j=0}^{i-1} R[i][j] / (T(T-1)/2): the mean "
+        "below-diagonal accuracy (accuracy on past tasks), not GEM's FWT; 0 for T <= 1.",
+        continuum_forward_transfer,
+        ("R",),
+        source='results.method_metrics[variant]["fwt"]',
+    ),
+    Metric(
+        "task_similarity",
+        "task similarity",
+        "s_0 = 1; s_t = (cos(e_t, e_{t-1})/2 + 1/2)/2 + (cos(p_t, p_{t-1})/2 + 1/2)/2, e_t = mean text embedding of "
+        "the classes seen up to t, p_t = mean normalised image feature after t.",
+        task_similarity,
+        ("text_means", "image_means"),
+        higher_is_better=None,
+        source='results.method_metrics[variant]["task_similarity"]',
+    ),
+    Metric(
+        "softmax_nmi",
+        "softmax NMI",
+        "MI(x,y) = sum_{b,d} p_xy (log p_xy - log p_x - log p_y), p_xy = softmax(x*y), p_x = softmax(x), "
+        "p_y = softmax(y) over the feature dim; NMI = MI / sqrt(H(x) H(y)), H summed over batch and dims.",
+        softmax_nmi,
+        ("x", "y"),
+        higher_is_better=None,
+        source="the nmi_vf / nmi_af inputs of mcil_m2",
+    ),
 )

@@ -35,6 +35,7 @@ Every per-phase metric is one entry of `PHASE_METRICS` and every summary one ent
 name, formula, function): `summarize` stores what the `METRICS` entries compute, and the leaderboard footnotes
 print the formulas of both, so code and page cannot drift.
 """
+
 from __future__ import annotations
 
 import math
@@ -164,27 +165,46 @@ def phase_forgetting(phases: list[dict], metric: str) -> float | None:
 
 #: the metrics of one phase (stored x 100 in percent by `phase_metrics`; `compute` returns the fraction)
 PHASE_METRICS = (
-    Metric("mAP", "mAP (scores)",
-           "mAP_t = mean over the seen classes with ≥ 1 positive test clip of AP_c from the sigmoid scores (sklearn "
-           "average_precision_score), after phase t on its cumulative test set.",
-           mean_ap, ("y", "s")),
-    Metric("micro_f1", "micro-F1",
-           "micro_f1_t = 2ΣTP / (2ΣTP + ΣFP + ΣFN) over all (clip, seen class) pairs, prediction = 1[σ(z) > 0.5].",
-           micro_f1, ("y", "s")),
-    Metric("macro_f1", "macro-F1",
-           "macro_f1_t = mean over the seen classes of 2TP_c / (2TP_c + FP_c + FN_c) at 0.5 (classes with 0/0 left "
-           "out).",
-           macro_f1, ("y", "s")),
-    Metric("lwlrap", "lwlrap",
-           "lwlrap_t = mean over the positive (clip, seen class) pairs of (positives of the clip scored ≥ s_c) / "
-           "(classes of the clip scored ≥ s_c), from the scores (label-weighted LRAP, DCASE 2019 task 2).",
-           lwlrap, ("y", "s")),
-    Metric("mAP_binarized", "mAP (thresholded, as the papers)",
-           "mAP_binarized_t = the mean of AP_c as for mAP_t, but computed on the thresholded predictions "
-           "1[σ(z) > 0.5] instead of the scores, which reduces to AP_c = R_c P_c + (1 − R_c) π_c (recall, precision "
-           "and positive rate of class c). The number the reference's tables report: compare the papers with this "
-           "one, not with mAP (scores).",
-           mean_ap_binarized, ("y", "s")),
+    Metric(
+        "mAP",
+        "mAP (scores)",
+        "mAP_t = mean over the seen classes with ≥ 1 positive test clip of AP_c from the sigmoid scores (sklearn "
+        "average_precision_score), after phase t on its cumulative test set.",
+        mean_ap,
+        ("y", "s"),
+    ),
+    Metric(
+        "micro_f1",
+        "micro-F1",
+        "micro_f1_t = 2ΣTP / (2ΣTP + ΣFP + ΣFN) over all (clip, seen class) pairs, prediction = 1[σ(z) > 0.5].",
+        micro_f1,
+        ("y", "s"),
+    ),
+    Metric(
+        "macro_f1",
+        "macro-F1",
+        "macro_f1_t = mean over the seen classes of 2TP_c / (2TP_c + FP_c + FN_c) at 0.5 (classes with 0/0 left out).",
+        macro_f1,
+        ("y", "s"),
+    ),
+    Metric(
+        "lwlrap",
+        "lwlrap",
+        "lwlrap_t = mean over the positive (clip, seen class) pairs of (positives of the clip scored ≥ s_c) / "
+        "(classes of the clip scored ≥ s_c), from the scores (label-weighted LRAP, DCASE 2019 task 2).",
+        lwlrap,
+        ("y", "s"),
+    ),
+    Metric(
+        "mAP_binarized",
+        "mAP (thresholded, as the papers)",
+        "mAP_binarized_t = the mean of AP_c as for mAP_t, but computed on the thresholded predictions "
+        "1[σ(z) > 0.5] instead of the scores, which reduces to AP_c = R_c P_c + (1 − R_c) π_c (recall, precision "
+        "and positive rate of class c). The number the reference's tables report: compare the papers with this "
+        "one, not with mAP (scores).",
+        mean_ap_binarized,
+        ("y", "s"),
+    ),
 )
 
 #: how a per-phase curve becomes one number: (key prefix, display prefix, formula of {m} (the per-phase key),
@@ -192,17 +212,31 @@ PHASE_METRICS = (
 SUMMARIES = (
     ("avg", "Avg", "(1/T) Σ_t {m}_t over the phases t = 0..T-1 where it is defined.", phase_average, True),
     ("final", "Final", "{m}_{{T-1}}: after the last phase, over all classes.", phase_final, True),
-    ("forgetting", "Forgetting",
-     "mean over t ≥ 1 of Fr_t = {m} on the base classes at phase 0 − at phase t (the reference's Fr; positive = "
-     "forgetting).", phase_forgetting, False),
+    (
+        "forgetting",
+        "Forgetting",
+        "mean over t ≥ 1 of Fr_t = {m} on the base classes at phase 0 − at phase t (the reference's Fr; positive = "
+        "forgetting).",
+        phase_forgetting,
+        False,
+    ),
 )
 
 
 def summary_metrics(phase: Metric) -> tuple[Metric, ...]:
     """The avg_ / final_ / forgetting_ entries of one per-phase metric."""
-    return tuple(Metric(f"{prefix}_{phase.key}", f"{title} {phase.name}", formula.format(m=phase.key),
-                        partial(reduce, metric=phase.key), ("phases",), higher_is_better=better, per_phase=phase.key)
-                 for prefix, title, formula, reduce, better in SUMMARIES)
+    return tuple(
+        Metric(
+            f"{prefix}_{phase.key}",
+            f"{title} {phase.name}",
+            formula.format(m=phase.key),
+            partial(reduce, metric=phase.key),
+            ("phases",),
+            higher_is_better=better,
+            per_phase=phase.key,
+        )
+        for prefix, title, formula, reduce, better in SUMMARIES
+    )
 
 
 #: the summaries of each per-phase metric

@@ -8,6 +8,7 @@ The entries live next to their functions (`accuracy.METRICS`, `multilabel.PHASE_
 `mcil.METRICS`); `benchmarks.metrics.REGISTRY` gathers them into one mapping. This module imports no sibling, so every
 metric module can import it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping

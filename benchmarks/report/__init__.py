@@ -3,6 +3,7 @@
 Modules: `rows` (record -> row, the CSV schemas), `tables` (markdown tables and footnotes), `plots` (figures),
 `notes` (the prose blocks), `pages` (page assembly and `render`); `python -m benchmarks.report` re-renders.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Why a command of its own: after a crash, a fix to the report, or on another machine the pages can be rebuilt without
 running anything (no missing-dataset instructions or reported numbers then: those come from run_all.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ from benchmarks.report.pages import render
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.report",
-                                 description="Re-render the leaderboard from result records.")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.report", description="Re-render the leaderboard from result records."
+    )
     ap.add_argument("--results", type=Path, default=Path("results"), help="the results directory (default: results)")
     ap.add_argument("--out", type=Path, default=Path("leaderboard"), help="where to write (default: leaderboard)")
     args = ap.parse_args(argv)

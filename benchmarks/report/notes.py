@@ -4,6 +4,7 @@ Why they are said on the page and not left to the records: a reader of the page 
 would make them misleading (random encoders, a method that keeps its last epoch, a missing dataset, a failed cell)
 without opening a JSON file.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,8 +33,10 @@ def encoder_note(values: Iterable, short: bool = False) -> str:
         return f"Encoders: **⚠ RANDOM, not pretrained{some}**: see the warning at the top."
     if False in vals:
         which = "some runs" if len(vals) > 1 else "all runs"
-        return (f"**⚠ RANDOM ENCODERS ({which}): the feature encoders were NOT pretrained, so these numbers do not "
-                "measure the methods as published. Provide the pretrained checkpoints and re-extract the features.**")
+        return (
+            f"**⚠ RANDOM ENCODERS ({which}): the feature encoders were NOT pretrained, so these numbers do not "
+            "measure the methods as published. Provide the pretrained checkpoints and re-extract the features.**"
+        )
     return "Encoders: pretraining unknown (the records do not say)."
 
 
@@ -49,12 +52,18 @@ def method_facts(rows: list[dict]) -> list[str]:
         facts.append("last-epoch model of each step (no validation selection, as its reference)")
     towers = sorted({str(r["towers"]) for r in rows if r.get("towers")})
     if towers:
-        inits = sorted({str(w.get("init", "pretrained weights loaded")) for r in rows
-                        if (w := r["_method_info"].get("weights")) is not None})
+        inits = sorted(
+            {
+                str(w.get("init", "pretrained weights loaded"))
+                for r in rows
+                if (w := r["_method_info"].get("weights")) is not None
+            }
+        )
         facts.append(f"towers {', '.join(towers)} ({'; '.join(inits)})")
     if fired := last_values(rows, "fusion_fired_test"):
-        facts.append(f"fusion fired on {100 * np.mean(fired):.1f} % of test samples after the last step "
-                     "(mean over seeds)")
+        facts.append(
+            f"fusion fired on {100 * np.mean(fired):.1f} % of test samples after the last step (mean over seeds)"
+        )
     if sel := last_values(rows, "task_selection_acc"):
         facts.append(f"task-selection accuracy after the last step {np.mean(sel):.1f} %")
     return facts
@@ -109,8 +118,13 @@ def fmt_steps(classes_per_step: Sequence[int]) -> str:
 def single_label_intro(h: str, rows: list[dict]) -> list[str]:
     """Under a single-label headline: model selection, stream, steps, memory, encoders."""
     first = rows[0]
-    return [f"{SELECTION_LINE} Stream `{h[:12]}`; {fmt_steps(first['_classes_per_step'])}; memory {first['_memory']} "
-            "exemplars.", "", encoder_note((r["pretrained_encoders"] for r in rows), short=True), ""]
+    return [
+        f"{SELECTION_LINE} Stream `{h[:12]}`; {fmt_steps(first['_classes_per_step'])}; memory {first['_memory']} "
+        "exemplars.",
+        "",
+        encoder_note((r["pretrained_encoders"] for r in rows), short=True),
+        "",
+    ]
 
 
 def multilabel_intro(h: str, rows: list[dict]) -> list[str]:
@@ -119,22 +133,29 @@ def multilabel_intro(h: str, rows: list[dict]) -> list[str]:
     widths = " / ".join(w or "?" for w in sorted({r["widths"] for r in rows}))
     front = f"log-mel {fr.get('seconds')} s at {fr.get('sample_rate')} Hz, {fr.get('n_mels')} mels" if fr else "log-mel"
     skipped = f" {first['_skipped']} skipped records (listed in the records)." if first["_skipped"] else ""
-    return [f"Last-epoch model of each phase (no validation split, as in the reference). Stream `{h[:12]}`; "
-            f"classes per phase {first['_classes_per_step']}; {front}; CNN14 widths {widths}.{skipped}", ""]
+    return [
+        f"Last-epoch model of each phase (no validation split, as in the reference). Stream `{h[:12]}`; "
+        f"classes per phase {first['_classes_per_step']}; {front}; CNN14 widths {widths}.{skipped}",
+        "",
+    ]
 
 
 def single_label_notes(csv_name: str) -> list[str]:
-    return ["- ± is the sample standard deviation over seeds (0 when n=1); n is the number of seeds with a value; "
-            "n/a: undefined (e.g. forgetting with a single step) or not recorded.",
-            "- Train time: mean over seeds; peak memory: max over seeds (rss = host memory, cuda = GPU memory)."]
+    return [
+        "- ± is the sample standard deviation over seeds (0 when n=1); n is the number of seeds with a value; "
+        "n/a: undefined (e.g. forgetting with a single step) or not recorded.",
+        "- Train time: mean over seeds; peak memory: max over seeds (rss = host memory, cuda = GPU memory).",
+    ]
 
 
 def multilabel_notes(csv_name: str) -> list[str]:
-    return ["- Rows: method × normalisation of the CNN14 conv blocks (BN: BatchNorm; GN: GroupNorm(32); CN: Continual "
-            "Normalization = GroupNorm without affine, then BatchNorm).",
-            "- ± is the sample standard deviation over seeds (0 when n=1); n is the number of seeds with a value; n/a: "
-            "undefined (e.g. no class with a positive test clip) or not recorded. All values in %.",
-            "- Evaluated after each phase t on its cumulative test set, over the classes seen so far; threshold 0.5 "
-            "on the sigmoid for F1 and the thresholded mAP. A class without positive test clips in a phase has no AP "
-            "and is left out of mAP; a class with F1 = 0/0 is left out of macro-F1 (benchmarks/metrics/multilabel.py)."
-            f" lwlrap and the thresholded mAP's forgetting: [{csv_name}]({csv_name})."]
+    return [
+        "- Rows: method × normalisation of the CNN14 conv blocks (BN: BatchNorm; GN: GroupNorm(32); CN: Continual "
+        "Normalization = GroupNorm without affine, then BatchNorm).",
+        "- ± is the sample standard deviation over seeds (0 when n=1); n is the number of seeds with a value; n/a: "
+        "undefined (e.g. no class with a positive test clip) or not recorded. All values in %.",
+        "- Evaluated after each phase t on its cumulative test set, over the classes seen so far; threshold 0.5 "
+        "on the sigmoid for F1 and the thresholded mAP. A class without positive test clips in a phase has no AP "
+        "and is left out of mAP; a class with F1 = 0/0 is left out of macro-F1 (benchmarks/metrics/multilabel.py)."
+        f" lwlrap and the thresholded mAP's forgetting: [{csv_name}]({csv_name}).",
+    ]

@@ -20,6 +20,7 @@ chosen by the suite's kind through `PAGE_KINDS`.
 Usage: `render(results_dir, out_dir, {"audio-visual": {"missing": {"ave": "..."}}})`
 or `python -m benchmarks.report --results results --out leaderboard`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,9 +98,14 @@ def single_label_series(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
 
 
 def multilabel_series(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
-    return [(plots.norm_label(*key), f"{key[0]}-{key[1]}" + ("" if key[2] else "-override"),
-             [r for r in rows if (r["method"], r["norm"], r["reference_protocol"]) == key])
-            for key in plots.ml_series(rows)]
+    return [
+        (
+            plots.norm_label(*key),
+            f"{key[0]}-{key[1]}" + ("" if key[2] else "-override"),
+            [r for r in rows if (r["method"], r["norm"], r["reference_protocol"]) == key],
+        )
+        for key in plots.ml_series(rows)
+    ]
 
 
 def figures(spec: Figures, stream: Stream, rows: list[dict]) -> tuple[list[str], set[str]]:
@@ -137,17 +143,41 @@ def encoder_warning(rows: list[dict]) -> list[str]:
 
 PAGE_KINDS = {
     SINGLE: PageKind(
-        ("class streams", "(different class order, split or steps)"), notes.single_label_intro, notes.method_notes,
-        Figures(plots.accuracy_curves, "acc", "A_t vs seen classes", "A_t, mean ± std over seeds",
-                single_label_series, plots.r_heatmaps, "R", "R[t][j] (%), mean over seeds",
-                "Accuracy matrices R (heatmaps): "),
-        notes.single_label_notes, encoder_warning),
+        ("class streams", "(different class order, split or steps)"),
+        notes.single_label_intro,
+        notes.method_notes,
+        Figures(
+            plots.accuracy_curves,
+            "acc",
+            "A_t vs seen classes",
+            "A_t, mean ± std over seeds",
+            single_label_series,
+            plots.r_heatmaps,
+            "R",
+            "R[t][j] (%), mean over seeds",
+            "Accuracy matrices R (heatmaps): ",
+        ),
+        notes.single_label_notes,
+        encoder_warning,
+    ),
     MULTI: PageKind(
-        ("streams", "(phase files)"), notes.multilabel_intro, lambda rows: [],
-        Figures(plots.ml_curves, "curves", "per-phase metrics vs seen classes",
-                "per-phase metrics, mean ± std over seeds", multilabel_series, plots.ap_matrix, "AP",
-                "per-class AP after each phase", "Per-class AP matrices (heatmaps): "),
-        notes.multilabel_notes, lambda rows: []),
+        ("streams", "(phase files)"),
+        notes.multilabel_intro,
+        lambda rows: [],
+        Figures(
+            plots.ml_curves,
+            "curves",
+            "per-phase metrics vs seen classes",
+            "per-phase metrics, mean ± std over seeds",
+            multilabel_series,
+            plots.ap_matrix,
+            "AP",
+            "per-class AP after each phase",
+            "Per-class AP matrices (heatmaps): ",
+        ),
+        notes.multilabel_notes,
+        lambda rows: [],
+    ),
 }
 
 
@@ -155,9 +185,12 @@ PAGE_KINDS = {
 def page_head(suite: str, info: Mapping, rows: list[dict], csv_name: str) -> list[str]:
     """Title, record count and newest record, the caller's notes; "no results" when there are none."""
     newest = max((r["_created"] for r in rows), key=created_key, default=None)
-    lines = [f"# Leaderboard: {md_cell(info.get('title', suite))}", "",
-             f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · "
-             f"[{csv_name}]({csv_name})", ""]
+    lines = [
+        f"# Leaderboard: {md_cell(info.get('title', suite))}",
+        "",
+        f"{len(rows)} result records; newest record: {newest or 'none'}. [Index](README.md) · [{csv_name}]({csv_name})",
+        "",
+    ]
     for note in info.get("notes", []) or []:
         lines += [f"> {note}", ""]
     return lines + ([] if rows else ["No results yet for this suite.", ""])
@@ -186,8 +219,11 @@ def sections(rows: list[dict]) -> list[tuple[str, str, list[tuple[str, list[dict
 def several_streams(streams: list, what: str, why: str) -> list[str]:
     if len(streams) < 2:
         return []
-    return [f"> **{len(streams)} different {what}** exist for this dataset and protocol {why}. "
-            "Each has its own table below; their numbers are never averaged together.", ""]
+    return [
+        f"> **{len(streams)} different {what}** exist for this dataset and protocol {why}. "
+        "Each has its own table below; their numbers are never averaged together.",
+        "",
+    ]
 
 
 def missing_protocols(missing: Mapping[str, Sequence[str]], titles: Mapping[str, str]) -> list[str]:
@@ -197,7 +233,9 @@ def missing_protocols(missing: Mapping[str, Sequence[str]], titles: Mapping[str,
         for protocol in protocols:
             lines += section_heading(dataset, protocol, titles) + [
                 "**Missing**: the dataset is not on this machine, so this table is empty; "
-                "[Missing datasets](#missing-datasets) says what to put where.", ""]
+                "[Missing datasets](#missing-datasets) says what to put where.",
+                "",
+            ]
     return lines
 
 
@@ -222,8 +260,15 @@ def overrides_note(rows: list[dict]) -> list[str]:
     return [f"- {DAGGER} epochs overridden with --epochs {', '.join(seen)}: not the reference protocol."]
 
 
-def suite_page(suite: str, kind: Kind, rows: list[dict], errors: list[dict], info: Mapping,
-               titles: Mapping[str, str], out_dir: Path) -> tuple[str, set[str]]:
+def suite_page(
+    suite: str,
+    kind: Kind,
+    rows: list[dict],
+    errors: list[dict],
+    info: Mapping,
+    titles: Mapping[str, str],
+    out_dir: Path,
+) -> tuple[str, set[str]]:
     """The markdown of one suite page (figures are written as a side effect); returns it and the figure files."""
     page_kind, csv_name = PAGE_KINDS[kind.name], kind.csv_name(safe_name(suite))
     lines = page_head(suite, info, rows, csv_name)
@@ -266,25 +311,41 @@ def suites_in(results_dir: Path) -> list[str]:
 def index_line(suite: str, info: Mapping, page: str, rows: list[dict], errors: list[dict]) -> str:
     """The README's line of one suite: counts, and a flag when some encoders were random."""
     random = " **(random encoders)**" if any(r.get("pretrained_encoders") is False for r in rows) else ""
-    return (f"- [{md_cell(info.get('title', suite))}]({page}): {len(rows)} records, "
-            f"{len({r['dataset'] for r in rows})} datasets, {len(info.get('missing') or {})} missing datasets, "
-            f"{len(errors)} failed cells{random}")
+    return (
+        f"- [{md_cell(info.get('title', suite))}]({page}): {len(rows)} records, "
+        f"{len({r['dataset'] for r in rows})} datasets, {len(info.get('missing') or {})} missing datasets, "
+        f"{len(errors)} failed cells{random}"
+    )
 
 
 def readme(index: list[str], rows: list[dict], produced_by: str | None, multilabel: bool) -> str:
     newest = max((r["_created"] for r in rows), key=created_key, default=None)
-    selection = ("All numbers: best-validation checkpoint of each step (as in the reference), except methods whose "
-                 "reference selects nothing (noted under their table). Every record, with last-epoch numbers too: "
-                 "[results.csv](results.csv).")
+    selection = (
+        "All numbers: best-validation checkpoint of each step (as in the reference), except methods whose "
+        "reference selects nothing (noted under their table). Every record, with last-epoch numbers too: "
+        "[results.csv](results.csv)."
+    )
     if multilabel:
-        selection = ("Single-label suites: best-validation checkpoint of each step (as in the reference; methods whose "
-                     "reference selects nothing keep the last epoch, noted under their table); every record, with "
-                     "last-epoch numbers too: [results.csv](results.csv). Multi-label suites: the last-epoch model of "
-                     "each phase (the reference has no validation split); every record: results-<suite>.csv.")
+        selection = (
+            "Single-label suites: best-validation checkpoint of each step (as in the reference; methods whose "
+            "reference selects nothing keep the last epoch, noted under their table); every record, with "
+            "last-epoch numbers too: [results.csv](results.csv). Multi-label suites: the last-epoch model of "
+            "each phase (the reference has no validation split); every record: results-<suite>.csv."
+        )
     made = f"; results produced by `{produced_by}`." if produced_by else "."
-    return "\n".join(["# Leaderboard", "", *index, "",
-                      f"Rendered by `python -m benchmarks.report` from the JSON result records alone ({len(rows)} "
-                      f"records){made}", f"Newest record: {newest or 'none'}.", "", selection, ""])
+    return "\n".join(
+        [
+            "# Leaderboard",
+            "",
+            *index,
+            "",
+            f"Rendered by `python -m benchmarks.report` from the JSON result records alone ({len(rows)} records){made}",
+            f"Newest record: {newest or 'none'}.",
+            "",
+            selection,
+            "",
+        ]
+    )
 
 
 def write(out_dir: Path, name: str, text: str, written: dict[str, Path]) -> None:
@@ -301,8 +362,14 @@ def prune_plots(plot_dir: Path, keep: set[str]) -> None:
                 p.unlink()
 
 
-def render(results_dir: Path, out_dir: Path, suites: Mapping[str, Mapping] | None = None, *,
-           titles: Mapping[str, str] | None = None, produced_by: str | None = None) -> dict[str, Path]:
+def render(
+    results_dir: Path,
+    out_dir: Path,
+    suites: Mapping[str, Mapping] | None = None,
+    *,
+    titles: Mapping[str, str] | None = None,
+    produced_by: str | None = None,
+) -> dict[str, Path]:
     """Render README.md, one <suite>.md per suite, plots/ and the results CSVs into out_dir.
 
     suites: {suite: {"missing": {dataset: message} | [message, ...], "missing_protocols": {dataset: [protocol]},

@@ -4,6 +4,7 @@ Why PNGs written through `save_figure`: the file carries no 'Software' stamp and
 re-render of unchanged records leaves every figure byte-identical and a crash never leaves half a file. Other tools
 (benchmarks/tools/cka.py) save their figures through it for the same reasons.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,11 +20,15 @@ import seaborn as sns  # noqa: E402
 
 from benchmarks.report.rows import MODALITY_ORDER, NORM_ORDER, order_key  # noqa: E402
 from benchmarks.report.tables import DAGGER  # noqa: E402
-from datasets.store import atomic_write_bytes  # noqa: E402
+from datasets.io import atomic_write_bytes  # noqa: E402
 
 #: the multi-label per-phase curves: (curve key in the record, axis label)
-ML_CURVES = (("mAP", "mAP (%)"), ("micro_f1", "micro-F1 (%)"), ("macro_f1", "macro-F1 (%)"),
-             ("base_macro_f1", "macro-F1 on the base classes (%)"))
+ML_CURVES = (
+    ("mAP", "mAP (%)"),
+    ("micro_f1", "micro-F1 (%)"),
+    ("macro_f1", "macro-F1 (%)"),
+    ("base_macro_f1", "macro-F1 on the base classes (%)"),
+)
 NORM_STYLES = {"bn": "-", "gn": "--", "cn": ":"}
 
 
@@ -94,8 +99,11 @@ def accuracy_curves(rows: list[dict], title: str, path: Path) -> None:
         fig, axes = plt.subplots(1, len(modalities), figsize=(4.6 * len(modalities), 3.8), sharey=True, squeeze=False)
         for ax, modality in zip(axes[0], modalities):
             for method, ref in runs:
-                curves = [r["_A"] for r in rows if (r["modality"], r["method"], r["reference_protocol"]) ==
-                          (modality, method, ref)]
+                curves = [
+                    r["_A"]
+                    for r in rows
+                    if (r["modality"], r["method"], r["reference_protocol"]) == (modality, method, ref)
+                ]
                 label = series_label(method, ref)
                 draw_band(ax, seen, curves, colours[label], label, 0.2, ms=4)
             finish_axis(ax, seen, modality)
@@ -117,19 +125,37 @@ def lower_triangle(R, T: int) -> np.ndarray:
 def r_heatmaps(rows: list[dict], title: str, path: Path) -> bool:
     """R[t][j] (mean over seeds), one panel per modality, values annotated, upper triangle masked (rows with R only).
     Returns True (a figure is always written)."""
-    modalities = [m for m in sorted({r["modality"] for r in rows}, key=lambda m: order_key(m, MODALITY_ORDER))
-                  if any(r["_R"] for r in rows if r["modality"] == m)]
+    modalities = [
+        m
+        for m in sorted({r["modality"] for r in rows}, key=lambda m: order_key(m, MODALITY_ORDER))
+        if any(r["_R"] for r in rows if r["modality"] == m)
+    ]
     T = max(len(r["_R"]) for r in rows if r["_R"])
     mask = np.triu(np.ones((T, T), dtype=bool), k=1)
     n = len(modalities)
     # one shared colour bar in its own narrow column, so every panel has the same size
-    fig, axes = plt.subplots(1, n + 1, figsize=((0.55 * T + 2.0) * n + 0.6, 0.5 * T + 2.0),
-                             gridspec_kw={"width_ratios": [1] * n + [0.05], "wspace": 0.25})
+    fig, axes = plt.subplots(
+        1,
+        n + 1,
+        figsize=((0.55 * T + 2.0) * n + 0.6, 0.5 * T + 2.0),
+        gridspec_kw={"width_ratios": [1] * n + [0.05], "wspace": 0.25},
+    )
     for ax, modality in zip(axes[:n], modalities):
         mats = np.array([lower_triangle(r["_R"], T) for r in rows if r["modality"] == modality and r["_R"]])
         mean = nanmean_quiet(mats, axis=0)
-        sns.heatmap(mean, mask=mask | np.isnan(mean), vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".1f",
-                    annot_kws={"fontsize": 7 if T <= 10 else 5}, square=False, cbar_ax=axes[n], ax=ax)
+        sns.heatmap(
+            mean,
+            mask=mask | np.isnan(mean),
+            vmin=0,
+            vmax=100,
+            cmap="viridis",
+            annot=True,
+            fmt=".1f",
+            annot_kws={"fontsize": 7 if T <= 10 else 5},
+            square=False,
+            cbar_ax=axes[n],
+            ax=ax,
+        )
         ax.set_title(f"{modality} (n={len(mats)})", fontsize=9)
         ax.set_xlabel("evaluated on step j's classes")
         ax.set_ylabel("after training step t" if ax is axes[0] else "")
@@ -153,15 +179,31 @@ def ml_curves(rows: list[dict], title: str, path: Path) -> None:
         fig, axes = plt.subplots(1, len(ML_CURVES), figsize=(4.4 * len(ML_CURVES), 3.9), squeeze=False)
         for ax, (metric, ylabel) in zip(axes[0], ML_CURVES):
             for key in keys:
-                curves = [r["_curves"].get(metric) for r in rows
-                          if (r["method"], r["norm"], r["reference_protocol"]) == key]
-                draw_band(ax, seen, curves, colours[key[0]], norm_label(*key), 0.12, ms=3.5,
-                          linestyle=NORM_STYLES.get(str(key[1]), "-."))
+                curves = [
+                    r["_curves"].get(metric) for r in rows if (r["method"], r["norm"], r["reference_protocol"]) == key
+                ]
+                draw_band(
+                    ax,
+                    seen,
+                    curves,
+                    colours[key[0]],
+                    norm_label(*key),
+                    0.12,
+                    ms=3.5,
+                    linestyle=NORM_STYLES.get(str(key[1]), "-."),
+                )
             finish_axis(ax, seen, ylabel, fontsize=9)
         handles, labels = axes[0][0].get_legend_handles_labels()
         if handles:  # below the panels, so no curve is hidden
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3),
-                       fontsize=7, frameon=False)
+            fig.legend(
+                handles,
+                labels,
+                loc="upper center",
+                bbox_to_anchor=(0.5, 0.0),
+                ncol=min(len(handles), 3),
+                fontsize=7,
+                frameon=False,
+            )
         fig.suptitle(title, fontsize=10)
         save_figure(fig, path)
 

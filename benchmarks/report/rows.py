@@ -8,6 +8,7 @@ Two record kinds, told apart by `results.kind`: "single-label" (accuracy matrice
 single-label suites in one results.csv) and "multilabel" (per-phase mAP / F1, rows per method x normalisation, one
 results-<suite>.csv per suite). `KINDS` describes what differs between them; the rest is shared.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,16 @@ METRICS = [m.key for m in accuracy.METRICS]
 #: the MCIL-AudioCLIP metrics: a column only in tables where some row has them
 MCIL_METRICS = [m.key for m in mcil.METRICS if m.key in ("mcil_m1", "mcil_m2")]
 #: multi-label summaries in the full table (and first in the CSV)
-ML_METRICS = ["avg_mAP", "avg_micro_f1", "avg_macro_f1", "final_mAP", "final_micro_f1", "final_macro_f1",
-              "forgetting_macro_f1", "forgetting_mAP"]
+ML_METRICS = [
+    "avg_mAP",
+    "avg_micro_f1",
+    "avg_macro_f1",
+    "final_mAP",
+    "final_micro_f1",
+    "final_macro_f1",
+    "forgetting_macro_f1",
+    "forgetting_mAP",
+]
 #: multi-label summaries only in the CSV
 ML_CSV_EXTRA = [f"{p}_{m}" for p in ("avg", "final", "forgetting") for m in ("lwlrap", "mAP_binarized")]
 #: multi-label summaries a row carries (table, CSV and the headline's thresholded mAP)
@@ -42,13 +51,16 @@ CSV_COLUMNS = (
     ["suite", "dataset", "protocol", "stream_hash", "method", "modality", "seed"]
     + METRICS
     + [f"last_epoch_{m}" for m in METRICS]
-    + COST_COLUMNS + ["reference_protocol", "epochs_override", "pretrained_encoders"]
+    + COST_COLUMNS
+    + ["reference_protocol", "epochs_override", "pretrained_encoders"]
     + ["selection", "mcil_m1", "mcil_m2", "mcil_m1_last_batch", "mcil_m2_last_batch", "towers"]
 )
 ML_CSV_COLUMNS = (
     ["suite", "dataset", "protocol", "stream_hash", "method", "norm", "cell_method", "seed"]
-    + ML_METRICS + ML_CSV_EXTRA
-    + COST_COLUMNS + ["widths", "reference_protocol", "epochs_override"]
+    + ML_METRICS
+    + ML_CSV_EXTRA
+    + COST_COLUMNS
+    + ["widths", "reference_protocol", "epochs_override"]
 )
 INT_COLUMNS = ["seed", "parameters", "epochs_override"]
 
@@ -77,10 +89,14 @@ def common_fields(suite: str, rec: Mapping) -> dict:
     cell, stream, cost = rec["cell"], rec.get("stream") or {}, rec.get("cost") or {}
     override = rec.get("epochs_override")
     return {
-        "suite": rec.get("suite", suite), "dataset": cell["dataset"], "protocol": cell["protocol"],
-        "stream_hash": stream.get("hash", "unknown"), "seed": cell.get("seed"),
+        "suite": rec.get("suite", suite),
+        "dataset": cell["dataset"],
+        "protocol": cell["protocol"],
+        "stream_hash": stream.get("hash", "unknown"),
+        "seed": cell.get("seed"),
         **{c: cost.get(c) for c in COST_COLUMNS},
-        "reference_protocol": bool(rec.get("reference_protocol", True)), "epochs_override": override,
+        "reference_protocol": bool(rec.get("reference_protocol", True)),
+        "epochs_override": override,
         "_classes_per_step": list(stream.get("classes_per_step") or []),
         "_created": rec.get("created", ""),
         "_override": "" if is_missing(override) else str(override),
@@ -100,7 +116,7 @@ def pretrained(rec: Mapping):
     """Whether the numbers come from pretrained encoders: the store's flag, and for methods that
     carry their own towers (method_info.weights) whether weights were loaded."""
     flag = (rec.get("encoders") or {}).get("pretrained")
-    weights = ((rec.get("method_info") or {}).get("weights") or {})
+    weights = (rec.get("method_info") or {}).get("weights") or {}
     if weights:
         return flag is not False and "init" not in weights
     return flag
@@ -110,8 +126,12 @@ def mcil_values(mm: Mapping | None) -> dict:
     """M1 / M2 of the whole test set (the shown variant) and of the release's last batch."""
     mm = mm or {}
     whole, last = mm.get("whole-set") or {}, mm.get("last-batch") or {}
-    return {"mcil_m1": whole.get("m1"), "mcil_m2": whole.get("m2"),
-            "mcil_m1_last_batch": last.get("m1"), "mcil_m2_last_batch": last.get("m2")}
+    return {
+        "mcil_m1": whole.get("m1"),
+        "mcil_m2": whole.get("m2"),
+        "mcil_m1_last_batch": last.get("m1"),
+        "mcil_m2_last_batch": last.get("m2"),
+    }
 
 
 def single_label_row(suite: str, rec: Mapping) -> dict:
@@ -121,12 +141,19 @@ def single_label_row(suite: str, rec: Mapping) -> dict:
     last = stored_metrics(res.get("last_epoch"))
     return {
         **common_fields(suite, rec),
-        "method": cell["method"], "modality": cell["modality"],
-        **stored_metrics(res), **{f"last_epoch_{m}": v for m, v in last.items()},
-        "pretrained_encoders": pretrained(rec), "selection": res.get("selection", "best-val"),
-        **mcil_values(res.get("method_metrics")), "towers": info.get("towers"),
-        "_method_info": info, "_method_metrics": res.get("method_metrics") or {},
-        "_R": res.get("R"), "_A": res.get("A"), "_memory": stream.get("memory"),
+        "method": cell["method"],
+        "modality": cell["modality"],
+        **stored_metrics(res),
+        **{f"last_epoch_{m}": v for m, v in last.items()},
+        "pretrained_encoders": pretrained(rec),
+        "selection": res.get("selection", "best-val"),
+        **mcil_values(res.get("method_metrics")),
+        "towers": info.get("towers"),
+        "_method_info": info,
+        "_method_metrics": res.get("method_metrics") or {},
+        "_R": res.get("R"),
+        "_A": res.get("A"),
+        "_memory": stream.get("memory"),
     }
 
 
@@ -138,10 +165,12 @@ def multilabel_row(suite: str, rec: Mapping) -> dict:
     return {
         **common_fields(suite, rec),
         "method": res.get("method") or cfg.get("method") or cell["method"],
-        "norm": res.get("norm") or cfg.get("norm") or "?", "cell_method": cell["method"],
+        "norm": res.get("norm") or cfg.get("norm") or "?",
+        "cell_method": cell["method"],
         **{k: stored.get(k) for k in ML_ROW_METRICS},
         "widths": " ".join(str(w) for w in widths),
-        "_curves": res.get("curves") or {}, "_ap": res.get("ap_matrix") or [],
+        "_curves": res.get("curves") or {},
+        "_ap": res.get("ap_matrix") or [],
         "_skipped": len(stream.get("skipped") or []),
         "_frames": ((rec.get("encoders") or {}).get("frontend") or {}),
     }
@@ -195,10 +224,21 @@ def load_rows(results_dir: Path, suite: str, kind: Kind) -> list[dict]:
 
 def sorted_rows(rows: list[dict], kind: Kind) -> list[dict]:
     """Deterministic order: suite, dataset, protocol, stream, method, variant, reference runs first, seed."""
+
     def key(r):
         seed = r["seed"] if r["seed"] is not None else -1
-        return (r["suite"], r["dataset"], r["protocol"], r["stream_hash"], r["method"],
-                kind.variant_key(r[kind.variant]), not r["reference_protocol"], str(r["epochs_override"]), seed)
+        return (
+            r["suite"],
+            r["dataset"],
+            r["protocol"],
+            r["stream_hash"],
+            r["method"],
+            kind.variant_key(r[kind.variant]),
+            not r["reference_protocol"],
+            str(r["epochs_override"]),
+            seed,
+        )
+
     return sorted(rows, key=key)
 
 

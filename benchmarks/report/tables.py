@@ -8,6 +8,7 @@ rows, and a run with overridden epochs is always its own row, marked with a dagg
 Every table returns its lines and the metric keys it shows; `footnotes` prints the registry's formula of exactly those
 keys, so a column on the page always has the formula of the code that computed it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -78,14 +79,18 @@ def group_rows(rows: list[dict], fields: Sequence[str], kind: Kind) -> list[tupl
         values = dict(zip(fields, item[0]))
         ordered = [kind.variant_key(v) if f == kind.variant else v for f, v in values.items() if f not in RUN_FIELDS]
         return (*ordered, not values["reference_protocol"], values["_override"])
+
     return sorted(groups.items(), key=key)
 
 
 def label_cells(fields: Sequence[str], values: tuple, kind: Kind) -> list[str]:
     """The left cells of a row group: the method (with a dagger for an overridden run), the variant label."""
     v = dict(zip(fields, values))
-    return [method_label(v["method"], v["reference_protocol"]) if f == "method" else md_cell(kind.variant_label(v[f]))
-            for f in fields if f not in RUN_FIELDS]
+    return [
+        method_label(v["method"], v["reference_protocol"]) if f == "method" else md_cell(kind.variant_label(v[f]))
+        for f in fields
+        if f not in RUN_FIELDS
+    ]
 
 
 # ----------------------------------------------------------------------------- full table
@@ -150,18 +155,24 @@ def multilabel_columns(rows: list[dict], kind: Kind) -> list[Column]:
 
 
 HEADLINES = {
-    SINGLE: Headline(("method",), modality_columns,
-                     f"Each cell: average incremental accuracy (**{REGISTRY['avg_inc_acc'].name}**), mean ± std "
-                     f"over seeds / last accuracy (**{REGISTRY['last_acc'].name}**), mean; in %. Bold: best of the "
-                     f"column (reference-protocol rows). {EMPTY}: not run. Every metric and the costs: *All metrics "
-                     "and costs* below."),
-    MULTI: Headline(("method", "norm"), multilabel_columns,
-                    "Each cell: average over the phases (Avg), mean ± std over seeds / after the last phase "
-                    "(Final), mean; in %. "
-                    f"**{REGISTRY['mAP'].name}** ranks the sigmoid scores (the standard mAP); "
-                    f"**{REGISTRY['mAP_binarized'].name}** is the AP of the 0/1 predictions at threshold 0.5, the "
-                    "number the papers' tables report: compare the papers with that column. Bold: best of the column "
-                    "(reference-protocol rows)."),
+    SINGLE: Headline(
+        ("method",),
+        modality_columns,
+        f"Each cell: average incremental accuracy (**{REGISTRY['avg_inc_acc'].name}**), mean ± std "
+        f"over seeds / last accuracy (**{REGISTRY['last_acc'].name}**), mean; in %. Bold: best of the "
+        f"column (reference-protocol rows). {EMPTY}: not run. Every metric and the costs: *All metrics "
+        "and costs* below.",
+    ),
+    MULTI: Headline(
+        ("method", "norm"),
+        multilabel_columns,
+        "Each cell: average over the phases (Avg), mean ± std over seeds / after the last phase "
+        "(Final), mean; in %. "
+        f"**{REGISTRY['mAP'].name}** ranks the sigmoid scores (the standard mAP); "
+        f"**{REGISTRY['mAP_binarized'].name}** is the AP of the 0/1 predictions at threshold 0.5, the "
+        "number the papers' tables report: compare the papers with that column. Bold: best of the column "
+        "(reference-protocol rows).",
+    ),
 }
 
 
@@ -187,8 +198,13 @@ def column_best(stats: list[Stat | None], key: str) -> float | None:
 def bests(table: list[list[HeadCell]], eligible: list[bool], columns: list[Column]) -> list[tuple]:
     """(best primary, best secondary) per column, over the eligible (reference-protocol) row groups only."""
     rows = [row for row, ok in zip(table, eligible) if ok]
-    return [(column_best([row[i].primary for row in rows], c.primary),
-             column_best([row[i].secondary for row in rows], c.secondary)) for i, c in enumerate(columns)]
+    return [
+        (
+            column_best([row[i].primary for row in rows], c.primary),
+            column_best([row[i].secondary for row in rows], c.secondary),
+        )
+        for i, c in enumerate(columns)
+    ]
 
 
 def cell_text(cell: HeadCell, best: tuple, n_in_header: bool) -> str:
@@ -200,6 +216,7 @@ def cell_text(cell: HeadCell, best: tuple, n_in_header: bool) -> str:
 
     def mean(x: Stat | None, b) -> str:
         return "n/a" if x is None else (f"**{x.mean:.1f}**" if round(x.mean, 1) == b else f"{x.mean:.1f}")
+
     spread = f" ± {cell.primary.std:.1f}" if cell.primary is not None else ""
     text = f"{mean(cell.primary, best[0])}{spread} / {mean(cell.secondary, best[1])}"
     return text if n_in_header else text + f" (n={'/'.join(map(str, cell.ns()))})"
@@ -211,8 +228,13 @@ def headline_table(rows: list[dict], kind: Kind) -> tuple[list[str], list[str]]:
     spec = HEADLINES[kind.name]
     columns, fields = spec.columns(rows, kind), (*spec.by, *RUN_FIELDS)
     groups = group_rows(rows, fields, kind)
-    table = [[HeadCell(stat(c.values(g, c.primary)), stat(c.values(g, c.secondary)), bool(c.values(g, c.primary)))
-              for c in columns] for _, g in groups]
+    table = [
+        [
+            HeadCell(stat(c.values(g, c.primary)), stat(c.values(g, c.secondary)), bool(c.values(g, c.primary)))
+            for c in columns
+        ]
+        for _, g in groups
+    ]
     eligible = [dict(zip(fields, values))["reference_protocol"] for values, _ in groups]
     best = bests(table, eligible, columns)
     ns = {n for row in table for cell in row for n in cell.ns()}

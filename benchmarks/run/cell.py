@@ -8,6 +8,7 @@ exemplar rows, the kind's rows so far) is saved atomically to `<record>.ckpt/ste
 and read back with `weights_only=True`. The record itself is written atomically at the end,
 so an interrupted grid loses at most the step in flight and never leaves a corrupt record.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -95,8 +96,12 @@ def environment(device: torch.device) -> dict:
             return None
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent,
-                                timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
@@ -111,10 +116,23 @@ def environment(device: torch.device) -> dict:
 class GridContext:
     """Stores and streams shared by all cells of one suite's grid (each built once)."""
 
-    def __init__(self, suite: Suite, data_root: Path, results_dir: Path, device: torch.device, progress: bool = True,
-                 overrides: dict | None = None, options: dict | None = None):
+    def __init__(
+        self,
+        suite: Suite,
+        data_root: Path,
+        results_dir: Path,
+        device: torch.device,
+        progress: bool = True,
+        overrides: dict | None = None,
+        options: dict | None = None,
+    ):
         self.suite, self.kind = suite, suite.kind
-        self.data_root, self.results_dir, self.device, self.progress = Path(data_root), Path(results_dir), device, progress
+        self.data_root, self.results_dir, self.device, self.progress = (
+            Path(data_root),
+            Path(results_dir),
+            device,
+            progress,
+        )
         self.overrides = overrides or {}  # enter the resolved config (and so the cell key)
         self.options = options or {}  # run options that do not change results (e.g. keep_phase_checkpoints)
         self._stores: dict[str, FeatureStore] = {}
@@ -128,7 +146,9 @@ class GridContext:
     def stream(self, dataset: str, protocol: str):
         key = (dataset, protocol)
         if key not in self._streams:
-            self._streams[key] = self.kind.build_stream(get_adapter(dataset), self.store(dataset), self.data_root, protocol)
+            self._streams[key] = self.kind.build_stream(
+                get_adapter(dataset), self.store(dataset), self.data_root, protocol
+            )
         return self._streams[key]
 
 
@@ -182,13 +202,24 @@ def run_cell(cell: Cell, spec: MethodSpec, ctx: GridContext) -> dict:
 def _train_and_record(run: CellRun, ctx: GridContext) -> dict:
     cell, kind, store = run.cell, ctx.kind, ctx.store(run.cell.dataset)
     torch.manual_seed(cell.seed)
-    strategy = run.spec.build(modality=cell.modality, store=store, stream=run.stream, cfg=run.cfg, device=ctx.device,
-                              seed=cell.seed, progress=ctx.progress)
+    strategy = run.spec.build(
+        modality=cell.modality,
+        store=store,
+        stream=run.stream,
+        cfg=run.cfg,
+        device=ctx.device,
+        seed=cell.seed,
+        progress=ctx.progress,
+    )
     rows, train_seconds, start = kind.new_rows(), 0.0, 0
     resumed = latest_checkpoint(run.checkpoints, run.key)
     if resumed is not None:
         strategy.load_resume_state(resumed["strategy"])
-        rows, train_seconds, start = resumed["rows"], float(resumed["train_seconds"]), int(resumed["strategy"]["step_index"]) + 1
+        rows, train_seconds, start = (
+            resumed["rows"],
+            float(resumed["train_seconds"]),
+            int(resumed["strategy"]["step_index"]) + 1,
+        )
         log.info("  resuming %s after %s %d", cell.label(), kind.step_word, start - 1)
     wall0 = time.time()
     with PeakMemory(ctx.device) as peak:
@@ -196,8 +227,11 @@ def _train_and_record(run: CellRun, ctx: GridContext) -> dict:
             train_seconds += seconds
             kind.evaluate_step(strategy, run.stream, t, rows)
             kind.after_step(strategy, t, run)
-            save_checkpoint(run.checkpoints, t, {"key": run.key, "strategy": strategy.resume_state(), "rows": rows,
-                                                 "train_seconds": train_seconds})
+            save_checkpoint(
+                run.checkpoints,
+                t,
+                {"key": run.key, "strategy": strategy.resume_state(), "rows": rows, "train_seconds": train_seconds},
+            )
     record = {
         "suite": cell.suite,
         "cell": asdict(cell),
@@ -218,7 +252,7 @@ def _train_and_record(run: CellRun, ctx: GridContext) -> dict:
         **({"method_info": info} if (info := strategy.method_info()) else {}),
         "environment": environment(ctx.device),
         "seeds": {"train_seed": cell.seed},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     write_record(run.path, record)
     shutil.rmtree(run.checkpoints, ignore_errors=True)

@@ -1,4 +1,5 @@
 """The grid of a suite: which (dataset, protocol, method, modality, seed) cells run, and why others do not."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from methods import registry as method_registry
 class Grid:
     cells: list[Cell]
     missing: dict[str, str]  # dataset -> what to put where
-    not_applicable: list[str] = field(default_factory=list)  # (dataset, method, modality) combinations left out, with why
+    not_applicable: list[str] = field(
+        default_factory=list
+    )  # (dataset, method, modality) combinations left out, with why
     datasets: dict = field(default_factory=dict)  # name -> adapter, every dataset of the suite
     methods: dict[str, MethodSpec] = field(default_factory=dict)  # name -> spec, every method of the suite
 
@@ -36,12 +39,21 @@ def _hint(adapter, data_root: Path, lacking: set) -> str:
 def _check_choice(kind: str, chosen, known, suite: str) -> None:
     unknown = sorted(set(chosen or []) - set(known))
     if unknown:
-        raise ConfigError(f"unknown {kind}(s) {unknown} for suite {suite}; known: {', '.join(sorted(known))} "
-                          f"(see `python run_all.py --list`)")
+        raise ConfigError(
+            f"unknown {kind}(s) {unknown} for suite {suite}; known: {', '.join(sorted(known))} "
+            f"(see `python run_all.py --list`)"
+        )
 
 
-def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modalities=None, seeds=None,
-               settings: dict | None = None) -> Grid:
+def build_grid(
+    suite: Suite,
+    data_root: Path,
+    datasets=None,
+    methods=None,
+    modalities=None,
+    seeds=None,
+    settings: dict | None = None,
+) -> Grid:
     """Cells for the present datasets; the missing datasets with their instructions; the (dataset, method,
     modality) combinations skipped because the dataset lacks a view the method reads. Unknown names and
     `--set` keys that no selected method has are a ConfigError."""
@@ -71,7 +83,8 @@ def build_grid(suite: Suite, data_root: Path, datasets=None, methods=None, modal
                         hint = _hint(adapter, Path(data_root), lacking)
                         grid.not_applicable.append(
                             f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) {sorted(lacking)}, "
-                            f"the dataset provides {list(provided)}" + (f"; {hint}" if hint else ""))
+                            f"the dataset provides {list(provided)}" + (f"; {hint}" if hint else "")
+                        )
                         continue
                     for seed in seeds if seeds is not None else suite.seeds:
                         grid.cells.append(Cell(suite.name, name, protocol.name, method_name, modality, seed))

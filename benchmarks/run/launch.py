@@ -5,6 +5,7 @@ launchers plug in: a launcher takes the grid's cells and a GridContext, runs eac
 `benchmarks.run.cell` (which resumes, checkpoints and writes the record), and returns an
 `Outcome`. Records are the only shared state, so the leaderboard does not care who ran a cell.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Which datasets and methods a suite holds is declared where they live: an adapter lists its
 suites in `DatasetAdapter.suites`, a method in `MethodSpec.suites`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,9 +23,14 @@ class Suite:
 
 
 SUITES = {
-    "audio-visual": Suite("audio-visual", "single-label audio-visual class-incremental learning (AV-CIL protocol)", SINGLE_LABEL),
-    "audio-multilabel": Suite("audio-multilabel", "multi-label audio class-incremental learning (Mulimani & Mesaros: 30 base "
-                              "classes + 4 phases of 5)", MULTILABEL),
+    "audio-visual": Suite(
+        "audio-visual", "single-label audio-visual class-incremental learning (AV-CIL protocol)", SINGLE_LABEL
+    ),
+    "audio-multilabel": Suite(
+        "audio-multilabel",
+        "multi-label audio class-incremental learning (Mulimani & Mesaros: 30 base classes + 4 phases of 5)",
+        MULTILABEL,
+    ),
 }
 
 

@@ -6,6 +6,7 @@ and prints a cell's summary line. Everything else (resolve, resume, checkpoints,
 record's other fields) is the runner's, shared by every kind. The leaderboard page of a kind is
 rendered from records alone (benchmarks.report), keyed by `name`.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ class SuiteKind(ABC):
 
     def adjust_config(self, cfg: dict, stream, overrides: dict) -> None:
         """Fill in what the suite decides (e.g. the protocol's memory budget); `cfg` is changed in place."""
+        return None
 
     def new_rows(self) -> dict:
         """The runner's per-cell accumulator (saved in every step checkpoint)."""
@@ -36,6 +38,7 @@ class SuiteKind(ABC):
 
     def after_step(self, strategy, t: int, run) -> None:
         """Optional per-step output beside the record (`run`: the runner's CellRun)."""
+        return None
 
     @abstractmethod
     def results(self, strategy, stream, cfg: dict, rows: dict, run) -> dict:

@@ -22,26 +22,26 @@ phase's cumulative test set -> `benchmarks.metrics.multilabel.phase_metrics`; wi
 of `python -m benchmarks.tools.cka`). Record: the usual schema (benchmarks/core/records.py) with
 `results.kind == "multilabel"`.
 """
+
 from __future__ import annotations
 
 import copy
-import logging
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from benchmarks.metrics import multilabel as ml_metrics
-from benchmarks.core.template import HarnessTemplate, IndexBatches, ResidentViews, step_seed
 from benchmarks.core.protocols import Protocol
+from benchmarks.core.template import HarnessTemplate, IndexBatches, ResidentViews, step_seed
+from benchmarks.metrics import multilabel as ml_metrics
 from benchmarks.suites.kind import SuiteKind, fmt
 from datasets.io import atomic_write_bytes
 from datasets.store import FeatureStore
-import torch.nn.functional as F
-
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,14 @@ class MultiLabelStream:
         return {"train": [len(r) for r, _, _ in self.train], "test": [len(r) for r, _, _ in self.test]}
 
     def describe(self) -> dict:
-        return {"hash": self.hash, **self.protocol.to_json(), "class_names": self.class_names, "counts": self.counts(),
-                "kind": "multilabel", "skipped": self.skipped}
+        return {
+            "hash": self.hash,
+            **self.protocol.to_json(),
+            "class_names": self.class_names,
+            "counts": self.counts(),
+            "kind": "multilabel",
+            "skipped": self.skipped,
+        }
 
 
 def _tensors(records, lo: int, hi: int, n_classes: int, row_of: dict[str, int]):
@@ -121,7 +127,9 @@ def _tensors(records, lo: int, hi: int, n_classes: int, row_of: dict[str, int]):
     return rows, y, mask
 
 
-def build_ml_stream(adapter, store: FeatureStore, data_root: Path, protocol_name: str | None = None) -> MultiLabelStream:
+def build_ml_stream(
+    adapter, store: FeatureStore, data_root: Path, protocol_name: str | None = None
+) -> MultiLabelStream:
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.utils import AvalancheDataset
 
@@ -134,7 +142,9 @@ def build_ml_stream(adapter, store: FeatureStore, data_root: Path, protocol_name
     row_of = {i: k for k, i in enumerate(store.ids)}
     lost = [p for p in ps.audio_paths() if p not in row_of]
     if lost:
-        raise RuntimeError(f"{store.path}: the store lacks {len(lost)} listed clips (e.g. {lost[0]}); delete it to rebuild")
+        raise RuntimeError(
+            f"{store.path}: the store lacks {len(lost)} listed clips (e.g. {lost[0]}); delete it to rebuild"
+        )
     C = sum(ps.phase_sizes)
     spec = adapter.protocols()[0]
     protocol = Protocol(protocol_name or spec.name, tuple(range(C)), tuple(ps.phase_sizes), 0)
@@ -146,8 +156,10 @@ def build_ml_stream(adapter, store: FeatureStore, data_root: Path, protocol_name
     for t in range(len(ps.phase_sizes)):
         if not len(train[t][0]) or not len(test[t][0]):
             raise RuntimeError(f"{ps.source}: phase {t} has no train or no test record left")
-    bm = benchmark_from_datasets(train=[AvalancheDataset([MultiLabelIds(*p)]) for p in train],
-                                 test=[AvalancheDataset([MultiLabelIds(*p)]) for p in test])
+    bm = benchmark_from_datasets(
+        train=[AvalancheDataset([MultiLabelIds(*p)]) for p in train],
+        test=[AvalancheDataset([MultiLabelIds(*p)]) for p in test],
+    )
     for t, (tr, te) in enumerate(zip(bm.train_stream, bm.test_stream)):
         lo, hi = ps.bounds(t)
         for exp, parts, current in ((tr, train[t], list(range(lo, hi))), (te, test[t], list(range(hi)))):
@@ -157,7 +169,11 @@ def build_ml_stream(adapter, store: FeatureStore, data_root: Path, protocol_name
             exp.previous_classes = list(range(lo))
             exp.classes_seen_so_far = list(range(hi))
             exp.future_classes = list(range(hi, C))
-    digest = hashlib.sha256(json.dumps({"dataset": adapter.name, "protocol": protocol.to_json(), "phases": ps.digest()}, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(
+            {"dataset": adapter.name, "protocol": protocol.to_json(), "phases": ps.digest()}, sort_keys=True
+        ).encode()
+    ).hexdigest()
     return MultiLabelStream(adapter.name, protocol, bm, train, test, list(ps.class_names), ps.skipped, digest)
 
 
@@ -171,7 +187,9 @@ def scalar_pos_weight(y: torch.Tensor, mask: torch.Tensor | None = None) -> floa
     return neg / pos if pos > 0 else 1.0
 
 
-def masked_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def masked_bce(
+    logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 1.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """BCE-with-logits with a scalar pos_weight, mean over the labelled (batch, class) entries.
     Without a mask this is `BCEWithLogitsLoss(pos_weight=...)` with its default 'mean'."""
     pw = torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
@@ -200,10 +218,33 @@ class MultiLabelTemplate(HarnessTemplate):
     train_set_mode = "phase"
     step_word = "phase"
 
-    def __init__(self, *, model_factory, store: FeatureStore, stream: MultiLabelStream, config: dict, device, seed: int,
-                 progress: bool = True, plugins=None, views=("logmel",), modality: str = "audio"):
-        super().__init__(model_factory=model_factory, store=store, stream=stream, modality=modality, config=config, device=device,
-                         seed=seed, views=views, criterion=torch.nn.BCEWithLogitsLoss(), plugins=plugins, progress=progress)
+    def __init__(
+        self,
+        *,
+        model_factory,
+        store: FeatureStore,
+        stream: MultiLabelStream,
+        config: dict,
+        device,
+        seed: int,
+        progress: bool = True,
+        plugins=None,
+        views=("logmel",),
+        modality: str = "audio",
+    ):
+        super().__init__(
+            model_factory=model_factory,
+            store=store,
+            stream=stream,
+            modality=modality,
+            config=config,
+            device=device,
+            seed=seed,
+            views=views,
+            criterion=torch.nn.BCEWithLogitsLoss(),
+            plugins=plugins,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ phase set-up
     @property
@@ -234,7 +275,9 @@ class MultiLabelTemplate(HarnessTemplate):
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.step_index, salt=2))
         self.resident = self._views_for(self.train_rows)
         packed = torch.stack([self.train_y.float(), self.train_mask.float()], dim=1)  # (n, 2, seen)
-        self.dataloader = IndexBatches(self.train_rows, packed, self.train_mb_size, shuffle, False, generator, self.device)
+        self.dataloader = IndexBatches(
+            self.train_rows, packed, self.train_mb_size, shuffle, False, generator, self.device
+        )
 
     def model_adaptation(self, model=None):
         """Keep the previous phase's model as the frozen teacher, then grow the head."""
@@ -245,9 +288,13 @@ class MultiLabelTemplate(HarnessTemplate):
     def make_optimizer(self, **kwargs):
         """A fresh SGD per phase (lr in phase 0, lr_ft after) with a cosine schedule over the phase."""
         lr = self.cfg["lr"] if self.step_index == 0 else self.cfg["lr_ft"]
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.cfg["momentum"], weight_decay=self.cfg["weight_decay"])
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=lr, momentum=self.cfg["momentum"], weight_decay=self.cfg["weight_decay"]
+        )
         if self.cfg.get("schedule", "cosine") == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.train_epochs), eta_min=self.cfg["eta_min"])
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=max(1, self.train_epochs), eta_min=self.cfg["eta_min"]
+            )
         else:
             self.scheduler = None
 
@@ -256,7 +303,11 @@ class MultiLabelTemplate(HarnessTemplate):
         rows, packed, _, _ = self.mbatch
         self.mb_rows = rows
         self.mb_mask = packed[:, 1].bool()
-        self.mbatch = [self.resident.gather(rows), packed[:, 0], torch.zeros(len(rows), dtype=torch.long, device=rows.device)]
+        self.mbatch = [
+            self.resident.gather(rows),
+            packed[:, 0],
+            torch.zeros(len(rows), dtype=torch.long, device=rows.device),
+        ]
         self._teacher = None
 
     def teacher(self) -> dict:
@@ -288,8 +339,14 @@ class MultiLabelTemplate(HarnessTemplate):
     def _after_training_exp(self, **kwargs):
         self.bar.close()
         self.resident = None
-        self.history.append({"epochs": self.epoch, "last_loss": getattr(self, "last_loss", None), "pos_weight": self.pos_weight,
-                             "train_clips": len(self.train_rows)})
+        self.history.append(
+            {
+                "epochs": self.epoch,
+                "last_loss": getattr(self, "last_loss", None),
+                "pos_weight": self.pos_weight,
+                "train_clips": len(self.train_rows),
+            }
+        )
         super()._after_training_exp(**kwargs)
 
     # ------------------------------------------------------------------ prediction
@@ -306,8 +363,12 @@ class MultiLabelTemplate(HarnessTemplate):
 
     # ------------------------------------------------------------------ checkpoints
     def resume_state(self) -> dict:
-        return {"step_index": self.step_index, "num_classes": self.model.num_classes,
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, "history": self.history}
+        return {
+            "step_index": self.step_index,
+            "num_classes": self.model.num_classes,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "history": self.history,
+        }
 
     def load_resume_state(self, state: dict) -> None:
         self.step_index = int(state["step_index"])
@@ -340,13 +401,20 @@ class MultiLabel(SuiteKind):
     def evaluate_step(self, strategy, stream, t: int, rows: dict) -> None:
         test_rows, y = stream.test_set(t)
         scores = strategy.predict_scores(test_rows)
-        rows["phases"].append(ml_metrics.phase_metrics(y.numpy(), scores.numpy(), stream.base_classes, float(strategy.cfg.get("threshold", 0.5))))
+        rows["phases"].append(
+            ml_metrics.phase_metrics(
+                y.numpy(), scores.numpy(), stream.base_classes, float(strategy.cfg.get("threshold", 0.5))
+            )
+        )
 
     def after_step(self, strategy, t: int, run) -> None:
         if run.options.get("keep_phase_checkpoints"):
             cell = run.cell
-            save_phase_model(phase_path(run.path, t), strategy.model,
-                             {"phase": t, "dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "cell_key": run.key})
+            save_phase_model(
+                phase_path(run.path, t),
+                strategy.model,
+                {"phase": t, "dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "cell_key": run.key},
+            )
 
     def results(self, strategy, stream, cfg: dict, rows: dict, run) -> dict:
         summary = ml_metrics.summarize(rows["phases"])
@@ -370,8 +438,10 @@ class MultiLabel(SuiteKind):
 
     def summary_line(self, record: dict) -> str:
         m = record["results"]["metrics"]
-        return (f"avg mAP {fmt(m['avg_mAP'])}  avg micro-F1 {fmt(m['avg_micro_f1'])}  avg macro-F1 {fmt(m['avg_macro_f1'])}  "
-                f"final mAP {fmt(m['final_mAP'])}  forgetting macro-F1 {fmt(m['forgetting_macro_f1'])}")
+        return (
+            f"avg mAP {fmt(m['avg_mAP'])}  avg micro-F1 {fmt(m['avg_micro_f1'])}  avg macro-F1 {fmt(m['avg_macro_f1'])}  "
+            f"final mAP {fmt(m['final_mAP'])}  forgetting macro-F1 {fmt(m['forgetting_macro_f1'])}"
+        )
 
 
 def phase_path(record: Path, t: int) -> Path:
@@ -384,7 +454,10 @@ def save_phase_model(path: Path, model, meta: dict) -> None:
     import io
 
     buf = io.BytesIO()
-    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "model_config": model.config(), **meta}, buf)
+    torch.save(
+        {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "model_config": model.config(), **meta},
+        buf,
+    )
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -11,6 +11,7 @@ method:
 `SingleLabel` evaluates the selected model (and the last-epoch model) of each step on the test
 split of all seen classes into the accuracy matrix R (benchmarks.metrics.accuracy).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,11 +40,35 @@ class StoreTemplate(HarnessTemplate):
     #: how exemplars are chosen after each step: None (no memory), "herding" or "random"
     exemplar_selection: str | None = None
 
-    def __init__(self, *, model_factory, store: FeatureStore, stream: CILStream, modality: str, config: dict, device, seed: int, plugins=None, progress: bool = True, views=None):
+    def __init__(
+        self,
+        *,
+        model_factory,
+        store: FeatureStore,
+        stream: CILStream,
+        modality: str,
+        config: dict,
+        device,
+        seed: int,
+        plugins=None,
+        progress: bool = True,
+        views=None,
+    ):
         self.memory: dict[int, torch.Tensor] = {}  # class position -> exemplar store rows, in priority order
         views = views or MODALITY_VIEWS[modality]
-        super().__init__(model_factory=model_factory, store=store, stream=stream, modality=modality, config=config, device=device,
-                         seed=seed, views=views, criterion=torch.nn.CrossEntropyLoss(), plugins=plugins, progress=progress)
+        super().__init__(
+            model_factory=model_factory,
+            store=store,
+            stream=stream,
+            modality=modality,
+            config=config,
+            device=device,
+            seed=seed,
+            views=views,
+            criterion=torch.nn.CrossEntropyLoss(),
+            plugins=plugins,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ step set-up
     @property
@@ -88,7 +113,16 @@ class StoreTemplate(HarnessTemplate):
             size = min(self.cfg["exemplar_batch_size"], len(mem_rows))
             exemplars = IndexBatches(mem_rows, mem_targets, size, True, True, generator, self.device)
         self.resident = ResidentViews(self.store, self.views, resident_rows, self.device)
-        self.dataloader = IndexBatches(self.train_rows, self.train_targets, self.train_mb_size, shuffle, self.cfg.get("drop_last", True), generator, self.device, exemplars)
+        self.dataloader = IndexBatches(
+            self.train_rows,
+            self.train_targets,
+            self.train_mb_size,
+            shuffle,
+            self.cfg.get("drop_last", True),
+            generator,
+            self.device,
+            exemplars,
+        )
 
     def model_adaptation(self, model=None):
         """Keep the previous step's model as the teacher, then grow the classifier."""
@@ -102,7 +136,9 @@ class StoreTemplate(HarnessTemplate):
 
     def make_optimizer(self, **kwargs):
         """A fresh Adam at every step, as the reference re-creates it after reloading the model."""
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"])
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.cfg["lr"], weight_decay=self.cfg["weight_decay"]
+        )
 
     # ------------------------------------------------------------------ minibatch
     def _unpack_minibatch(self):
@@ -137,8 +173,16 @@ class StoreTemplate(HarnessTemplate):
             return
         val_acc = self.evaluate_split("val")
         if val_acc > self.best["acc"]:  # strictly greater, as in the reference
-            self.best = {"acc": val_acc, "epoch": self.epoch, "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
-        self.bar.set_postfix(loss=f"{float(self.epoch_loss) / max(1, self.epoch_batches):.3f}", val=f"{val_acc:.1f}", best=f"{self.best['acc']:.1f}@{self.best['epoch']}")
+            self.best = {
+                "acc": val_acc,
+                "epoch": self.epoch,
+                "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            }
+        self.bar.set_postfix(
+            loss=f"{float(self.epoch_loss) / max(1, self.epoch_batches):.3f}",
+            val=f"{val_acc:.1f}",
+            best=f"{self.best['acc']:.1f}@{self.best['epoch']}",
+        )
         self.bar.update()
 
     def _after_training_exp(self, **kwargs):
@@ -148,7 +192,9 @@ class StoreTemplate(HarnessTemplate):
         self.last_epoch_test = self.predict_split("test") if self.selects_on_val else None
         if self.best["state"] is not None:
             self.model.load_state_dict(self.best["state"])
-        self.history.append({"best_val_epoch": self.best["epoch"], "val_acc": self.best["acc"] if self.selects_on_val else None})
+        self.history.append(
+            {"best_val_epoch": self.best["epoch"], "val_acc": self.best["acc"] if self.selects_on_val else None}
+        )
         self.best = None
         self.after_step()
         super()._after_training_exp(**kwargs)
@@ -162,7 +208,9 @@ class StoreTemplate(HarnessTemplate):
         """M // seen classes: the reference's quota after step t (= M // (t k) while training step t+1)."""
         quota = self.cfg["memory"] // self.seen_classes
         if quota < 1:
-            raise ValueError(f"memory {self.cfg['memory']} is smaller than the {self.seen_classes} seen classes: need >= 1 exemplar per class")
+            raise ValueError(
+                f"memory {self.cfg['memory']} is smaller than the {self.seen_classes} seen classes: need >= 1 exemplar per class"
+            )
         return quota
 
     def select_memory(self) -> None:
@@ -208,7 +256,9 @@ class StoreTemplate(HarnessTemplate):
         with self.autocast():
             out = self.model(views)
         if self.nme:
-            return torch.cdist(torch.nn.functional.normalize(out["features"].float(), dim=1), self.class_means).argmin(1)
+            return torch.cdist(torch.nn.functional.normalize(out["features"].float(), dim=1), self.class_means).argmin(
+                1
+            )
         return out["logits"][:, : self.seen_classes].float().argmax(1)
 
     @torch.no_grad()
@@ -217,7 +267,9 @@ class StoreTemplate(HarnessTemplate):
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
     @torch.no_grad()
-    def features_of(self, rows: torch.Tensor, model=None, key: str = "features", normalize: bool = True) -> torch.Tensor:
+    def features_of(
+        self, rows: torch.Tensor, model=None, key: str = "features", normalize: bool = True
+    ) -> torch.Tensor:
         """Model features of store rows (L2-normalised by default), in eval mode, in chunks."""
         model = model or self.model
         was_training = model.training
@@ -225,7 +277,9 @@ class StoreTemplate(HarnessTemplate):
         out = []
         for b in range(0, len(rows), self.eval_mb_size):
             chunk = rows[b : b + self.eval_mb_size]
-            if self.resident is not None and bool((self.resident.lookup[chunk.to(self.resident.lookup.device)] >= 0).all()):
+            if self.resident is not None and bool(
+                (self.resident.lookup[chunk.to(self.resident.lookup.device)] >= 0).all()
+            ):
                 views = self.resident.gather(chunk.to(self.resident.lookup.device))
             else:
                 views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
@@ -290,7 +344,9 @@ class SingleLabel(SuiteKind):
         for spec in adapter.protocols():
             if spec.name == protocol:
                 return build_stream(store, Protocol.from_spec(spec, len(store.class_names)))
-        raise ConfigError(f"dataset {adapter.name} has no protocol {protocol!r}; it has {', '.join(p.name for p in adapter.protocols())}")
+        raise ConfigError(
+            f"dataset {adapter.name} has no protocol {protocol!r}; it has {', '.join(p.name for p in adapter.protocols())}"
+        )
 
     def adjust_config(self, cfg: dict, stream, overrides: dict) -> None:
         cfg.setdefault("memory", stream.protocol.memory)
@@ -303,7 +359,9 @@ class SingleLabel(SuiteKind):
         test = strategy.predict_split("test")
         rows["reports"].append(strategy.step_report())
         for suffix, (pred, targets) in (("", test), ("_last", strategy.last_epoch_test or test)):
-            row, acc, counts = accuracy.accuracy_matrix_from_predictions(pred.numpy(), targets.numpy(), step_of[targets].numpy(), t)
+            row, acc, counts = accuracy.accuracy_matrix_from_predictions(
+                pred.numpy(), targets.numpy(), step_of[targets].numpy(), t
+            )
             rows["R" + suffix].append(row)
             rows["A" + suffix].append(acc)
         rows["counts"] = counts
@@ -311,11 +369,17 @@ class SingleLabel(SuiteKind):
     def results(self, strategy, stream, cfg: dict, rows: dict, run) -> dict:
         return {
             "selection": cfg.get("model_selection", "best-val"),
-            "R": rows["R"], "A": rows["A"], "test_counts": rows["counts"],
+            "R": rows["R"],
+            "A": rows["A"],
+            "test_counts": rows["counts"],
             "metrics": accuracy.summarize(rows["R"], rows["A"]),
             **({"step_reports": rows["reports"]} if any(rows["reports"]) else {}),
             **({"method_metrics": mm} if (mm := strategy.method_metrics(rows)) else {}),
-            "last_epoch": {"R": rows["R_last"], "A": rows["A_last"], "metrics": accuracy.summarize(rows["R_last"], rows["A_last"])},
+            "last_epoch": {
+                "R": rows["R_last"],
+                "A": rows["A_last"],
+                "metrics": accuracy.summarize(rows["R_last"], rows["A_last"]),
+            },
             "best_val_epoch": [h["best_val_epoch"] for h in strategy.history],
             "val_acc": [h["val_acc"] for h in strategy.history],
         }

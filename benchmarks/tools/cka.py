@@ -26,6 +26,7 @@ Deviation: the reference's hooks keep references to the bn outputs, which its in
 overwrites, so its "bn" features are post-ReLU. Here hooks see each module's own output (bn =
 after normalisation, before the ReLU); `--bn-post-relu` reproduces the reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,11 @@ def hsic1(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the unbiased HSIC needs more than 3 samples per batch, got {n}")
     ones = torch.ones(n, 1, dtype=K.dtype, device=K.device)
     kl = K @ L
-    value = torch.trace(kl) + (ones.T @ K @ ones) * (ones.T @ L @ ones) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (ones.T @ kl @ ones)
+    value = (
+        torch.trace(kl)
+        + (ones.T @ K @ ones) * (ones.T @ L @ ones) / ((n - 1) * (n - 2))
+        - 2.0 / (n - 2) * (ones.T @ kl @ ones)
+    )
     return value.squeeze() / (n * (n - 3))
 
 
@@ -104,7 +109,12 @@ def infer_config(state: dict) -> dict:
         norm = "bn"
     else:
         norm = "gn"
-    return {"num_classes": int(state["fc.weight"].shape[0]), "widths": widths, "norm": norm, "n_mels": int(state["bn0.weight"].shape[0])}
+    return {
+        "num_classes": int(state["fc.weight"].shape[0]),
+        "widths": widths,
+        "norm": norm,
+        "n_mels": int(state["bn0.weight"].shape[0]),
+    }
 
 
 def load_model(path: Path) -> tuple[CNN14, dict]:
@@ -142,7 +152,9 @@ class Hooks:
 
 
 @torch.no_grad()
-def cka_matrix(model_a: CNN14, model_b: CNN14, batches, layers=LAYERS, device="cpu", bn_post_relu: bool = False) -> torch.Tensor:
+def cka_matrix(
+    model_a: CNN14, model_b: CNN14, batches, layers=LAYERS, device="cpu", bn_post_relu: bool = False
+) -> torch.Tensor:
     """CKA between every layer of model A and every layer of model B over the given input batches."""
     model_a, model_b = model_a.to(device).eval(), model_b.to(device).eval()
     ha, hb = Hooks(model_a, layers, bn_post_relu), Hooks(model_b, layers, bn_post_relu)
@@ -196,7 +208,9 @@ def test_batches(dataset: str, data_root: Path, phase: int, batch_size: int, max
     rows, _ = stream.test_set(phase)
     n = (len(rows) // batch_size) * batch_size
     if n == 0:
-        raise SystemExit(f"the phase-{phase} test set has {len(rows)} clips, fewer than one batch of {batch_size}; lower --batch-size")
+        raise SystemExit(
+            f"the phase-{phase} test set has {len(rows)} clips, fewer than one batch of {batch_size}; lower --batch-size"
+        )
     for b in range(0, n, batch_size):
         if max_batches is not None and b // batch_size >= max_batches:
             break
@@ -208,7 +222,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt-a", type=Path, required=True, help="e.g. the phase-0 checkpoint")
     ap.add_argument("--ckpt-b", type=Path, required=True, help="e.g. the phase-4 checkpoint")
     ap.add_argument("--dataset", required=True, help="multi-label dataset whose test set is fed to both models")
-    ap.add_argument("--phase", type=int, default=0, help="which cumulative test set (default 0: test_phase_0, as the reference)")
+    ap.add_argument(
+        "--phase", type=int, default=0, help="which cumulative test set (default 0: test_phase_0, as the reference)"
+    )
     ap.add_argument("--data-root", type=Path, default=Path("data"))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-batches", type=int, default=None)
@@ -227,8 +243,20 @@ def main(argv=None) -> int:
     for layer, v in zip(LAYERS, np.diag(matrix)):
         print(f"{layer:22s} {v:.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"layers": LAYERS, "diagonal": np.diag(matrix).tolist(), "matrix": matrix.tolist(),
-                                         "a": str(args.ckpt_a), "b": str(args.ckpt_b), "dataset": args.dataset, "phase": args.phase}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "layers": LAYERS,
+                    "diagonal": np.diag(matrix).tolist(),
+                    "matrix": matrix.tolist(),
+                    "a": str(args.ckpt_a),
+                    "b": str(args.ckpt_b),
+                    "dataset": args.dataset,
+                    "phase": args.phase,
+                },
+                indent=1,
+            )
+        )
     print(f"wrote {args.out}")
     return 0
 

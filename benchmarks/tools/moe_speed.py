@@ -19,6 +19,7 @@ weights and inputs, measured in one process on one device:
 
 It checks that the three outputs agree, then prints ms per call and the ratios to `gathered`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,9 +102,13 @@ def main(argv=None) -> None:
         for name, fn in (("dispatch", dispatch), ("dense", dense)):
             err = (fn(moe, x, r) - ref).abs().max().item()
             assert err < 1e-4, f"{name} differs from gathered by {err}"
-    print(f"device {device}, preset {preset} {cfg}, precision {args.precision}, {args.repeats} repeats (forward + backward)")
-    times = {name: timed(fn, moe, x, r, device, args.repeats, args.precision)
-             for name, fn in (("gathered", lambda m, a, b: m(a, b)), ("dispatch", dispatch), ("dense", dense))}
+    print(
+        f"device {device}, preset {preset} {cfg}, precision {args.precision}, {args.repeats} repeats (forward + backward)"
+    )
+    times = {
+        name: timed(fn, moe, x, r, device, args.repeats, args.precision)
+        for name, fn in (("gathered", lambda m, a, b: m(a, b)), ("dispatch", dispatch), ("dense", dense))
+    }
     for name, ms in times.items():
         print(f"  {name:9s} {ms:9.2f} ms/call   ratio to gathered {ms / times['gathered']:.2f}")
 

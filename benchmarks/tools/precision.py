@@ -12,6 +12,7 @@ The same figures for MCIL-AudioCLIP's towers (`compare_mcil`): image, text and a
 MoE adapters (random, non-zero experts), logits = 100 * cos(image, text prototype), CE, and the
 adapters' gradients; the scaled-down presets on CPU, the real ones (random weights) on CUDA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,26 @@ import torch.nn.functional as F
 from datasets.io import pick_device
 from methods._avcil.model import MODALITIES, AVCILNet
 
-TOLERANCES = {"logits_rel": 0.05, "loss_rel": 0.05, "grad_cos": 0.98, "agreement": 0.9, "attention_abs": 0.05, "audio_rel": 0.05}
+TOLERANCES = {
+    "logits_rel": 0.05,
+    "loss_rel": 0.05,
+    "grad_cos": 0.98,
+    "agreement": 0.9,
+    "attention_abs": 0.05,
+    "audio_rel": 0.05,
+}
 
 
-def compare(modality: str, audio_dim: int, grid: tuple[int, int, int], batch: int, n_classes: int, device, seed: int = 0) -> dict:
+def compare(
+    modality: str, audio_dim: int, grid: tuple[int, int, int], batch: int, n_classes: int, device, seed: int = 0
+) -> dict:
     torch.manual_seed(seed)
     T, P, D = grid
     model = AVCILNet(modality, audio_dim, D, n_classes).to(device)
-    views = {"audio": torch.randn(batch, audio_dim, device=device), "visual": torch.randn(batch, T, P, D, device=device)}
+    views = {
+        "audio": torch.randn(batch, audio_dim, device=device),
+        "visual": torch.randn(batch, T, P, D, device=device),
+    }
     y = torch.randint(0, n_classes, (batch,), device=device)
     results = {}
     for precision in ("fp32", "bf16"):
@@ -56,7 +69,9 @@ def compare(modality: str, audio_dim: int, grid: tuple[int, int, int], batch: in
     return report
 
 
-def compare_mcil(preset: str, batch: int, device, n_classes: int = 8, audio_samples: int = 16000, seed: int = 0) -> dict:
+def compare_mcil(
+    preset: str, batch: int, device, n_classes: int = 8, audio_samples: int = 16000, seed: int = 0
+) -> dict:
     from methods.mcil_audioclip.moe import MoEAdapter, moe_modules
     from methods.mcil_audioclip.towers import build_towers
 
@@ -81,8 +96,12 @@ def compare_mcil(preset: str, batch: int, device, n_classes: int = 8, audio_samp
             logits = 100.0 * v @ t.t()
             loss = F.cross_entropy(logits, y)
         loss.backward()
-        results[precision] = {"logits": logits.detach(), "loss": loss.detach(), "audio": a.detach(),
-                              "grad": torch.cat([p.grad.flatten().float() for p in adapters if p.grad is not None])}
+        results[precision] = {
+            "logits": logits.detach(),
+            "loss": loss.detach(),
+            "audio": a.detach(),
+            "grad": torch.cat([p.grad.flatten().float() for p in adapters if p.grad is not None]),
+        }
     a, b = results["fp32"], results["bf16"]
     return {
         "logits_rel": float((b["logits"] - a["logits"]).norm() / a["logits"].norm()),
@@ -114,20 +133,34 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=28)
     args = p.parse_args(argv)
     device = pick_device(args.device)
-    grid = tuple(int(x) for x in args.grid.split(",")) if args.grid else ((8, 196, 768) if device.type == "cuda" else (8, 49, 256))
+    grid = (
+        tuple(int(x) for x in args.grid.split(","))
+        if args.grid
+        else ((8, 196, 768) if device.type == "cuda" else (8, 49, 256))
+    )
     failures = 0
     print(f"bf16 autocast vs fp32 on {device}, grid {grid}, batch {args.batch}")
     for modality in MODALITIES:
         report = compare(modality, args.audio_dim, grid, args.batch, args.classes, device)
         bad = check(report)
         failures += bool(bad)
-        print(f"  {modality:13s} " + "  ".join(f"{k} {v:.4g}" for k, v in report.items()) + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad)))
+        print(
+            f"  {modality:13s} "
+            + "  ".join(f"{k} {v:.4g}" for k, v in report.items())
+            + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad))
+        )
     presets = ("audioclip-rn50", "clip-vit-b16") if device.type == "cuda" else ("tiny-rn", "tiny-vit")
     for preset in presets:
-        report = compare_mcil(preset, min(args.batch, 16), device, audio_samples=220500 if device.type == "cuda" else 16000)
+        report = compare_mcil(
+            preset, min(args.batch, 16), device, audio_samples=220500 if device.type == "cuda" else 16000
+        )
         bad = check(report)
         failures += bool(bad)
-        print(f"  mcil {preset:14s} " + "  ".join(f"{k} {v:.4g}" for k, v in report.items()) + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad)))
+        print(
+            f"  mcil {preset:14s} "
+            + "  ".join(f"{k} {v:.4g}" for k, v in report.items())
+            + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad))
+        )
     return 1 if failures else 0
 
 

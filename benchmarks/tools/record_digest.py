@@ -9,6 +9,7 @@ environment, git commit). Floats are compared exactly, as written.
     python -m benchmarks.tools.record_digest results > before.json      # before a change
     python -m benchmarks.tools.record_digest results --compare before.json   # after: exit 1 on any difference
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def digest(results_dir: Path) -> dict:
 
 def differences(before: dict, after: dict, limit: int = 20) -> list[str]:
     """Human-readable differences (missing cells, then the first differing leaf of each differing cell)."""
-    lines = [f"only before: {k}" for k in before if k not in after] + [f"only after: {k}" for k in after if k not in before]
+    lines = [f"only before: {k}" for k in before if k not in after] + [
+        f"only after: {k}" for k in after if k not in before
+    ]
     for k in before:
         if k in after and before[k] != after[k]:
             lines.append(f"{k}: {_first_difference(before[k], after[k])}")
@@ -56,7 +59,12 @@ def _first_difference(a, b, path: str = "") -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tools.record_digest", description=__doc__.split("\n\n")[0])
     p.add_argument("results", type=Path, help="a results directory (run_all.py --results-dir)")
-    p.add_argument("--compare", type=Path, metavar="DIGEST.json", help="compare with a digest written earlier; exit 1 on a difference")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIGEST.json",
+        help="compare with a digest written earlier; exit 1 on a difference",
+    )
     args = p.parse_args(argv)
     now = digest(args.results)
     if args.compare is None:
@@ -66,7 +74,10 @@ def main(argv=None) -> int:
     before = json.loads(args.compare.read_text())
     now = json.loads(json.dumps(now))  # the same JSON round trip as the stored digest
     diff = differences(before, now)
-    print(f"{len(before)} records before, {len(now)} now: " + ("identical numbers" if not diff else f"{len(diff)} difference(s)"))
+    print(
+        f"{len(before)} records before, {len(now)} now: "
+        + ("identical numbers" if not diff else f"{len(diff)} difference(s)")
+    )
     for line in diff:
         print("  " + line)
     return 1 if diff else 0

@@ -19,6 +19,7 @@ batch 256, drop_last), measured in one process on one device:
 
 It prints the time per epoch of each and the ratios harness/bare and dataloader/bare.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,13 @@ def build_store(root: Path, n_train: int, n_eval: int, audio_dim: int, grid, n_c
     labels = np.arange(n) % n_classes
     splits = np.array(["train"] * n_train + ["val"] * (n_eval // 2) + ["test"] * (n_eval - n_eval // 2))
     table = SampleTable([f"s{i}" for i in range(n)], labels, splits, [f"c{c}" for c in range(n_classes)])
-    w = StoreWriter(root / "store", table, [ViewSpec("audio", (audio_dim,)), ViewSpec("visual", tuple(grid))], {"dataset": "speed"}, "speed")
+    w = StoreWriter(
+        root / "store",
+        table,
+        [ViewSpec("audio", (audio_dim,)), ViewSpec("visual", tuple(grid))],
+        {"dataset": "speed"},
+        "speed",
+    )
     w.write("audio", 0, rng.standard_normal((n, audio_dim), dtype=np.float32))
     chunk = 64
     for s in range(0, n, chunk):
@@ -98,8 +105,16 @@ def harness_epochs(store, stream, batch, epochs, device, precision):
     spec = registry()["fine_tuning"]
     cfg = spec.config("speed", "audio-visual", {"epochs": epochs})
     cfg.update(batch_size=batch, eval_batch_size=batch, lr=1e-3, weight_decay=1e-4, precision=precision)
-    strategy = spec.strategy(model_factory=lambda n: build_model("audio-visual", store, n, cfg), store=store, stream=stream,
-                             modality="audio-visual", config=cfg, device=device, seed=0, progress=False)
+    strategy = spec.strategy(
+        model_factory=lambda n: build_model("audio-visual", store, n, cfg),
+        store=store,
+        stream=stream,
+        modality="audio-visual",
+        config=cfg,
+        device=device,
+        seed=0,
+        progress=False,
+    )
     epoch_times, val_times = [], []
     real_epoch, real_after = strategy.training_epoch, strategy._after_training_epoch
 
@@ -141,8 +156,9 @@ def dataloader_epochs(store, rows, targets, n_classes, batch, epochs, device, pr
     torch.manual_seed(0)
     model = build_model("audio-visual", store, n_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    loader = torch.utils.data.DataLoader(PerSample(), batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        PerSample(), batch_size=batch, shuffle=True, drop_last=True, num_workers=0, pin_memory=device.type == "cuda"
+    )
     times = []
     for _ in range(epochs):
         sync(device)
@@ -159,7 +175,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="problem size (default: ave on CUDA, cpu-small on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per path (the first, warm-up, epoch is dropped; default 3)")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="timed epochs per path (the first, warm-up, epoch is dropped; default 3)"
+    )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--workdir", type=Path, help="where the temporary feature store goes (default: a temp dir)")
     args = p.parse_args(argv)
@@ -168,8 +186,10 @@ def main(argv=None) -> None:
     cfg = PRESETS[preset_name]
     n_train = cfg["new"] + cfg["exemplars"]
     n_classes = 14  # AVE step 1: 7 old (exemplars) + 7 new classes
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), preset {preset_name}: "
-          f"{n_train} train samples, audio {cfg['audio_dim']}, visual grid {cfg['grid']}, batch {cfg['batch']}, {args.precision}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), preset {preset_name}: "
+        f"{n_train} train samples, audio {cfg['audio_dim']}, visual grid {cfg['grid']}, batch {cfg['batch']}, {args.precision}"
+    )
     from benchmarks.core.protocols import Protocol
     from benchmarks.core.streams import build_stream
 
@@ -181,7 +201,9 @@ def main(argv=None) -> None:
         results = {
             "bare": bare_epochs(store, rows, targets, n_classes, cfg["batch"], epochs, device, args.precision),
             "harness": None,
-            "dataloader": dataloader_epochs(store, rows, targets, n_classes, cfg["batch"], epochs, device, args.precision),
+            "dataloader": dataloader_epochs(
+                store, rows, targets, n_classes, cfg["batch"], epochs, device, args.precision
+            ),
         }
         results["harness"], val_times = harness_epochs(store, stream, cfg["batch"], epochs, device, args.precision)
     per_epoch = {k: float(np.median(v[1:])) for k, v in results.items()}

@@ -37,6 +37,7 @@ per distinct wav and cached as float16 in a feature store (view `logmel`) under
 labels stay in the phase files (parsed on every run, cheap), so fixing a label never forces a
 feature re-extraction; the stream hash covers them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,8 +54,8 @@ import numpy as np
 import yaml
 
 from datasets.base import Availability, DatasetAdapter, ProtocolSpec, SampleTable
-from datasets.errors import DatasetError
 from datasets.encoders.logmel import LogMel, LogMelConfig, load_wave, logmel_of_waves
+from datasets.errors import DatasetError
 from datasets.io import atomic_write_text, config_hash
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
 
@@ -63,27 +64,109 @@ PHASE_SIZES = (30, 5, 5, 5, 5)
 
 # data/AudioSet_classes.txt of mulimani/CIL-ML-Audio: file order = label index; 0-29 base classes.
 AUDIOSET50_CLASSES = (
-    "Generic impact sounds", "Male speech, man speaking", "Tick", "Female speech, woman speaking", "Breathing", "Music",
-    "Mechanisms", "Background noise", "Wind noise (microphone)", "Bird vocalization, bird call, bird song", "Human voice",
-    "Surface contact", "Sound effect", "Walk, footsteps", "Laughter", "Tap", "Child speech, kid speaking", "Wind", "Clapping",
-    "Chirp, tweet", "Male singing", "Human sounds", "Clicking", "Accelerating, revving, vroom", "Conversation", "Beep, bleep",
-    "Bark", "Shout", "Female singing", "Heart sounds, heartbeat",
-    "Speech", "Video game sound", "Animal", "Dog", "Gunshot, gunfire",
-    "Hubbub, speech noise, speech babble", "Cricket", "Squeal", "Crowd", "Water",
-    "Computer keyboard", "Whistling", "Crumpling, crinkling", "Thump, thud", "Speech synthesizer",
-    "Bell", "Choir", "Hammer", "Motor vehicle (road)", "Clickety-clack",
+    "Generic impact sounds",
+    "Male speech, man speaking",
+    "Tick",
+    "Female speech, woman speaking",
+    "Breathing",
+    "Music",
+    "Mechanisms",
+    "Background noise",
+    "Wind noise (microphone)",
+    "Bird vocalization, bird call, bird song",
+    "Human voice",
+    "Surface contact",
+    "Sound effect",
+    "Walk, footsteps",
+    "Laughter",
+    "Tap",
+    "Child speech, kid speaking",
+    "Wind",
+    "Clapping",
+    "Chirp, tweet",
+    "Male singing",
+    "Human sounds",
+    "Clicking",
+    "Accelerating, revving, vroom",
+    "Conversation",
+    "Beep, bleep",
+    "Bark",
+    "Shout",
+    "Female singing",
+    "Heart sounds, heartbeat",
+    "Speech",
+    "Video game sound",
+    "Animal",
+    "Dog",
+    "Gunshot, gunfire",
+    "Hubbub, speech noise, speech babble",
+    "Cricket",
+    "Squeal",
+    "Crowd",
+    "Water",
+    "Computer keyboard",
+    "Whistling",
+    "Crumpling, crinkling",
+    "Thump, thud",
+    "Speech synthesizer",
+    "Bell",
+    "Choir",
+    "Hammer",
+    "Motor vehicle (road)",
+    "Clickety-clack",
 )
 # data/FSD50K_classes.txt: sorted by descending development count.
 FSD50K50_CLASSES = (
-    "Music", "Domestic_sounds_and_home_sounds", "Vehicle", "Animal", "Human_voice", "Water", "Wild_animals",
-    "Motor_vehicle_(road)", "Wind_instrument_and_woodwind_instrument", "Percussion", "Bird", "Alarm",
-    "Plucked_string_instrument", "Keyboard_(musical)", "Mechanisms", "Guitar", "Engine", "Bowed_string_instrument", "Liquid",
-    "Human_group_actions", "Rail_transport", "Thunder", "Thunderstorm", "Domestic_animals_and_pets", "Rain", "Speech",
-    "Explosion", "Car", "Bird_vocalization_and_bird_call_and_bird_song", "Tools",
-    "Bell", "Door", "Dog", "Piano", "Singing",
-    "Livestock_and_farm_animals_and_working_animals", "Brass_instrument", "Drum", "Glass", "Laughter",
-    "Respiratory_sounds", "Telephone", "Trumpet", "Acoustic_guitar", "Hands",
-    "Cymbal", "Electric_guitar", "Snare_drum", "Fart", "Hi-hat",
+    "Music",
+    "Domestic_sounds_and_home_sounds",
+    "Vehicle",
+    "Animal",
+    "Human_voice",
+    "Water",
+    "Wild_animals",
+    "Motor_vehicle_(road)",
+    "Wind_instrument_and_woodwind_instrument",
+    "Percussion",
+    "Bird",
+    "Alarm",
+    "Plucked_string_instrument",
+    "Keyboard_(musical)",
+    "Mechanisms",
+    "Guitar",
+    "Engine",
+    "Bowed_string_instrument",
+    "Liquid",
+    "Human_group_actions",
+    "Rail_transport",
+    "Thunder",
+    "Thunderstorm",
+    "Domestic_animals_and_pets",
+    "Rain",
+    "Speech",
+    "Explosion",
+    "Car",
+    "Bird_vocalization_and_bird_call_and_bird_song",
+    "Tools",
+    "Bell",
+    "Door",
+    "Dog",
+    "Piano",
+    "Singing",
+    "Livestock_and_farm_animals_and_working_animals",
+    "Brass_instrument",
+    "Drum",
+    "Glass",
+    "Laughter",
+    "Respiratory_sounds",
+    "Telephone",
+    "Trumpet",
+    "Acoustic_guitar",
+    "Hands",
+    "Cymbal",
+    "Electric_guitar",
+    "Snare_drum",
+    "Fart",
+    "Hi-hat",
 )
 assert len(AUDIOSET50_CLASSES) == len(FSD50K50_CLASSES) == sum(PHASE_SIZES)
 
@@ -157,7 +240,10 @@ def parse_phase_file(path: Path, width: int | None = None, skip_bad: bool = Fals
             bad(no, f"continuation line (starts with whitespace) {what}")
             continue
         if raw and is_open(raw[-1][1]):
-            bad(raw[-1][0], "record is not terminated: its label vector has no closing ']' before the next record starts")
+            bad(
+                raw[-1][0],
+                "record is not terminated: its label vector has no closing ']' before the next record starts",
+            )
             raw.pop()
         if "_[" not in line:
             bad(no, "not a record `<audio path>.wav_[<multi-hot vector>]`")
@@ -345,7 +431,9 @@ class MultiLabelAdapter(DatasetAdapter):
                 return root / p
             rel = os.path.relpath(p, prefix)
             if rel.startswith(".."):
-                raise DatasetError(f"{p}: does not lie under the path prefix {prefix!r}; fix path_prefix in dataset.yaml")
+                raise DatasetError(
+                    f"{p}: does not lie under the path prefix {prefix!r}; fix path_prefix in dataset.yaml"
+                )
             return root / rel
 
         return resolve
@@ -363,10 +451,15 @@ class MultiLabelAdapter(DatasetAdapter):
         if missing:
             where = ps.first_listing()
             if not opts.get("skip_bad"):
-                hint = "" if opts.get("audio_root") else " (paths from another machine: pass --audio-root or set audio_root in dataset.yaml)"
+                hint = (
+                    ""
+                    if opts.get("audio_root")
+                    else " (paths from another machine: pass --audio-root or set audio_root in dataset.yaml)"
+                )
                 raise DatasetError(
                     f"{where[missing[0]]}: audio file {files[missing[0]]} not found{hint}; {len(missing)} of {len(files)} listed files are "
-                    "missing. Put the wavs there, or set skip_bad: true in dataset.yaml to skip the records that name them")
+                    "missing. Put the wavs there, or set skip_bad: true in dataset.yaml to skip the records that name them"
+                )
             ps.drop(set(missing), "audio file not found")
             for p in missing:
                 files.pop(p)
@@ -377,7 +470,12 @@ class MultiLabelAdapter(DatasetAdapter):
     # -- the store --------------------------------------------------------------------------
     def store_key(self, ps: PhaseSet) -> dict:
         ids = hashlib.sha256("\n".join(ps.audio_paths()).encode()).hexdigest()
-        return {"dataset": self.name, "ids": ids, "frontend": self.frontend.to_json(), "extract_version": self.EXTRACT_VERSION}
+        return {
+            "dataset": self.name,
+            "ids": ids,
+            "frontend": self.frontend.to_json(),
+            "extract_version": self.EXTRACT_VERSION,
+        }
 
     def store_path(self, data_root: Path, ps: PhaseSet) -> Path:
         return Path(data_root) / "cache" / "store" / f"{self.name}-{config_hash(self.store_key(ps))}"
@@ -389,14 +487,25 @@ class MultiLabelAdapter(DatasetAdapter):
             return FeatureStore(path)
         return self._extract(data_root, ps, files, path, progress)
 
-    def _extract(self, data_root: Path, ps: PhaseSet, files: dict[str, Path], path: Path, progress: bool) -> FeatureStore:
+    def _extract(
+        self, data_root: Path, ps: PhaseSet, files: dict[str, Path], path: Path, progress: bool
+    ) -> FeatureStore:
         from tqdm import tqdm
 
         ids = ps.audio_paths()
         in_train = {r.path for recs in ps.train for r in recs}
-        table = MultiLabelTable(ids, np.full(len(ids), -1), np.array(["train" if i in in_train else "test" for i in ids]), list(ps.class_names))
-        meta = {"dataset": self.name, "pretrained": None, "frontend": self.frontend.to_json(),
-                "encoders": {"note": "no encoder: the view is the log-mel front-end output, the model is trained on it"}}
+        table = MultiLabelTable(
+            ids,
+            np.full(len(ids), -1),
+            np.array(["train" if i in in_train else "test" for i in ids]),
+            list(ps.class_names),
+        )
+        meta = {
+            "dataset": self.name,
+            "pretrained": None,
+            "frontend": self.frontend.to_json(),
+            "encoders": {"note": "no encoder: the view is the log-mel front-end output, the model is trained on it"},
+        }
         writer = StoreWriter(path, table, [ViewSpec("logmel", self.frontend.shape)], meta, ps.source)
         bad_file = writer.partial / "bad_rows.json"
         bad: dict[str, str] = json.loads(bad_file.read_text()) if bad_file.is_file() else {}
@@ -404,7 +513,9 @@ class MultiLabelAdapter(DatasetAdapter):
         where = ps.first_listing()
         front = LogMel(self.frontend)
         start = writer.filled["logmel"]
-        bar = tqdm(total=len(ids), initial=start, desc=f"{self.title}: log-mel features", disable=not progress, unit="clip")
+        bar = tqdm(
+            total=len(ids), initial=start, desc=f"{self.title}: log-mel features", disable=not progress, unit="clip"
+        )
         t0 = time.time()
 
         def load(i: int):
@@ -487,16 +598,20 @@ class AudioSet50(PhaseFileAdapter):
     name = "audioset50"
     title = "AudioSet-50 (strong labels, 30+5x4)"
     class_names = AUDIOSET50_CLASSES
-    instructions = ("Put the 10 s wavs of temporally-strong AudioSet (95,645 development and 15,289 evaluation excerpts,\n"
-                    "   `Y<YouTubeID>_<start_ms>.wav`) where the records point (or under --audio-root, see 3.).")
+    instructions = (
+        "Put the 10 s wavs of temporally-strong AudioSet (95,645 development and 15,289 evaluation excerpts,\n"
+        "   `Y<YouTubeID>_<start_ms>.wav`) where the records point (or under --audio-root, see 3.)."
+    )
 
 
 class FSD50K50(PhaseFileAdapter):
     name = "fsd50k50"
     title = "FSD50K-50 (30+5x4)"
     class_names = FSD50K50_CLASSES
-    instructions = ("Put the FSD50K excerpt wavs where the records point (or under --audio-root, see 3.). Clips are padded\n"
-                    "   or truncated to 10 s, as the reference loader does (1 s excerpts are zero-padded).")
+    instructions = (
+        "Put the FSD50K excerpt wavs where the records point (or under --audio-root, see 3.). Clips are padded\n"
+        "   or truncated to 10 s, as the reference loader does (1 s excerpts are zero-padded)."
+    )
 
 
 class CsvManifest(MultiLabelAdapter):
@@ -517,19 +632,25 @@ class CsvManifest(MultiLabelAdapter):
     def phase_sizes_for(self, n: int, opts: dict, source: Path) -> tuple[int, ...]:
         base, per = int(opts.get("base_classes", 30)), int(opts.get("classes_per_phase", 5))
         if base <= 0 or per <= 0 or base > n or (n - base) % per:
-            raise DatasetError(f"{source}: {n} classes do not split into {base} base classes and phases of {per}; "
-                               "set base_classes and classes_per_phase in dataset.yaml")
+            raise DatasetError(
+                f"{source}: {n} classes do not split into {base} base classes and phases of {per}; "
+                "set base_classes and classes_per_phase in dataset.yaml"
+            )
         return (base,) + (per,) * ((n - base) // per)
 
     def availability(self, data_root: Path) -> Availability:
         d = self.folder(data_root)
         if (d / "manifest.csv").is_file() and (d / "classes.txt").is_file():
             return Availability(True, f"manifest in {d}")
-        return Availability(False, (
-            f"no manifest in {d}\n"
-            f"Put {d / 'manifest.csv'} (header `path,labels,split`; labels: class names separated by ';'; split: train or test)\n"
-            f"and {d / 'classes.txt'} (class names in label order, one a line). Optional {d / 'dataset.yaml'}: base_classes (30),\n"
-            "classes_per_phase (5), audio_root, path_prefix, skip_bad. Relative paths are read under the folder (or audio_root)."))
+        return Availability(
+            False,
+            (
+                f"no manifest in {d}\n"
+                f"Put {d / 'manifest.csv'} (header `path,labels,split`; labels: class names separated by ';'; split: train or test)\n"
+                f"and {d / 'classes.txt'} (class names in label order, one a line). Optional {d / 'dataset.yaml'}: base_classes (30),\n"
+                "classes_per_phase (5), audio_root, path_prefix, skip_bad. Relative paths are read under the folder (or audio_root)."
+            ),
+        )
 
     def parse(self, data_root: Path, opts: dict) -> PhaseSet:
         d = self.folder(data_root)
@@ -545,7 +666,9 @@ class CsvManifest(MultiLabelAdapter):
         with open(src, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"path", "labels", "split"} <= set(reader.fieldnames):
-                raise DatasetError(f"{src}: the header must name the columns path, labels, split (got {reader.fieldnames})")
+                raise DatasetError(
+                    f"{src}: the header must name the columns path, labels, split (got {reader.fieldnames})"
+                )
             seen_paths: set[str] = set()
             for no, row in enumerate(reader, 2):
                 where = f"{src}:{no}"
@@ -566,7 +689,9 @@ class CsvManifest(MultiLabelAdapter):
                     problem = f"unknown class name(s) {unknown} (not in classes.txt)"
                 if problem:
                     if not skip:
-                        raise DatasetError(f"{where}: {problem}; fix the row, or set skip_bad: true in {d / 'dataset.yaml'}")
+                        raise DatasetError(
+                            f"{where}: {problem}; fix the row, or set skip_bad: true in {d / 'dataset.yaml'}"
+                        )
                     skipped.append(f"{where}: {problem}")
                     continue
                 seen_paths.add(path)

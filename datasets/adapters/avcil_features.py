@@ -17,6 +17,7 @@ whose values exceed the float16 range); labels are class indices from
 `category_encode_dict.npy` (which fixes the class order); rows are sorted by
 (split, class index, vid), a deterministic order that makes a killed import resumable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,26 @@ INFOS = {
     i.name: i
     for i in (
         AVCILInfo("ave", "AVE", "AVE", 28, "4x7", (7,) * 4, 340, "AVE_features.zip"),
-        AVCILInfo("ksounds", "kinetics-sounds", "Kinetics-Sounds", 30, "5x6", (6,) * 5, 500, "KS_features.zip.aa..ac (3 parts)"),
-        AVCILInfo("vggsound100", "VGGSound_100", "VGGSound100", 100, "10x10", (10,) * 10, 1500, "VS100_features.zip.aa..af (6 parts)"),
+        AVCILInfo(
+            "ksounds",
+            "kinetics-sounds",
+            "Kinetics-Sounds",
+            30,
+            "5x6",
+            (6,) * 5,
+            500,
+            "KS_features.zip.aa..ac (3 parts)",
+        ),
+        AVCILInfo(
+            "vggsound100",
+            "VGGSound_100",
+            "VGGSound100",
+            100,
+            "10x10",
+            (10,) * 10,
+            1500,
+            "VS100_features.zip.aa..af (6 parts)",
+        ),
     )
 }
 
@@ -125,9 +144,15 @@ class AVCILFeatures(DatasetAdapter):
         src = default_src(data_root)
         partial = store.with_name(store.name + ".partial")
         if partial.exists():
-            return Availability(False, f"{self.title}: an import was interrupted ({partial}); re-run it to resume:\n  {import_command(self.name, src, data_root)}")
+            return Availability(
+                False,
+                f"{self.title}: an import was interrupted ({partial}); re-run it to resume:\n  {import_command(self.name, src, data_root)}",
+            )
         if (src / self.info.folder / DICT_FILES[0]).is_file():
-            return Availability(False, f"{self.title}: AV-CIL source files found at {src / self.info.folder} but not imported yet; run:\n  {import_command(self.name, src, data_root)}")
+            return Availability(
+                False,
+                f"{self.title}: AV-CIL source files found at {src / self.info.folder} but not imported yet; run:\n  {import_command(self.name, src, data_root)}",
+            )
         return Availability(False, _download_instructions(self.info, data_root))
 
     def open(self, data_root: Path, progress: bool = True) -> FeatureStore:
@@ -149,9 +174,11 @@ class AVCILFeatures(DatasetAdapter):
 
     def missing_views_hint(self, data_root: Path, lacking: set[str]) -> str:
         if lacking & {"clip_image", "waveform"}:
-            return ("N/A: only pre-extracted features are present, and this method reads raw frames and audio; with the raw "
-                    f"videos, extract a store that has them: `python -m datasets.extraction.videos --dataset {self.name} --audio-ckpt "
-                    "AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --mcil-views`")
+            return (
+                "N/A: only pre-extracted features are present, and this method reads raw frames and audio; with the raw "
+                f"videos, extract a store that has them: `python -m datasets.extraction.videos --dataset {self.name} --audio-ckpt "
+                "AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --mcil-views`"
+            )
         return ""
 
 
@@ -162,7 +189,9 @@ def _download_instructions(info: AVCILInfo, data_root: Path) -> str:
         f"  1. Download {info.zips} from the Hugging Face dataset {HF_DATASET} "
         f"(concatenate split parts first, e.g. `cat KS_features.zip.* > KS_features.zip`) and unzip into {src / info.folder}/.\n"
         f"  2. Copy {', '.join(DICT_FILES)} from {AVCIL_REPO} data/{info.folder}/ into {src / info.folder}/.\n"
-        f"  The layout must be (SRC = {src}, <folder> = {info.folder}):\n    " + SOURCE_LAYOUT.replace("\n", "\n    ") + "\n"
+        f"  The layout must be (SRC = {src}, <folder> = {info.folder}):\n    "
+        + SOURCE_LAYOUT.replace("\n", "\n    ")
+        + "\n"
         f"  3. Import once (the .npy files are pickles; only do this for files from a trusted source):\n"
         f"     {import_command(info.name, src, data_root)}\n"
         f"  Or, with the raw videos in {Path(data_root) / 'raw_data' / info.folder / 'videos'}/ and the three dict files, extract the features\n"
@@ -183,10 +212,14 @@ def _load_pickled_dict(path: Path) -> dict:
     try:
         arr = np.load(path, allow_pickle=True)
     except Exception as e:  # corrupt, truncated, not .npy: every failure means the same fix
-        raise DatasetError(f"{path}: cannot load ({type(e).__name__}: {e}); the file is corrupt or truncated, download it again") from e
+        raise DatasetError(
+            f"{path}: cannot load ({type(e).__name__}: {e}); the file is corrupt or truncated, download it again"
+        ) from e
     obj = arr.item() if isinstance(arr, np.ndarray) and arr.dtype == object and arr.shape == () else None
     if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a pickled dict saved with np.save (0-d object array), got {type(arr).__name__} {getattr(arr, 'shape', '')}")
+        raise DatasetError(
+            f"{path}: expected a pickled dict saved with np.save (0-d object array), got {type(arr).__name__} {getattr(arr, 'shape', '')}"
+        )
     return obj
 
 
@@ -222,7 +255,9 @@ class _H5Features:
             return fn()
         except (OSError, RuntimeError) as e:  # h5py reports truncation/corruption as OSError
             where = f" (reading vid {vid!r})" if vid else ""
-            raise DatasetError(f"{self.path}: HDF5 file is truncated or corrupt{where}: {e}; download it again (for split zips, concatenate every part before unzipping)") from e
+            raise DatasetError(
+                f"{self.path}: HDF5 file is truncated or corrupt{where}: {e}; download it again (for split zips, concatenate every part before unzipping)"
+            ) from e
 
     def __contains__(self, vid: str) -> bool:
         return self._guard(lambda: isinstance(self.f.get(vid), h5py.Dataset), vid)
@@ -245,7 +280,8 @@ def _resolve_folder(src: Path, info: AVCILInfo) -> Path:
         return src
     raise DatasetError(
         f"missing source folder {src / info.folder}; put the AV-CIL {info.title} files there in this layout (SRC = {src}, <folder> = {info.folder}):\n"
-        + SOURCE_LAYOUT + f"\n(features from HF dataset {HF_DATASET}: {info.zips}; dict files from {AVCIL_REPO} data/{info.folder}/)"
+        + SOURCE_LAYOUT
+        + f"\n(features from HF dataset {HF_DATASET}: {info.zips}; dict files from {AVCIL_REPO} data/{info.folder}/)"
     )
 
 
@@ -262,16 +298,26 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
     enc, cid, idc = (_load_pickled_dict(p) for p in (enc_p, cid_p, idc_p))
     index = {str(k): v for k, v in enc.items()}
     if sorted(index.values()) != list(range(len(index))):
-        raise DatasetError(f"{enc_p}: class indices must be exactly 0..{len(index) - 1}, got {sorted(index.values())[:10]}...")
+        raise DatasetError(
+            f"{enc_p}: class indices must be exactly 0..{len(index) - 1}, got {sorted(index.values())[:10]}..."
+        )
     class_names = sorted(index, key=index.get)
     if len(class_names) != info.num_classes:
-        log.warning("%s has %d classes; the AV-CIL %s release has %d, so the default protocol %s will not fit", enc_p,
-                    len(class_names), info.title, info.num_classes, info.protocol)
+        log.warning(
+            "%s has %d classes; the AV-CIL %s release has %d, so the default protocol %s will not fit",
+            enc_p,
+            len(class_names),
+            info.title,
+            info.num_classes,
+            info.protocol,
+        )
     ids, labels, splits = [], [], []
     for split in SPLITS:
         if split not in cid or split not in idc:
             missing = cid_p if split not in cid else idc_p
-            raise DatasetError(f"{missing}: no {split!r} split; the file must hold train, val and test (download it again from {AVCIL_REPO})")
+            raise DatasetError(
+                f"{missing}: no {split!r} split; the file must hold train, val and test (download it again from {AVCIL_REPO})"
+            )
         per_class = {int(c): [str(v) for v in vids] for c, vids in cid[split].items()}
         vid_cat = {str(k): str(v) for k, v in idc[split].items()}
         bad = sorted(set(per_class) - set(range(len(class_names))))
@@ -281,20 +327,26 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
         for c in sorted(per_class):
             for vid in sorted(per_class[c]):
                 if vid not in vid_cat:
-                    raise DatasetError(f"{idc_p}: vid {vid!r} ({split}, class {c} {class_names[c]!r} in {cid_p.name}) is missing; the dict files do not belong together, download both again")
+                    raise DatasetError(
+                        f"{idc_p}: vid {vid!r} ({split}, class {c} {class_names[c]!r} in {cid_p.name}) is missing; the dict files do not belong together, download both again"
+                    )
                 if vid_cat[vid] != class_names[c]:
-                    raise DatasetError(f"{idc_p}: vid {vid!r} ({split}) has category {vid_cat[vid]!r} but {cid_p.name} lists it under class {c} {class_names[c]!r}; "
-                                       "the dict files do not belong together: copy both again from the AV-CIL "
-                                       "repository's data/<dataset>/ folder")
+                    raise DatasetError(
+                        f"{idc_p}: vid {vid!r} ({split}) has category {vid_cat[vid]!r} but {cid_p.name} lists it under class {c} {class_names[c]!r}; "
+                        "the dict files do not belong together: copy both again from the AV-CIL "
+                        "repository's data/<dataset>/ folder"
+                    )
                 ids.append(vid)
                 labels.append(c)
                 splits.append(split)
                 listed.add(vid)
         extra = sorted(set(vid_cat) - listed)
         if extra:
-            raise DatasetError(f"{idc_p}: vid {extra[0]!r} ({split}{f', and {len(extra) - 1} more' if len(extra) > 1 else ''}) is not listed in {cid_p.name}; "
-                               "the dict files do not belong together: copy both again from the AV-CIL repository's "
-                               "data/<dataset>/ folder")
+            raise DatasetError(
+                f"{idc_p}: vid {extra[0]!r} ({split}{f', and {len(extra) - 1} more' if len(extra) > 1 else ''}) is not listed in {cid_p.name}; "
+                "the dict files do not belong together: copy both again from the AV-CIL repository's "
+                "data/<dataset>/ folder"
+            )
     table = SampleTable(ids, np.array(labels), np.array(splits), class_names)
     table.validate(str(cid_p))
     return table, cid_p
@@ -306,18 +358,24 @@ def _check_features(src, table: SampleTable, ndim: int) -> tuple[int, ...]:
     if missing:
         i = table.ids.index(missing[0])
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DatasetError(f"{src.path}: vid {missing[0]!r}{more} ({table.splits[i]}, class {table.class_names[table.labels[i]]!r}) is listed in all_classId_vid_dict.npy but missing here; "
-                           "download the features again (all zip parts, concatenated) or remove the vid from the split dicts")
+        raise DatasetError(
+            f"{src.path}: vid {missing[0]!r}{more} ({table.splits[i]}, class {table.class_names[table.labels[i]]!r}) is listed in all_classId_vid_dict.npy but missing here; "
+            "download the features again (all zip parts, concatenated) or remove the vid from the split dicts"
+        )
     ref_vid = table.ids[0]
     expected, _ = src.meta(ref_vid)
     if len(expected) != ndim:
-        raise DatasetError(f"{src.path}: vid {ref_vid!r} has shape {tuple(expected)}; expected a {ndim}-d array per "
-                           "vid: the file in this slot holds other features (audio and visual swapped?); put the "
-                           "released file there, or download it again")
+        raise DatasetError(
+            f"{src.path}: vid {ref_vid!r} has shape {tuple(expected)}; expected a {ndim}-d array per "
+            "vid: the file in this slot holds other features (audio and visual swapped?); put the "
+            "released file there, or download it again"
+        )
     for vid in table.ids:
         shape, dtype = src.meta(vid)
         if tuple(shape) != tuple(expected):
-            raise DatasetError(f"{src.path}: vid {vid!r} has shape {tuple(shape)}, expected {tuple(expected)} (the shape of the first vid {ref_vid!r}); the file is corrupt or mixes feature versions, download it again")
+            raise DatasetError(
+                f"{src.path}: vid {vid!r} has shape {tuple(shape)}, expected {tuple(expected)} (the shape of the first vid {ref_vid!r}); the file is corrupt or mixes feature versions, download it again"
+            )
         if not np.issubdtype(dtype, np.floating):
             raise DatasetError(f"{src.path}: vid {vid!r} has dtype {dtype}, expected floating-point features")
     return tuple(expected)
@@ -328,10 +386,14 @@ def _grid(n_tokens: int, grid: tuple[int, int] | None, path: Path) -> tuple[int,
     if grid is not None:
         t, p = grid
         if t * p != n_tokens:
-            raise DatasetError(f"--grid {t},{p} gives {t * p} tokens but {path} has {n_tokens} tokens per vid; pass --grid T,P with T*P = {n_tokens}")
+            raise DatasetError(
+                f"--grid {t},{p} gives {t * p} tokens but {path} has {n_tokens} tokens per vid; pass --grid T,P with T*P = {n_tokens}"
+            )
         return t, p
     if n_tokens % DEFAULT_T:
-        raise DatasetError(f"{path} has {n_tokens} visual tokens per vid, not divisible by the default T={DEFAULT_T} temporal tubelets; pass --grid T,P with T*P = {n_tokens}")
+        raise DatasetError(
+            f"{path} has {n_tokens} visual tokens per vid, not divisible by the default T={DEFAULT_T} temporal tubelets; pass --grid T,P with T*P = {n_tokens}"
+        )
     return DEFAULT_T, n_tokens // DEFAULT_T
 
 
@@ -345,8 +407,12 @@ def fingerprint_file(path: Path, whole: bool) -> dict:
         head = hashlib.sha256(f.read(HASH_EDGE)).hexdigest()
         f.seek(max(0, st.st_size - HASH_EDGE))
         tail = hashlib.sha256(f.read(HASH_EDGE)).hexdigest()
-    return {"size": st.st_size, "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
-            "sha256_first_16MiB": head, "sha256_last_16MiB": tail}
+    return {
+        "size": st.st_size,
+        "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+        "sha256_first_16MiB": head,
+        "sha256_last_16MiB": tail,
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -386,7 +452,14 @@ def _fill_view(writer: StoreWriter, view: str, src, ids: list[str], reshape, bat
     stats_path = writer.partial / f"import_stats_{view}.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     if stats.get("fingerprint") != writer.fingerprint or stats.get("rows", 0) > writer.filled[view]:
-        stats = {"fingerprint": writer.fingerprint, "rows": 0, "max_abs_value": 0.0, "max_abs_error": 0.0, "max_rel_error": 0.0, "n_nonzero_below_fp16_normal": 0}
+        stats = {
+            "fingerprint": writer.fingerprint,
+            "rows": 0,
+            "max_abs_value": 0.0,
+            "max_abs_error": 0.0,
+            "max_rel_error": 0.0,
+            "n_nonzero_below_fp16_normal": 0,
+        }
     start = stats["rows"]
     with tqdm(total=n, initial=start, desc=f"{view:6s}", unit="vid", disable=not progress) as bar:
         while start < n:
@@ -394,13 +467,15 @@ def _fill_view(writer: StoreWriter, view: str, src, ids: list[str], reshape, bat
             x = np.stack([reshape(src.read(v)) for v in ids[start:end]])
             finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
             if not finite.all():
-                raise DatasetError(f"{src.path}: vid {ids[start + int(np.argmin(finite))]!r} has NaN/inf values; the file is corrupt, download it again")
+                raise DatasetError(
+                    f"{src.path}: vid {ids[start + int(np.argmin(finite))]!r} has NaN/inf values; the file is corrupt, download it again"
+                )
             _update_stats(stats, x, fp16)
             if fp16 and stats["max_abs_value"] > F16_MAX:
                 raise _Fp16Overflow(view, stats["max_abs_value"])
             done = writer.filled[view]
             if end > done:
-                writer.write(view, done, x[done - start:])
+                writer.write(view, done, x[done - start :])
             stats["rows"] = end
             atomic_write_text(stats_path, json.dumps(stats))
             bar.update(end - start)
@@ -409,8 +484,13 @@ def _fill_view(writer: StoreWriter, view: str, src, ids: list[str], reshape, bat
     out = {k: v for k, v in stats.items() if k not in ("fingerprint", "rows")}
     if fp16:
         return {"dtype": "float16", **out, "rel_error_over": f"|x| >= {F16_TINY:.3g} (smallest normal float16)"}
-    return {"dtype": "float32", "max_abs_value": out["max_abs_value"], "max_abs_error": 0.0, "max_rel_error": 0.0,
-            "note": "values exceed the float16 range, kept float32"}
+    return {
+        "dtype": "float32",
+        "max_abs_value": out["max_abs_value"],
+        "max_abs_error": 0.0,
+        "max_rel_error": 0.0,
+        "note": "values exceed the float16 range, kept float32",
+    }
 
 
 def _previous_dtypes(final: Path, meta: dict) -> dict:
@@ -429,8 +509,16 @@ def _auto_batch(shape: tuple[int, ...]) -> int:
     return max(1, BATCH_BYTES // (4 * int(np.prod(shape))))
 
 
-def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool = False, grid: tuple[int, int] | None = None,
-                    batch_rows: int | None = None, force: bool = False, progress: bool = True) -> FeatureStore:
+def import_features(
+    dataset: str,
+    src: Path,
+    data_root: Path,
+    trust_pickle: bool = False,
+    grid: tuple[int, int] | None = None,
+    batch_rows: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> FeatureStore:
     """Convert `src/<folder>/` into the store at `store_path(data_root, dataset)`. See the module docstring."""
     info = dataset_info(dataset)
     if batch_rows is not None and batch_rows <= 0:
@@ -460,16 +548,25 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
         visual = _H5Features(visual_p)
     else:
         size_gb = visual_p.stat().st_size / 1e9
-        log.info("note: %s is a pickle and loads whole into RAM: about %.1f GB here (AVE's is about 20 GB); this is "
-                 "unavoidable for the pickled variant", visual_p, size_gb)
+        log.info(
+            "note: %s is a pickle and loads whole into RAM: about %.1f GB here (AVE's is about 20 GB); this is "
+            "unavoidable for the pickled variant",
+            visual_p,
+            size_gb,
+        )
         visual = _DictFeatures(visual_p, _load_pickled_dict(visual_p))
     try:
         n_tokens, d_visual = _check_features(visual, table, ndim=2)
         t, p = _grid(n_tokens, grid, visual_p)
-        sources = {str(pth.relative_to(folder)): fingerprint_file(pth, whole=pth.name in DICT_FILES)
-                   for pth in [folder / f for f in DICT_FILES] + [audio_p, visual_p]}
+        sources = {
+            str(pth.relative_to(folder)): fingerprint_file(pth, whole=pth.name in DICT_FILES)
+            for pth in [folder / f for f in DICT_FILES] + [audio_p, visual_p]
+        }
         meta = {
-            "dataset": info.name, "title": info.title, "source": "avcil-released-features", "pretrained": True,
+            "dataset": info.name,
+            "title": info.title,
+            "source": "avcil-released-features",
+            "pretrained": True,
             "encoders": {"audio": AUDIO_ENCODER, "visual": VISUAL_ENCODER},
             "visual_grid": {"T": t, "P": p, "token_order": "t-major (token = t * P + p)"},
             "source_files": sources,
@@ -479,22 +576,45 @@ def import_features(dataset: str, src: Path, data_root: Path, trust_pickle: bool
         dtypes = {"audio": "float16", "visual": "float16", **_previous_dtypes(final, meta)}
         readers = {"audio": (audio, lambda a: a), "visual": (visual, lambda v: v.reshape(t, p, d_visual))}
         while True:
-            writer = StoreWriter(final, table, [ViewSpec(k, shapes[k], dtypes[k]) for k in shapes], meta, source=str(cid_p))
+            writer = StoreWriter(
+                final, table, [ViewSpec(k, shapes[k], dtypes[k]) for k in shapes], meta, source=str(cid_p)
+            )
             try:
-                conversion = {k: _fill_view(writer, k, readers[k][0], table.ids, readers[k][1], batch_rows or _auto_batch(shapes[k]), progress)
-                              for k in shapes}
+                conversion = {
+                    k: _fill_view(
+                        writer,
+                        k,
+                        readers[k][0],
+                        table.ids,
+                        readers[k][1],
+                        batch_rows or _auto_batch(shapes[k]),
+                        progress,
+                    )
+                    for k in shapes
+                }
                 break
             except _Fp16Overflow as e:
-                log.warning("%s: values up to %.4g exceed the float16 range (max %.0f); keeping float32 for this view "
-                            "and restarting the import", e.view, e.max_abs, F16_MAX)
+                log.warning(
+                    "%s: values up to %.4g exceed the float16 range (max %.0f); keeping float32 for this view "
+                    "and restarting the import",
+                    e.view,
+                    e.max_abs,
+                    F16_MAX,
+                )
                 dtypes[e.view] = "float32"
     finally:
         visual.close()
     writer.add_meta(fp16_conversion=conversion, source_dir=str(folder.resolve()))
     store = writer.finalize()
     for k, c in conversion.items():
-        log.info("  %s: %s, shape %s, max abs error %.3g, max rel error %.3g", k, c["dtype"], shapes[k],
-                 c["max_abs_error"], c["max_rel_error"])
+        log.info(
+            "  %s: %s, shape %s, max abs error %.3g, max rel error %.3g",
+            k,
+            c["dtype"],
+            shapes[k],
+            c["max_abs_error"],
+            c["max_rel_error"],
+        )
     log.info("%s: imported %d clips, %d classes -> %s", info.title, len(table.ids), len(table.class_names), final)
     return store
 
@@ -514,26 +634,54 @@ def _parse_grid(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.adapters.avcil_features", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.adapters.avcil_features",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser(
-        "import", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "import",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="convert the released AV-CIL features into a harness feature store (one time)",
-        description="Convert SRC/<folder>/ into <data-root>/imported/<dataset>/.\n\nExpected source layout:\n" + SOURCE_LAYOUT
-        + "\n\nFolders: " + ", ".join(f"{i.name} -> {i.folder}" for i in INFOS.values())
+        description="Convert SRC/<folder>/ into <data-root>/imported/<dataset>/.\n\nExpected source layout:\n"
+        + SOURCE_LAYOUT
+        + "\n\nFolders: "
+        + ", ".join(f"{i.name} -> {i.folder}" for i in INFOS.values())
         + "\nInterrupted imports resume from <store>.partial/ when re-run with the same arguments.",
     )
     imp.add_argument("--dataset", required=True, choices=sorted(INFOS), help="which AV-CIL dataset to import")
-    imp.add_argument("--src", type=Path, default=None,
-                     help="directory holding the <folder>/ of this dataset (or that folder itself); default <data-root>/avcil_features")
-    imp.add_argument("--data-root", type=Path, default=Path("data"), help="harness data root; the store goes to <data-root>/imported/<dataset> (default: data)")
-    imp.add_argument("--trust-pickle", action="store_true",
-                     help="required: confirm the .npy files come from a trusted source (they are pickles, which can run code when loaded)")
-    imp.add_argument("--grid", type=_parse_grid, default=None, metavar="T,P",
-                     help=f"visual token grid: T temporal x P spatial tokens, t-major (default T={DEFAULT_T}, P = tokens / T, e.g. 8,196)")
-    imp.add_argument("--batch-rows", type=positive_int, default=None, metavar="N",
-                     help="rows per write batch (default: about 128 MiB of float32 per batch)")
+    imp.add_argument(
+        "--src",
+        type=Path,
+        default=None,
+        help="directory holding the <folder>/ of this dataset (or that folder itself); default <data-root>/avcil_features",
+    )
+    imp.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data"),
+        help="harness data root; the store goes to <data-root>/imported/<dataset> (default: data)",
+    )
+    imp.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: confirm the .npy files come from a trusted source (they are pickles, which can run code when loaded)",
+    )
+    imp.add_argument(
+        "--grid",
+        type=_parse_grid,
+        default=None,
+        metavar="T,P",
+        help=f"visual token grid: T temporal x P spatial tokens, t-major (default T={DEFAULT_T}, P = tokens / T, e.g. 8,196)",
+    )
+    imp.add_argument(
+        "--batch-rows",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="rows per write batch (default: about 128 MiB of float32 per batch)",
+    )
     imp.add_argument("--force", action="store_true", help="import again even if the store already exists")
     imp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
@@ -543,9 +691,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        import_features(args.dataset, args.src if args.src is not None else default_src(args.data_root), args.data_root,
-                        trust_pickle=args.trust_pickle, grid=args.grid, batch_rows=args.batch_rows, force=args.force,
-                        progress=not args.no_progress)
+        import_features(
+            args.dataset,
+            args.src if args.src is not None else default_src(args.data_root),
+            args.data_root,
+            trust_pickle=args.trust_pickle,
+            grid=args.grid,
+            batch_rows=args.batch_rows,
+            force=args.force,
+            progress=not args.no_progress,
+        )
 
     return run_command(body)
 

@@ -27,6 +27,7 @@ Memory 15 exemplars per class (285 / 405): the reference keeps no exemplars; the
 only for the harness's exemplar methods. Eval prompt template "a bad photo of a {}." (the
 reference configs' prompt_template).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -112,17 +113,21 @@ class ImageNetESC(PairedFolderAdapter):
         return out
 
     def layout_help(self, root: Path) -> str:
-        return (f"  {root}/image/{{train,test}}/<wnid>/*.JPEG for the {len(self.CLASSES)} WNIDs {self.CLASSES[0]} ... {self.CLASSES[-1]} "
-                "(ImageNet train images for train, ImageNet val images for test)\n"
-                f"  and either {root}/audio/{{train,test}}/<wnid>/*.wav (ESC-50 clips of the paired sound class; README layout)\n"
-                f"  or one {root}/audio/<wnid>.wav per class (the released code's layout).\n"
-                f"  Pairs and layouts: {REFERENCE_REPO} (README) and datasets/adapters/imagenet_esc.py (PAIRS). Nothing is downloaded here.\n"
-                f"  Then: python run_all.py --datasets {self.name}")
+        return (
+            f"  {root}/image/{{train,test}}/<wnid>/*.JPEG for the {len(self.CLASSES)} WNIDs {self.CLASSES[0]} ... {self.CLASSES[-1]} "
+            "(ImageNet train images for train, ImageNet val images for test)\n"
+            f"  and either {root}/audio/{{train,test}}/<wnid>/*.wav (ESC-50 clips of the paired sound class; README layout)\n"
+            f"  or one {root}/audio/<wnid>.wav per class (the released code's layout).\n"
+            f"  Pairs and layouts: {REFERENCE_REPO} (README) and datasets/adapters/imagenet_esc.py (PAIRS). Nothing is downloaded here.\n"
+            f"  Then: python run_all.py --datasets {self.name}"
+        )
 
     def plan(self, scan, bad):
         plan = super().plan(scan, bad)
-        plan.image_meta["esc50"] = [{"wnid": w, "imagenet": n, "esc50_class": e, "esc50_target": t}
-                                    for w, n, (e, t) in zip(self.CLASSES, self.PROMPT_NAMES, self.esc50)]
+        plan.image_meta["esc50"] = [
+            {"wnid": w, "imagenet": n, "esc50_class": e, "esc50_target": t}
+            for w, n, (e, t) in zip(self.CLASSES, self.PROMPT_NAMES, self.esc50)
+        ]
         return plan
 
 

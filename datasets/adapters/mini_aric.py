@@ -28,6 +28,7 @@ Protocols, class order from the reference's class_orders/classroom_data.yaml:
 Memory 15 exemplars per class (495), for the harness's exemplar methods only (the reference
 keeps none). Eval prompt template "a photo of a person who is {} in a classroom.".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,14 +40,80 @@ from datasets.base import ProtocolSpec, step_sizes
 from datasets.errors import DatasetError
 
 CLASSES: tuple[str, ...] = (
-    "analyzing", "blackboard_wiping", "blackboard_writing", "discussing", "drinking", "eating", "gathering_up_bag", "handsup",
-    "listening", "listening_to_music", "picking_up_computers", "reading", "relaxing", "reviewing", "scratching_head",
-    "setting_equipment", "sleeping", "speaking", "standing", "student_demonstrating", "taking_bag", "taking_bottle", "taking_off",
-    "taking_photos", "talking", "teaching", "unknown", "using_computers", "using_pad", "using_phone", "walking", "writing", "yawning",
+    "analyzing",
+    "blackboard_wiping",
+    "blackboard_writing",
+    "discussing",
+    "drinking",
+    "eating",
+    "gathering_up_bag",
+    "handsup",
+    "listening",
+    "listening_to_music",
+    "picking_up_computers",
+    "reading",
+    "relaxing",
+    "reviewing",
+    "scratching_head",
+    "setting_equipment",
+    "sleeping",
+    "speaking",
+    "standing",
+    "student_demonstrating",
+    "taking_bag",
+    "taking_bottle",
+    "taking_off",
+    "taking_photos",
+    "talking",
+    "teaching",
+    "unknown",
+    "using_computers",
+    "using_pad",
+    "using_phone",
+    "walking",
+    "writing",
+    "yawning",
 )
-CLASS_ORDER: tuple[int, ...] = (26, 8, 11, 29, 28, 27, 14, 31, 24, 18, 16, 25, 32, 30, 12, 0, 21, 6, 4, 23, 9, 3, 15, 20, 2, 1, 22, 19, 5, 13, 7, 17, 10)
+CLASS_ORDER: tuple[int, ...] = (
+    26,
+    8,
+    11,
+    29,
+    28,
+    27,
+    14,
+    31,
+    24,
+    18,
+    16,
+    25,
+    32,
+    30,
+    12,
+    0,
+    21,
+    6,
+    4,
+    23,
+    9,
+    3,
+    15,
+    20,
+    2,
+    1,
+    22,
+    19,
+    5,
+    13,
+    7,
+    17,
+    10,
+)
 # (initial, per_step, reference config name)
-PROTOCOLS: tuple[tuple[int, int, str], ...] = ((13, 10, "classroom33_3-6-MoE-Adapters"), (13, 5, "classroom33_5-5-MoE-Adapters"))
+PROTOCOLS: tuple[tuple[int, int, str], ...] = (
+    (13, 10, "classroom33_3-6-MoE-Adapters"),
+    (13, 5, "classroom33_5-5-MoE-Adapters"),
+)
 MEMORY_PER_CLASS = 15
 ARIC_PAGE = "https://ivipclab.github.io/publication_ARIC/ARIC/"
 
@@ -79,10 +146,12 @@ class MiniARIC(PairedFolderAdapter):
         return missing
 
     def layout_help(self, root: Path) -> str:
-        return (f"  {root}/image/{{train,test}}/<class>/*.jpg for the 33 classes {CLASSES[0]} ... {CLASSES[-1]}\n"
-                f"  {root}/audio/wav_<rest>.wav, one per image A_B_<rest>.jpg (flat folder)\n"
-                f"  miniARIC comes from the ARIC authors ({ARIC_PAGE}); nothing is downloaded here.\n"
-                f"  Then: python run_all.py --datasets {self.name}")
+        return (
+            f"  {root}/image/{{train,test}}/<class>/*.jpg for the 33 classes {CLASSES[0]} ... {CLASSES[-1]}\n"
+            f"  {root}/audio/wav_<rest>.wav, one per image A_B_<rest>.jpg (flat folder)\n"
+            f"  miniARIC comes from the ARIC authors ({ARIC_PAGE}); nothing is downloaded here.\n"
+            f"  Then: python run_all.py --datasets {self.name}"
+        )
 
     def scan_audio(self, root: Path, class_names: list[str], images: list[Item]) -> Scan:
         audio = root / "audio"
@@ -106,21 +175,33 @@ class MiniARIC(PairedFolderAdapter):
             image_clip.append(index[key])
         if missing and not self.skip_bad:
             it, want = missing[0]
-            raise DatasetError(f"{it.path}: its audio partner {want} does not exist (rule: image A_B_rest.jpg -> "
-                               "audio/wav_rest.wav); put the clip there, or delete the image, or run with --skip-bad "
-                               f"to leave such images out\n  {len(missing)} image(s) without audio:\n"
-                               + listing(f"{i.path} -> {w}" for i, w in missing))
+            raise DatasetError(
+                f"{it.path}: its audio partner {want} does not exist (rule: image A_B_rest.jpg -> "
+                "audio/wav_rest.wav); put the clip there, or delete the image, or run with --skip-bad "
+                f"to leave such images out\n  {len(missing)} image(s) without audio:\n"
+                + listing(f"{i.path} -> {w}" for i, w in missing)
+            )
         # A clip shared by images of several classes or split groups gets one row per (class, group): unique ids.
         seen: dict[str, int] = {}
         for c in clips:
             seen[c.rel] = seen.get(c.rel, 0) + 1
         clips = [c if seen[c.rel] == 1 else c._replace(id=f"{c.rel}#{class_names[c.label]}/{c.split}") for c in clips]
-        skipped = [{"file": it.rel, "reason": f"its audio partner {w.relative_to(root).as_posix()} is missing"} for it, w in missing]
+        skipped = [
+            {"file": it.rel, "reason": f"its audio partner {w.relative_to(root).as_posix()} is missing"}
+            for it, w in missing
+        ]
         used = {c.rel for c in clips}
-        return Scan(root, class_names, kept, clips, "fixed", image_clip, skipped,
-                    audio_layout="flat: image A_B_rest.jpg <-> audio/wav_rest.wav",
-                    notes={"unpaired_audio_files": sum(1 for p in wavs.values()
-                                                        if p.relative_to(root).as_posix() not in used)})
+        return Scan(
+            root,
+            class_names,
+            kept,
+            clips,
+            "fixed",
+            image_clip,
+            skipped,
+            audio_layout="flat: image A_B_rest.jpg <-> audio/wav_rest.wav",
+            notes={"unpaired_audio_files": sum(1 for p in wavs.values() if p.relative_to(root).as_posix() not in used)},
+        )
 
 
 ADAPTERS = [MiniARIC()]

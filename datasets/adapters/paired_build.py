@@ -7,6 +7,7 @@ whose header is fine but whose data is not (a truncated JPEG) is caught while bu
 and remembered the same way. What to do with bad files (stop, or skip them) is the adapter's
 decision (`datasets.adapters.paired_folder`); the decoding itself is `datasets.media`'s.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ from datasets.store import FeatureStore, StoreWriter, ViewSpec
 log = logging.getLogger(__name__)
 
 SKIP_ENV = "PAIRED_SKIP_BAD"
-SKIP_FIX = (f"replace it, or delete it, or run with --skip-bad ({SKIP_ENV}=1) to leave it out (listed in the store's "
-            "meta)")
+SKIP_FIX = (
+    f"replace it, or delete it, or run with --skip-bad ({SKIP_ENV}=1) to leave it out (listed in the store's meta)"
+)
 
 
 @dataclass
@@ -205,8 +207,9 @@ def apply_skips(scan: Scan, bad: dict[str, str]) -> tuple[list[Item], list[Item]
     return images, clips, image_clip, [{"file": f, "reason": r} for f, r in sorted(skipped.items())]
 
 
-def check_coverage(scan: Scan, images: list[Item], clips: list[Item], n_skipped: int,
-                   title: str) -> tuple[tuple[str, ...], list[str]]:
+def check_coverage(
+    scan: Scan, images: list[Item], clips: list[Item], n_skipped: int, title: str
+) -> tuple[tuple[str, ...], list[str]]:
     """(the splits every class has clips in, the classes whose images of some split draw from all of the class's
     clips) after checking that the images are a valid table and that every class has a clip."""
     root, names = scan.root, scan.class_names
@@ -221,8 +224,9 @@ def check_coverage(scan: Scan, images: list[Item], clips: list[Item], n_skipped:
         has[it.label, SPLITS.index(it.split)] = True
     lacking = [names[c] for c in np.flatnonzero(~has.any(axis=1))]
     if lacking:
-        raise DatasetError(f"{root / 'audio'}: class(es) {lacking[:8]} have no usable audio clip{after}; "
-                           "add clips for them")
+        raise DatasetError(
+            f"{root / 'audio'}: class(es) {lacking[:8]} have no usable audio clip{after}; add clips for them"
+        )
     bank_required = tuple(s for k, s in enumerate(SPLITS) if has[:, k].all())
     fallback = []
     if scan.pairing == "class":
@@ -230,20 +234,28 @@ def check_coverage(scan: Scan, images: list[Item], clips: list[Item], n_skipped:
         for it in images:
             img_has[it.label, SPLITS.index(it.split)] = True
         for c in range(n_classes):
-            if ((img_has[c, 0] and not has[c, 0]) or (img_has[c, 1] and not (has[c, 1] or has[c, 0]))
-                    or (img_has[c, 2] and not has[c, 2])):
+            if (
+                (img_has[c, 0] and not has[c, 0])
+                or (img_has[c, 1] and not (has[c, 1] or has[c, 0]))
+                or (img_has[c, 2] and not has[c, 2])
+            ):
                 fallback.append(names[c])
         if fallback and scan.audio_layout == "split":
-            log.warning("%s: class(es) %s lack clips in a split group (audio/train or audio/test); their images of "
-                        "that split pair with any clip of the class", title, fallback[:8])
+            log.warning(
+                "%s: class(es) %s lack clips in a split group (audio/train or audio/test); their images of "
+                "that split pair with any clip of the class",
+                title,
+                fallback[:8],
+            )
     return bank_required, fallback
 
 
 # ----------------------------------------------------------------------------- building
 
 
-def fill(writer: StoreWriter, view: str, jobs: list, fn, desc: str, progress: bool, workers: int,
-         batch_size: int) -> list:
+def fill(
+    writer: StoreWriter, view: str, jobs: list, fn, desc: str, progress: bool, workers: int, batch_size: int
+) -> list:
     """Run `fn` over `jobs` in batches (worker pool) and write view rows in order; resumes at the filled row.
 
     Returns the extra outputs of every job; a job that failed is a BadFiles of the batch's failures."""
@@ -268,16 +280,34 @@ def fill(writer: StoreWriter, view: str, jobs: list, fn, desc: str, progress: bo
 
 
 def _table(items: list[Item], class_names: list[str]) -> SampleTable:
-    return SampleTable([it.id for it in items], np.array([it.label for it in items], dtype=np.int64),
-                       np.array([it.split for it in items]), list(class_names))
+    return SampleTable(
+        [it.id for it in items],
+        np.array([it.label for it in items], dtype=np.int64),
+        np.array([it.split for it in items]),
+        list(class_names),
+    )
 
 
-def build_bank(plan: Plan, path: Path, sample_rate: int, clip_samples: int, title: str, workers: int, batch_size: int,
-               progress: bool) -> FeatureStore:
+def build_bank(
+    plan: Plan,
+    path: Path,
+    sample_rate: int,
+    clip_samples: int,
+    title: str,
+    workers: int,
+    batch_size: int,
+    progress: bool,
+) -> FeatureStore:
     """The clip bank: view `waveform` (clip_samples,) per clip (datasets.media.load_clip)."""
     clips = plan.clips
-    writer = StoreWriter(path, _table(clips, plan.scan.class_names), [ViewSpec("waveform", (clip_samples,))],
-                         plan.bank_meta, str(plan.scan.root / "audio"), required_splits=plan.bank_required)
+    writer = StoreWriter(
+        path,
+        _table(clips, plan.scan.class_names),
+        [ViewSpec("waveform", (clip_samples,))],
+        plan.bank_meta,
+        str(plan.scan.root / "audio"),
+        required_splits=plan.bank_required,
+    )
     t0 = time.time()
     jobs = [(str(it.path), it.rel, sample_rate, clip_samples) for it in clips]
     resumed_at = writer.filled["waveform"]
@@ -286,21 +316,24 @@ def build_bank(plan: Plan, path: Path, sample_rate: int, clip_samples: int, titl
     if resampled:
         log.info("%s: %d audio file(s) were resampled to %d Hz", title, resampled, sample_rate)
     # A resumed build counts only the clips it processed itself (resampled_from_row says from where).
-    writer.add_meta(extract_seconds=round(time.time() - t0, 1), resampled_clips=resampled,
-                    resampled_from_row=resumed_at)
+    writer.add_meta(
+        extract_seconds=round(time.time() - t0, 1), resampled_clips=resampled, resampled_from_row=resumed_at
+    )
     return writer.finalize()
 
 
-def build_images(plan: Plan, path: Path, image_size: int, mean, std, title: str, workers: int, batch_size: int,
-                 progress: bool) -> FeatureStore:
+def build_images(
+    plan: Plan, path: Path, image_size: int, mean, std, title: str, workers: int, batch_size: int, progress: bool
+) -> FeatureStore:
     """The image store: view `clip_image` (3, S, S) per image (datasets.media.load_image), plus the int32
     `audio_clip` (each image's bank row) for "fixed" pairing."""
     images = plan.images
     views = [ViewSpec("clip_image", (3, image_size, image_size))]
     if plan.image_clip is not None:
         views.append(ViewSpec("audio_clip", (), "int32"))
-    writer = StoreWriter(path, _table(images, plan.scan.class_names), views, plan.image_meta,
-                         str(plan.scan.root / "image"))
+    writer = StoreWriter(
+        path, _table(images, plan.scan.class_names), views, plan.image_meta, str(plan.scan.root / "image")
+    )
     if plan.image_clip is not None and writer.filled["audio_clip"] == 0:
         writer.write("audio_clip", 0, plan.image_clip)
     t0 = time.time()

@@ -59,6 +59,7 @@ Once `python -m datasets.extraction.paired` has written a frozen-encoder feature
 image store, `open` returns that store instead (views `audio`, `visual` plus the linked raw views;
 datasets.paired_stores finds it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -121,10 +122,20 @@ class PairedFolderAdapter(DatasetAdapter):
     PROMPT_NAMES: tuple[str, ...] | None = None
     user_protocol = True  # the protocol comes from `protocol` / protocol.yaml; subclasses with fixed ones set False
 
-    def __init__(self, root: Path | None = None, name: str | None = None, *, protocol: dict | None = None,
-                 image_size: int = 224, sample_rate: int = 44100, clip_seconds: float = 5.0,
-                 skip_bad: bool | None = None, batch_size: int = 64, workers: int | None = None,
-                 title: str | None = None):
+    def __init__(
+        self,
+        root: Path | None = None,
+        name: str | None = None,
+        *,
+        protocol: dict | None = None,
+        image_size: int = 224,
+        sample_rate: int = 44100,
+        clip_seconds: float = 5.0,
+        skip_bad: bool | None = None,
+        batch_size: int = 64,
+        workers: int | None = None,
+        title: str | None = None,
+    ):
         self._root = Path(root) if root is not None else None
         if name is not None:
             self.name = name
@@ -157,15 +168,25 @@ class PairedFolderAdapter(DatasetAdapter):
         return Path(data_root) / "cache" / "store"
 
     def image_params(self) -> dict:
-        return {"image_size": self.image_size,
-                "resize": "shorter side to image_size, PIL bicubic (long side truncated, torchvision Resize)",
-                "crop": "centre (torchvision CenterCrop rounding)", "convert": "RGB", "image_mean": CLIP_MEAN,
-                "image_std": CLIP_STD}
+        return {
+            "image_size": self.image_size,
+            "resize": "shorter side to image_size, PIL bicubic (long side truncated, torchvision Resize)",
+            "crop": "centre (torchvision CenterCrop rounding)",
+            "convert": "RGB",
+            "image_mean": CLIP_MEAN,
+            "image_std": CLIP_STD,
+        }
 
     def audio_params(self) -> dict:
-        return {"sample_rate": self.sample_rate, "clip_seconds": self.clip_seconds, "clip_samples": self.clip_samples,
-                "mono": "channel mean", "resample": "polyphase (scipy resample_poly) when the file's rate differs",
-                "fit": "centre crop when longer, centred zero padding when shorter", "range": "clipped to [-1, 1]"}
+        return {
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "clip_samples": self.clip_samples,
+            "mono": "channel mean",
+            "resample": "polyphase (scipy resample_poly) when the file's rate differs",
+            "fit": "centre crop when longer, centred zero padding when shorter",
+            "range": "clipped to [-1, 1]",
+        }
 
     # -- classes, prompts, protocol ----------------------------------------------------
 
@@ -201,16 +222,19 @@ class PairedFolderAdapter(DatasetAdapter):
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise DatasetError(f"{path}: not valid YAML ({e}); see `initial`, `per_step`, ... in "
-                               "datasets/adapters/paired_protocol.py") from e
+            raise DatasetError(
+                f"{path}: not valid YAML ({e}); see `initial`, `per_step`, ... in datasets/adapters/paired_protocol.py"
+            ) from e
         return data, str(path), self._root
 
     def _parsed_protocol(self) -> tuple[ProtocolSpec, str]:
         spec, source, base = self.protocol_source()
         if spec is None:
-            raise DatasetError(f"a protocol: put {source or 'protocol.yaml'} next to the data (`initial: N`, "
-                               "`per_step: K`, ...) "
-                               "or pass --paired-protocol INITIAL,PER_STEP")
+            raise DatasetError(
+                f"a protocol: put {source or 'protocol.yaml'} next to the data (`initial: N`, "
+                "`per_step: K`, ...) "
+                "or pass --paired-protocol INITIAL,PER_STEP"
+            )
         return parse_protocol(spec, self.class_names_hint(), source, base)
 
     @property
@@ -231,13 +255,15 @@ class PairedFolderAdapter(DatasetAdapter):
     # -- availability ------------------------------------------------------------------
 
     def layout_help(self, root: Path) -> str:
-        return (f"  {root}/image/{{train,test}}/<class>/*.jpg|png (optional image/val/<class>/...; else 10 % of train "
-                "becomes val)\n"
-                f"  {root}/audio/{{train,test}}/<class>/*.wav|flac   or   {root}/audio/<class>.wav|flac (one clip per "
-                "class)\n"
-                f"  {root}/protocol.yaml with `initial: N` and `per_step: K` (optional: name, class_order, "
-                "class_order_file, memory, "
-                "prompt_template), or pass --paired-protocol N,K")
+        return (
+            f"  {root}/image/{{train,test}}/<class>/*.jpg|png (optional image/val/<class>/...; else 10 % of train "
+            "becomes val)\n"
+            f"  {root}/audio/{{train,test}}/<class>/*.wav|flac   or   {root}/audio/<class>.wav|flac (one clip per "
+            "class)\n"
+            f"  {root}/protocol.yaml with `initial: N` and `per_step: K` (optional: name, class_order, "
+            "class_order_file, memory, "
+            "prompt_template), or pass --paired-protocol N,K"
+        )
 
     def missing_parts(self, data_root: Path) -> list[str]:
         root = self.root(data_root)
@@ -267,10 +293,12 @@ class PairedFolderAdapter(DatasetAdapter):
                 missing.append(str(e))
         if missing:
             who = self.title if self.title == self.name else f"{self.title} ({self.name})"
-            return Availability(False, f"{who}: missing " + "; ".join(missing)
-                                + f"\n  Expected layout:\n{self.layout_help(root)}")
-        return Availability(True, f"{self.title} at {root} (stores built on first use under "
-                                  f"{self.store_dir(data_root)})")
+            return Availability(
+                False, f"{who}: missing " + "; ".join(missing) + f"\n  Expected layout:\n{self.layout_help(root)}"
+            )
+        return Availability(
+            True, f"{self.title} at {root} (stores built on first use under {self.store_dir(data_root)})"
+        )
 
     # -- scanning ----------------------------------------------------------------------
 
@@ -287,7 +315,7 @@ class PairedFolderAdapter(DatasetAdapter):
         return scan_images(root, self.CLASSES, self.title)
 
     def scan_audio(self, root: Path, class_names: list[str], images: list) -> Scan:
-        """"class" pairing through the audio class folders (subclasses override: miniARIC pairs files by name)."""
+        """ "class" pairing through the audio class folders (subclasses override: miniARIC pairs files by name)."""
         return scan_class_audio(root, class_names, images, self.CLASSES is not None, self.title)
 
     # -- bad files -----------------------------------------------------------------------
@@ -302,47 +330,95 @@ class PairedFolderAdapter(DatasetAdapter):
         root = scan.root
         if bad and not self.skip_bad:
             first = sorted(bad)[0]
-            raise DatasetError(f"{root / first}: {bad[first]}; {SKIP_FIX}\n  {len(bad)} bad file(s):\n"
-                               + listing(f"{root / r}: {why}" for r, why in sorted(bad.items())))
+            raise DatasetError(
+                f"{root / first}: {bad[first]}; {SKIP_FIX}\n  {len(bad)} bad file(s):\n"
+                + listing(f"{root / r}: {why}" for r, why in sorted(bad.items()))
+            )
         images, clips, image_clip, skipped_list = apply_skips(scan, bad)
         if skipped_list:
-            log.warning("%s: skipping %d file(s):\n%s", self.title, len(skipped_list),
-                        listing(f"{d['file']}: {d['reason']}" for d in skipped_list))
+            log.warning(
+                "%s: skipping %d file(s):\n%s",
+                self.title,
+                len(skipped_list),
+                listing(f"{d['file']}: {d['reason']}" for d in skipped_list),
+            )
         bank_required, fallback = check_coverage(scan, images, clips, len(skipped_list), self.title)
         names = scan.class_names
         prompt_names = self.prompt_names(names)
         template = self.prompt_template
         skip_rels = [d["file"] for d in skipped_list]
         stats = {it.rel: it.path.stat() for it in (*images, *clips)}
-        bank_key = {"version": PREPROCESS_VERSION, "dataset": self.name, "class_names": names,
-                    "audio": self.audio_params(),
-                    "clips": [(it.id, it.rel, stats[it.rel].st_size, stats[it.rel].st_mtime_ns, it.label, it.split)
-                              for it in clips],
-                    "skipped": skip_rels}
+        bank_key = {
+            "version": PREPROCESS_VERSION,
+            "dataset": self.name,
+            "class_names": names,
+            "audio": self.audio_params(),
+            "clips": [
+                (it.id, it.rel, stats[it.rel].st_size, stats[it.rel].st_mtime_ns, it.label, it.split) for it in clips
+            ],
+            "skipped": skip_rels,
+        }
         bank_name = f"{self.name}-bank-{config_hash(bank_key)}"
-        image_key = {"version": PREPROCESS_VERSION, "dataset": self.name, "class_names": names,
-                     "image": self.image_params(),
-                     "images": [(it.id, stats[it.rel].st_size, stats[it.rel].st_mtime_ns, it.label, it.split)
-                                for it in images],
-                     "bank": bank_name, "pairing": scan.pairing,
-                     "audio_clip": None if image_clip is None else config_hash(image_clip.tolist()),
-                     "skipped": skip_rels, "prompt_template": template, "class_prompt_names": prompt_names,
-                     "val_split": scan.val_split}
+        image_key = {
+            "version": PREPROCESS_VERSION,
+            "dataset": self.name,
+            "class_names": names,
+            "image": self.image_params(),
+            "images": [(it.id, stats[it.rel].st_size, stats[it.rel].st_mtime_ns, it.label, it.split) for it in images],
+            "bank": bank_name,
+            "pairing": scan.pairing,
+            "audio_clip": None if image_clip is None else config_hash(image_clip.tolist()),
+            "skipped": skip_rels,
+            "prompt_template": template,
+            "class_prompt_names": prompt_names,
+            "val_split": scan.val_split,
+        }
         image_name = f"{self.name}-{config_hash(image_key)}"
         common = {"sample_rate": self.sample_rate, "clip_samples": self.clip_samples, "clip_seconds": self.clip_seconds}
         audio_files = {it.rel for it in scan.clips}
-        bank_meta = {"dataset": f"{self.name}:audio_bank", "role": "audio clip bank", "source": str(root),
-                     "audio_layout": scan.audio_layout, "preprocess": self.audio_params(), **common, "pretrained": None,
-                     "skipped": [d for d in skipped_list if d["file"] in audio_files]}
-        image_meta = {"dataset": self.name, "source": str(root), "audio_bank": bank_name, "pairing": scan.pairing,
-                      **common, "image_size": self.image_size, "image_mean": list(CLIP_MEAN),
-                      "image_std": list(CLIP_STD),
-                      "prompt_template": template, "class_prompt_names": prompt_names, "skipped": skipped_list,
-                      "val_split": scan.val_split, "audio_layout": scan.audio_layout, "pairing_fallback": fallback,
-                      "preprocess": self.image_params(), "pretrained": None, **scan.notes,
-                      "note": "raw media views (CLIP-normalised image; waveforms in the audio bank); no encoder"}
-        return Plan(scan, images, clips, image_clip, skipped_list, bank_name, image_name, bank_meta, image_meta,
-                    bank_required, fallback)
+        bank_meta = {
+            "dataset": f"{self.name}:audio_bank",
+            "role": "audio clip bank",
+            "source": str(root),
+            "audio_layout": scan.audio_layout,
+            "preprocess": self.audio_params(),
+            **common,
+            "pretrained": None,
+            "skipped": [d for d in skipped_list if d["file"] in audio_files],
+        }
+        image_meta = {
+            "dataset": self.name,
+            "source": str(root),
+            "audio_bank": bank_name,
+            "pairing": scan.pairing,
+            **common,
+            "image_size": self.image_size,
+            "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD),
+            "prompt_template": template,
+            "class_prompt_names": prompt_names,
+            "skipped": skipped_list,
+            "val_split": scan.val_split,
+            "audio_layout": scan.audio_layout,
+            "pairing_fallback": fallback,
+            "preprocess": self.image_params(),
+            "pretrained": None,
+            **scan.notes,
+            "note": "raw media views (CLIP-normalised image; waveforms in the audio bank); no encoder",
+        }
+        return Plan(
+            scan,
+            images,
+            clips,
+            image_clip,
+            skipped_list,
+            bank_name,
+            image_name,
+            bank_meta,
+            image_meta,
+            bank_required,
+            fallback,
+        )
 
     # -- open --------------------------------------------------------------------------
 
@@ -365,8 +441,11 @@ class PairedFolderAdapter(DatasetAdapter):
         """The image store (its clip bank next to it), built first if needed. Needs the data, not the protocol."""
         missing = self.missing_parts(data_root)
         if missing:
-            raise DatasetError(f"{self.title}: missing " + "; ".join(missing)
-                               + f"\n  Expected layout:\n{self.layout_help(self.root(data_root))}")
+            raise DatasetError(
+                f"{self.title}: missing "
+                + "; ".join(missing)
+                + f"\n  Expected layout:\n{self.layout_help(self.root(data_root))}"
+            )
         data_root = Path(data_root)
         scan = self.scan(data_root)
         key = files_key(scan)
@@ -381,10 +460,27 @@ class PairedFolderAdapter(DatasetAdapter):
                 return FeatureStore(image_path)
             try:
                 if not (bank_path / "manifest.json").is_file():
-                    build_bank(plan, bank_path, self.sample_rate, self.clip_samples, self.title, self.workers,
-                               self.batch_size, progress)
-                return build_images(plan, image_path, self.image_size, CLIP_MEAN, CLIP_STD, self.title, self.workers,
-                                    self.batch_size, progress)
+                    build_bank(
+                        plan,
+                        bank_path,
+                        self.sample_rate,
+                        self.clip_samples,
+                        self.title,
+                        self.workers,
+                        self.batch_size,
+                        progress,
+                    )
+                return build_images(
+                    plan,
+                    image_path,
+                    self.image_size,
+                    CLIP_MEAN,
+                    CLIP_STD,
+                    self.title,
+                    self.workers,
+                    self.batch_size,
+                    progress,
+                )
             except BadFiles as e:
                 # Header fine, data not (e.g. a truncated JPEG): remember it for this file list, then stop or skip it.
                 # The half-built stores are keyed on the old file state and skip list, so they can never be resumed.
@@ -398,8 +494,9 @@ class PairedFolderAdapter(DatasetAdapter):
 # ----------------------------------------------------------------------------- registration
 
 
-def register_paired_folder(root: Path, name: str | None = None, protocol: dict | None = None,
-                           **options) -> PairedFolderAdapter:
+def register_paired_folder(
+    root: Path, name: str | None = None, protocol: dict | None = None, **options
+) -> PairedFolderAdapter:
     """Register a user's paired image+audio folder as a dataset, so `run_all.py` can run on it.
 
     `name` defaults to the folder name (characters other than letters, digits, `_ . -` become

@@ -11,6 +11,7 @@ The step sizes follow the one "initial + per step" rule of `datasets.base.step_s
 `benchmarks.core.protocols.Protocol.uniform`). Every problem is a DatasetError naming the file (or the
 command-line option) and the fix.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,10 @@ def parse_class_order(order, class_names: list[str], source: str) -> tuple[int, 
         index = {c: i for i, c in enumerate(class_names)}
         bad = [x for x in order if x not in index]
         if bad:
-            raise DatasetError(f"{source}: class_order names {bad[:5]} are not class folders; the classes are "
-                               f"{class_names[:8]}{'...' if n > 8 else ''}")
+            raise DatasetError(
+                f"{source}: class_order names {bad[:5]} are not class folders; the classes are "
+                f"{class_names[:8]}{'...' if n > 8 else ''}"
+            )
         idx = [index[x] for x in order]
     else:
         raise DatasetError(f"{source}: class_order mixes names and indices; use one kind")
@@ -53,8 +56,10 @@ def parse_class_order(order, class_names: list[str], source: str) -> tuple[int, 
         raise DatasetError(f"{source}: class_order lists {dup[:5]} more than once")
     if len(idx) != n:
         missing = [class_names[i] for i in range(n) if i not in set(idx)]
-        raise DatasetError(f"{source}: class_order has {len(idx)} classes, the dataset {n}; missing "
-                           f"{missing[:5]}{'...' if len(missing) > 5 else ''}")
+        raise DatasetError(
+            f"{source}: class_order has {len(idx)} classes, the dataset {n}; missing "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
     return tuple(idx)
 
 
@@ -64,8 +69,9 @@ def _class_order_file(spec: dict, class_names: list[str], source: str, base_dir:
     path = Path(spec["class_order_file"])
     path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
     if not path.is_file():
-        raise DatasetError(f"{source}: class_order_file {path} does not exist; create it (a YAML list of class names "
-                           "or indices)")
+        raise DatasetError(
+            f"{source}: class_order_file {path} does not exist; create it (a YAML list of class names or indices)"
+        )
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -73,8 +79,9 @@ def _class_order_file(spec: dict, class_names: list[str], source: str, base_dir:
     return parse_class_order(loaded, class_names, str(path))
 
 
-def parse_protocol(spec: dict, class_names: list[str], source: str,
-                   base_dir: Path | None = None) -> tuple[ProtocolSpec, str]:
+def parse_protocol(
+    spec: dict, class_names: list[str], source: str, base_dir: Path | None = None
+) -> tuple[ProtocolSpec, str]:
     """A protocol mapping (protocol.yaml or --paired-protocol) -> (ProtocolSpec, prompt template)."""
     if not isinstance(spec, dict):
         raise DatasetError(f"{source}: expected a mapping with `initial` and `per_step`, got {type(spec).__name__}")
@@ -83,8 +90,9 @@ def parse_protocol(spec: dict, class_names: list[str], source: str,
         raise DatasetError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(PROTOCOL_KEYS)}")
     missing = [k for k in ("initial", "per_step") if k not in spec]
     if missing:
-        raise DatasetError(f"{source}: missing {missing}; e.g. `initial: 4` and `per_step: 3` (classes in step 0 / in "
-                           "each later step)")
+        raise DatasetError(
+            f"{source}: missing {missing}; e.g. `initial: 4` and `per_step: 3` (classes in step 0 / in each later step)"
+        )
     sizes = step_sizes(len(class_names), spec["per_step"], spec["initial"], source=source)
     if "class_order" in spec and "class_order_file" in spec:
         raise DatasetError(f"{source}: give `class_order` or `class_order_file`, not both")

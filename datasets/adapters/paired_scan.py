@@ -10,6 +10,7 @@ i.e. 10 %), and at least one (the last) for classes with fewer than 10; a class 
 2 train images for this. The carve-out is done on the scanned file list, before bad files are
 skipped, so the val set of a class never depends on the health of other files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,9 @@ def files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
     """The visible files of `folder` with one of `exts` (any case), sorted; [] when it is no folder."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+    )
 
 
 def subdirs(folder: Path) -> list[str]:
@@ -99,11 +101,14 @@ def scan_images(root: Path, classes: tuple[str, ...] | None, title: str) -> tupl
         if lacking or extra:
             raise DatasetError(
                 f"{image_dir}: the class folders must be exactly the {len(want)} classes of {title}; "
-                + (f"missing {lacking}; " if lacking else "") + (f"unexpected {extra}; " if extra else "")
-                + f"expected in every split: {want}")
+                + (f"missing {lacking}; " if lacking else "")
+                + (f"unexpected {extra}; " if extra else "")
+                + f"expected in every split: {want}"
+            )
     if not found:
-        raise DatasetError(f"{image_dir / 'train'}/: no class folders; put images as "
-                           f"{image_dir / 'train'}/<class>/*.jpg")
+        raise DatasetError(
+            f"{image_dir / 'train'}/: no class folders; put images as {image_dir / 'train'}/<class>/*.jpg"
+        )
     class_names = sorted(classes) if classes is not None else found
     per: dict[tuple[str, int], list[Path]] = {}
     problems = []
@@ -114,18 +119,22 @@ def scan_images(root: Path, classes: tuple[str, ...] | None, title: str) -> tupl
                 problems.append(f"{image_dir / s / cls}/: class {cls!r} has no {s} images (JPEG or PNG)")
             per[(s, c)] = found_files
     if problems:
-        raise DatasetError(f"{image_dir}: {len(problems)} class/split folder(s) without images, first: {problems[0]}\n"
-                           f"{listing(problems)}\n  Every class needs images in every split: add them, or remove the "
-                           "class folder from every split.")
+        raise DatasetError(
+            f"{image_dir}: {len(problems)} class/split folder(s) without images, first: {problems[0]}\n"
+            f"{listing(problems)}\n  Every class needs images in every split: add them, or remove the "
+            "class folder from every split."
+        )
     val_split = "folder"
     if "val" not in splits:
         val_split = CARVED_VAL
         for c, cls in enumerate(class_names):
             train = per[("train", c)]
             if len(train) < 2:
-                raise DatasetError(f"{image_dir / 'train' / cls}/: class {cls!r} has {len(train)} train image; "
-                                   "at least 2 are needed to carve a val image out of train (or add "
-                                   f"{image_dir / 'val' / cls}/)")
+                raise DatasetError(
+                    f"{image_dir / 'train' / cls}/: class {cls!r} has {len(train)} train image; "
+                    "at least 2 are needed to carve a val image out of train (or add "
+                    f"{image_dir / 'val' / cls}/)"
+                )
             per[("train", c)], per[("val", c)] = carve_val(train)
     images = []
     for s in SPLITS:
@@ -137,7 +146,7 @@ def scan_images(root: Path, classes: tuple[str, ...] | None, title: str) -> tupl
 
 
 def scan_class_audio(root: Path, class_names: list[str], images: list[Item], fixed_classes: bool, title: str) -> Scan:
-    """"class" pairing: audio/{train,val,test}/<class>/* (split layout) or audio/<class>.* (per-class layout).
+    """ "class" pairing: audio/{train,val,test}/<class>/* (split layout) or audio/<class>.* (per-class layout).
 
     `fixed_classes` (a dataset with a fixed class set, e.g. ImageNet-ESC): every audio split folder must
     hold every class.
@@ -150,8 +159,12 @@ def scan_class_audio(root: Path, class_names: list[str], images: list[Item], fix
     if split_dirs:
         layout = "split"
         if loose:
-            log.warning("%s: %d audio file(s) directly in audio/ are ignored: the split layout "
-                        "audio/{train,test}/<class>/ is used", audio, len(loose))
+            log.warning(
+                "%s: %d audio file(s) directly in audio/ are ignored: the split layout "
+                "audio/{train,test}/<class>/ is used",
+                audio,
+                len(loose),
+            )
         problems = []
         for s in split_dirs:
             for cls in subdirs(audio / s):
@@ -162,39 +175,51 @@ def scan_class_audio(root: Path, class_names: list[str], images: list[Item], fix
                     rel = p.relative_to(root).as_posix()
                     clips.append(Item(rel, rel, p, index[cls], s))
         if problems:
-            raise DatasetError(f"{audio}: {problems[0]}\n{listing(problems)}\n  Rename the folder to its image class "
-                               f"(one of {class_names[:6]}{'...' if len(class_names) > 6 else ''}) or remove it.")
+            raise DatasetError(
+                f"{audio}: {problems[0]}\n{listing(problems)}\n  Rename the folder to its image class "
+                f"(one of {class_names[:6]}{'...' if len(class_names) > 6 else ''}) or remove it."
+            )
         if fixed_classes:  # every audio split folder holds every class
             for s in split_dirs:
                 lacking = [c for c in class_names if not files(audio / s / c, AUDIO_EXTS)]
                 if lacking:
-                    raise DatasetError(f"{audio / s}: no clips for class(es) {lacking}; {title} needs "
-                                       f"{audio / s}/<class>/*.wav for each of its {len(class_names)} classes")
+                    raise DatasetError(
+                        f"{audio / s}: no clips for class(es) {lacking}; {title} needs "
+                        f"{audio / s}/<class>/*.wav for each of its {len(class_names)} classes"
+                    )
     elif loose:
         layout = "per-class"
         stray = [p for p in loose if p.stem not in index]
         if stray:
-            raise DatasetError(f"{stray[0]}: audio file {stray[0].name!r} has no matching image class folder "
-                               f"(per-class layout audio/<class>.wav)\n{listing(stray)}\n  Rename it to <class>.wav "
-                               "for one of the image classes, or remove it.")
+            raise DatasetError(
+                f"{stray[0]}: audio file {stray[0].name!r} has no matching image class folder "
+                f"(per-class layout audio/<class>.wav)\n{listing(stray)}\n  Rename it to <class>.wav "
+                "for one of the image classes, or remove it."
+            )
         seen: dict[int, Path] = {}
         for p in loose:
             c = index[p.stem]
             if c in seen:
-                raise DatasetError(f"{p}: class {p.stem!r} has two clips ({seen[c].name}, {p.name}) in the per-class "
-                                   "layout; keep one")
+                raise DatasetError(
+                    f"{p}: class {p.stem!r} has two clips ({seen[c].name}, {p.name}) in the per-class layout; keep one"
+                )
             seen[c] = p
             rel = p.relative_to(root).as_posix()
             clips.append(Item(rel, rel, p, c, "train"))
     else:
-        raise DatasetError(f"{audio}: no audio found; expected {audio}/{{train,test}}/<class>/*.wav|flac "
-                           f"or one {audio}/<class>.wav|flac per class")
-    has = (np.bincount([c.label for c in clips], minlength=len(class_names)) if clips
-           else np.zeros(len(class_names), int))
+        raise DatasetError(
+            f"{audio}: no audio found; expected {audio}/{{train,test}}/<class>/*.wav|flac "
+            f"or one {audio}/<class>.wav|flac per class"
+        )
+    has = (
+        np.bincount([c.label for c in clips], minlength=len(class_names)) if clips else np.zeros(len(class_names), int)
+    )
     lacking = [class_names[c] for c in np.flatnonzero(has == 0)]
     if lacking:
         where = f"{audio}/{{train,test}}/<class>/" if layout == "split" else f"{audio}/<class>.wav"
         example = audio / (split_dirs[0] if split_dirs else "") / lacking[0]
-        raise DatasetError(f"{audio}: class(es) {lacking[:8]}{'...' if len(lacking) > 8 else ''} have no audio clip; "
-                           f"put at least one clip per class in {where} (e.g. {example})")
+        raise DatasetError(
+            f"{audio}: class(es) {lacking[:8]}{'...' if len(lacking) > 8 else ''} have no audio clip; "
+            f"put at least one clip per class in {where} (e.g. {example})"
+        )
     return Scan(root, class_names, images, clips, "class", audio_layout=layout)

@@ -49,6 +49,7 @@ Default protocol "5x4": 20 classes in 5 steps of 4, memory M = 120 exemplars in 
 i.e. 6 per class (12.5 % of a class's 48 training clips) once all 20 classes are seen
 (more per class in early steps, when M is shared by fewer classes).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -75,14 +76,29 @@ from datasets.store import FeatureStore, StoreWriter, ViewSpec
 
 AUDIO_FAMILIES = ("hum", "whistle", "tremolo", "siren", "hiss", "rumble", "chirp-up", "chirp-down", "clicks", "reed")
 AUDIO_WORDS = (
-    "a low buzzing hum", "a high clear whistle", "a fluttering tremolo tone", "a wailing siren",
-    "a high hiss of noise", "a deep rumble", "rising chirps", "falling chirps", "a crackle of clicks", "a hollow reedy tone",
+    "a low buzzing hum",
+    "a high clear whistle",
+    "a fluttering tremolo tone",
+    "a wailing siren",
+    "a high hiss of noise",
+    "a deep rumble",
+    "rising chirps",
+    "falling chirps",
+    "a crackle of clicks",
+    "a hollow reedy tone",
 )
 VISUAL_FAMILIES = ("ball", "box", "ring", "cross", "bars", "waves", "checker", "triangle", "swarm", "diamond")
 VISUAL_WORDS = (
-    "ball sliding sideways", "square box moving up or down", "ring that grows and shrinks", "cross drifting diagonally",
-    "patch of vertical bars scrolling sideways", "patch of horizontal waves scrolling", "flickering checkerboard patch",
-    "triangle gliding across", "swarm of small jittering dots", "spinning diamond",
+    "ball sliding sideways",
+    "square box moving up or down",
+    "ring that grows and shrinks",
+    "cross drifting diagonally",
+    "patch of vertical bars scrolling sideways",
+    "patch of horizontal waves scrolling",
+    "flickering checkerboard patch",
+    "triangle gliding across",
+    "swarm of small jittering dots",
+    "spinning diamond",
 )
 HUE_WORDS = ("red", "orange", "yellow", "green", "teal", "cyan", "sky-blue", "blue", "purple", "pink")
 
@@ -109,7 +125,9 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.num_classes % 2 or not 4 <= self.num_classes <= 2 * len(AUDIO_FAMILIES):
-            raise DatasetError(f"SynthAV: num_classes must be even and in [4, {2 * len(AUDIO_FAMILIES)}], got {self.num_classes}")
+            raise DatasetError(
+                f"SynthAV: num_classes must be even and in [4, {2 * len(AUDIO_FAMILIES)}], got {self.num_classes}"
+            )
         if min(self.train, self.val, self.test) < 1:
             raise DatasetError("SynthAV: every class needs at least one train, val and test clip")
         if self.frames % 2 or self.size % 16:
@@ -160,7 +178,9 @@ def _chirps(t: np.ndarray, f0: float, f1: float, length: float, period: float, r
     return np.sin(phase) * on * np.sin(np.pi * np.clip(local / length, 0, 1)) ** 0.5
 
 
-def synth_audio(family: int, pitch: float, rng: np.random.Generator, cfg: SynthConfig, present: bool = True) -> np.ndarray:
+def synth_audio(
+    family: int, pitch: float, rng: np.random.Generator, cfg: SynthConfig, present: bool = True
+) -> np.ndarray:
     """One clip of `family` with all frequencies scaled by 2**(pitch/12); float32 (S,).
 
     `present=False`: the sound event is absent (an off-screen/silent source): only the
@@ -222,7 +242,9 @@ def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb((h_deg % 360) / 360.0, s, v), dtype=np.float32) * 255
 
 
-def synth_video(family: int, hue: float, rng: np.random.Generator, cfg: SynthConfig, present: bool = True) -> np.ndarray:
+def synth_video(
+    family: int, hue: float, rng: np.random.Generator, cfg: SynthConfig, present: bool = True
+) -> np.ndarray:
     """One clip of `family` with its object in `hue` (degrees); uint8 (F, H, W, 3).
 
     `present=False`: the object is absent (out of view): background and clutter only.
@@ -232,7 +254,10 @@ def synth_video(family: int, hue: float, rng: np.random.Generator, cfg: SynthCon
     colour = _hsv(hue, rng.uniform(0.8, 0.9), rng.uniform(0.9, 1.0))
     dark = colour * 0.35
     # Background: a dim low-saturation gradient plus 3-5 static clutter blobs.
-    c0, c1 = _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.12, 0.2)), _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.12, 0.2))
+    c0, c1 = (
+        _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.12, 0.2)),
+        _hsv(rng.uniform(0, 360), 0.2, rng.uniform(0.12, 0.2)),
+    )
     a = rng.uniform(0, 2 * np.pi)
     ramp = ((np.cos(a) * xx + np.sin(a) * yy) / S + 1)[..., None] / 2
     bg = c0 * (1 - ramp) + c1 * ramp
@@ -260,7 +285,9 @@ def synth_video(family: int, hue: float, rng: np.random.Generator, cfg: SynthCon
             m = np.abs(d - rad) < 3 * s
         elif family == 3:  # cross, diagonal motion
             x, y = (cx + speed * i) % S, (cy + speed * i) % S
-            m = ((np.abs(xx - x) < 4 * s) & (np.abs(yy - y) < 17 * s)) | ((np.abs(yy - y) < 4 * s) & (np.abs(xx - x) < 17 * s))
+            m = ((np.abs(xx - x) < 4 * s) & (np.abs(yy - y) < 17 * s)) | (
+                (np.abs(yy - y) < 4 * s) & (np.abs(xx - x) < 17 * s)
+            )
         elif family in (4, 5, 6):  # textured patch: bars / waves / checker
             box = (np.abs(xx - cx) < 17 * s) & (np.abs(yy - cy) < 17 * s)
             if family == 4:
@@ -325,7 +352,9 @@ def _write_job(job: tuple[int, int, str, SynthConfig]) -> str:
 
 def _decode_job(job: tuple[str, SynthConfig, str]) -> tuple[np.ndarray, np.ndarray]:
     path, cfg, fix = job
-    return media.decode_video(Path(path), num_frames=cfg.frames, sample_rate=cfg.sample_rate, duration=cfg.seconds, fix=fix)
+    return media.decode_video(
+        Path(path), num_frames=cfg.frames, sample_rate=cfg.sample_rate, duration=cfg.seconds, fix=fix
+    )
 
 
 def _pool(workers: int):
@@ -349,14 +378,29 @@ class SynthAV(DatasetAdapter):
     prompt_template = "a video of {}."
     EXTRACT_VERSION = 3  # bump whenever extraction changes the features (2: raw image/waveform views)
 
-    def __init__(self, config: SynthConfig | None = None, *, audio_dim: int = 64, visual_dim: int = 64,
-                 encoder_seed: int = 0, batch_size: int = 64, workers: int | None = None):
+    def __init__(
+        self,
+        config: SynthConfig | None = None,
+        *,
+        audio_dim: int = 64,
+        visual_dim: int = 64,
+        encoder_seed: int = 0,
+        batch_size: int = 64,
+        workers: int | None = None,
+    ):
         self.config = config or SynthConfig()
-        self.audio_dim, self.visual_dim, self.encoder_seed, self.batch_size = audio_dim, visual_dim, encoder_seed, batch_size
+        self.audio_dim, self.visual_dim, self.encoder_seed, self.batch_size = (
+            audio_dim,
+            visual_dim,
+            encoder_seed,
+            batch_size,
+        )
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         cfg = self.config
-        self.class_names = [f"{AUDIO_FAMILIES[audio_family(c, cfg.num_classes)]}+{VISUAL_FAMILIES[visual_family(c, cfg.num_classes)]}"
-                            for c in range(cfg.num_classes)]
+        self.class_names = [
+            f"{AUDIO_FAMILIES[audio_family(c, cfg.num_classes)]}+{VISUAL_FAMILIES[visual_family(c, cfg.num_classes)]}"
+            for c in range(cfg.num_classes)
+        ]
         self.prompts = [self._prompt(c) for c in range(cfg.num_classes)]
         self.class_prompt_names = [self._prompt_name(c) for c in range(cfg.num_classes)]
 
@@ -377,7 +421,9 @@ class SynthAV(DatasetAdapter):
     # -- contract --------------------------------------------------------------------
 
     def availability(self, data_root: Path) -> Availability:
-        return Availability(True, f"built in: generated under {self.raw_dir(data_root)} on first use, from seed {self.config.seed}")
+        return Availability(
+            True, f"built in: generated under {self.raw_dir(data_root)} on first use, from seed {self.config.seed}"
+        )
 
     def protocols(self) -> list[ProtocolSpec]:
         n = self.config.num_classes
@@ -400,8 +446,10 @@ class SynthAV(DatasetAdapter):
         return Path(data_root) / ("synth_av" if default else f"synth_av-{config_hash(self.config.to_json())[:8]}")
 
     def encoders(self) -> tuple[AudioEncoder, VisualEncoder]:
-        return (AudioEncoder(self.audio_dim, sample_rate=self.config.sample_rate, seed=self.encoder_seed),
-                VisualEncoder(self.visual_dim, seed=self.encoder_seed))
+        return (
+            AudioEncoder(self.audio_dim, sample_rate=self.config.sample_rate, seed=self.encoder_seed),
+            VisualEncoder(self.visual_dim, seed=self.encoder_seed),
+        )
 
     def _decode_params(self) -> dict:
         c = self.config
@@ -409,8 +457,12 @@ class SynthAV(DatasetAdapter):
 
     def store_key(self) -> dict:
         a, v = self.encoders()
-        return {"generator": self.config.to_json(), "decode": self._decode_params(),
-                "encoders": {"audio": a.config(), "visual": v.config()}, "extract_version": self.EXTRACT_VERSION}
+        return {
+            "generator": self.config.to_json(),
+            "decode": self._decode_params(),
+            "encoders": {"audio": a.config(), "visual": v.config()},
+            "extract_version": self.EXTRACT_VERSION,
+        }
 
     def store_path(self, data_root: Path) -> Path:
         return Path(data_root) / "cache" / "store" / f"synth_av-{config_hash(self.store_key())}"
@@ -437,7 +489,11 @@ class SynthAV(DatasetAdapter):
             videos.mkdir(parents=True)
             atomic_write_text(stamp, want)
         clips = self.clips()
-        todo = [(c, i, str(videos / f"{cid}.mp4"), self.config) for cid, c, i, _ in clips if not (videos / f"{cid}.mp4").is_file()]
+        todo = [
+            (c, i, str(videos / f"{cid}.mp4"), self.config)
+            for cid, c, i, _ in clips
+            if not (videos / f"{cid}.mp4").is_file()
+        ]
         if todo or not meta_path.is_file():
             meta_path.unlink(missing_ok=True)
             for tmp in videos.glob(".*.tmp"):  # leftovers of an interrupted write
@@ -458,9 +514,13 @@ class SynthAV(DatasetAdapter):
             rows = list(csv.DictReader(f))
         try:
             labels = [index[r["class_name"]] for r in rows]
-            table = SampleTable([r["id"] for r in rows], np.array(labels), np.array([r["split"] for r in rows]), list(self.class_names))
+            table = SampleTable(
+                [r["id"] for r in rows], np.array(labels), np.array([r["split"] for r in rows]), list(self.class_names)
+            )
         except (KeyError, TypeError) as e:
-            raise DatasetError(f"{path}: unexpected row or class name ({e}); delete {path.parent} to regenerate it") from e
+            raise DatasetError(
+                f"{path}: unexpected row or class name ({e}); delete {path.parent} to regenerate it"
+            ) from e
         table.validate(str(path))
         return table
 
@@ -491,7 +551,9 @@ class SynthAV(DatasetAdapter):
 
     # -- extraction --------------------------------------------------------------------
 
-    def _encode(self, enc: tuple[AudioEncoder, VisualEncoder], frames: np.ndarray, waves: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, enc: tuple[AudioEncoder, VisualEncoder], frames: np.ndarray, waves: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch: frames (B, F, H, W, 3) uint8, waves (B, S) -> (audio (B, Da), visual (B, T, P, Dv))."""
         audio_enc, visual_enc = enc
         with torch.no_grad():
@@ -518,8 +580,11 @@ class SynthAV(DatasetAdapter):
         meta = {
             "dataset": "synth_av",
             "pretrained": False,
-            "encoders": {"audio": audio_enc.config(), "visual": visual_enc.config(),
-                         "note": "random built-in light encoders: fixed weights from a seed, no training, no download"},
+            "encoders": {
+                "audio": audio_enc.config(),
+                "visual": visual_enc.config(),
+                "note": "random built-in light encoders: fixed weights from a seed, no training, no download",
+            },
             "generator": cfg.to_json(),
             "decode": self._decode_params(),
             "prompts": self.prompts,
@@ -536,8 +601,12 @@ class SynthAV(DatasetAdapter):
             "class_prompt_names": self.class_prompt_names,
         }
         source = self.raw_dir(data_root) / "metadata.csv"
-        views = [ViewSpec("audio", (self.audio_dim,)), ViewSpec("visual", grid),
-                 ViewSpec("clip_image", (3, cfg.size, cfg.size)), ViewSpec("waveform", (self.clip_samples,))]
+        views = [
+            ViewSpec("audio", (self.audio_dim,)),
+            ViewSpec("visual", grid),
+            ViewSpec("clip_image", (3, cfg.size, cfg.size)),
+            ViewSpec("waveform", (self.clip_samples,)),
+        ]
         writer = StoreWriter(path, table, views, meta, str(source))
         start = min(writer.filled.values())
         start -= start % self.batch_size  # batches stay aligned, so a resumed run computes the same batches

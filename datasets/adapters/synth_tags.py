@@ -39,6 +39,7 @@ natural log) on 0.64 s clips instead of 10 s: 65 x 64 instead of 1001 x 64, so t
 (3 methods x 3 normalisations x 2 seeds) trains in minutes on two CPU cores. The methods' configs
 use a CNN14 scaled to 1/16 of the widths for this dataset (see methods/ml_indl/README.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,17 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.adapters.audio_multilabel import PHASE_SIZES, PhaseFileAdapter, format_record, cumulative_test_file, train_phase_file
+from datasets.adapters.audio_multilabel import (
+    PHASE_SIZES,
+    PhaseFileAdapter,
+    cumulative_test_file,
+    format_record,
+    train_phase_file,
+)
+from datasets.adapters.synth_av import AUDIO_FAMILIES, SynthConfig, synth_audio
 from datasets.base import Availability
 from datasets.encoders.logmel import LogMelConfig
 from datasets.io import atomic_write_bytes, atomic_write_text
-from datasets.adapters.synth_av import AUDIO_FAMILIES, SynthConfig, synth_audio
 
 REGISTER_NAMES = ("very-low", "low", "mid", "high", "very-high")
 
@@ -86,7 +93,9 @@ def class_register(c: int) -> int:
     return c // len(AUDIO_FAMILIES)
 
 
-CLASS_NAMES = tuple(f"{AUDIO_FAMILIES[class_family(c)]}/{REGISTER_NAMES[class_register(c)]}" for c in range(sum(PHASE_SIZES)))
+CLASS_NAMES = tuple(
+    f"{AUDIO_FAMILIES[class_family(c)]}/{REGISTER_NAMES[class_register(c)]}" for c in range(sum(PHASE_SIZES))
+)
 
 
 def phase_classes(t: int) -> list[int]:
@@ -127,7 +136,10 @@ def synth_mixture(sources: list[int], rng: np.random.Generator, cfg: SynthTagsCo
 def clip_plan(cfg: SynthTagsConfig) -> list[tuple[str, str, int, list[int]]]:
     """(id, 'train'/'test', phase, source classes) of every clip, deterministic from the seed."""
     plan = []
-    for split, counts in (("train", (cfg.train_base,) + (cfg.train_new,) * 4), ("test", (cfg.test_base,) + (cfg.test_new,) * 4)):
+    for split, counts in (
+        ("train", (cfg.train_base,) + (cfg.train_new,) * 4),
+        ("test", (cfg.test_base,) + (cfg.test_new,) * 4),
+    ):
         for t, n in enumerate(counts):
             for i in range(n):
                 rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1, t, i, 0])
@@ -161,7 +173,9 @@ class SynthTags(PhaseFileAdapter):
         return Path(data_root) / ("synth_tags" if default else f"synth_tags-{config_hash(self.config.to_json())[:8]}")
 
     def availability(self, data_root: Path) -> Availability:
-        return Availability(True, f"built in: generated under {self.folder(data_root)} on first use, from seed {self.config.seed}")
+        return Availability(
+            True, f"built in: generated under {self.folder(data_root)} on first use, from seed {self.config.seed}"
+        )
 
     def phase_set(self, data_root: Path):
         self.generate(data_root)
@@ -178,7 +192,9 @@ class SynthTags(PhaseFileAdapter):
             wav.mkdir(parents=True)
             atomic_write_text(stamp, want)
         plan = clip_plan(self.config)
-        names = [train_phase_file(t) for t in range(len(PHASE_SIZES))] + [cumulative_test_file(t) for t in range(len(PHASE_SIZES))]
+        names = [train_phase_file(t) for t in range(len(PHASE_SIZES))] + [
+            cumulative_test_file(t) for t in range(len(PHASE_SIZES))
+        ]
         todo = [p for p in plan if not (wav / f"{p[0]}.wav").is_file()]
         if not todo and all((phases / n).is_file() for n in names):
             return root

@@ -37,6 +37,7 @@ The store has no `audio`/`visual` feature views, so only methods that read `spec
 Protocol "4x9": classes per step (9, 9, 9, 9) in the reference order; memory 0 (CIGN's
 protocol is exemplar-free, and the reference code keeps no exemplars).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,9 @@ def spectrogram_frames(sample_rate: int, seconds: float = 3.0, nperseg: int = 51
     return (n - noverlap) // (nperseg - noverlap)
 
 
-def log_spectrogram(path: Path, sample_rate: int, seconds: float = 3.0, nperseg: int = 512, noverlap: int = 274,
-                    eps: float = 1e-7) -> tuple[np.ndarray, bool]:
+def log_spectrogram(
+    path: Path, sample_rate: int, seconds: float = 3.0, nperseg: int = 512, noverlap: int = 274, eps: float = 1e-7
+) -> tuple[np.ndarray, bool]:
     """(log spectrogram float32 (nperseg//2 + 1, T), resampled?) of the centred `seconds` window."""
     from scipy.signal import spectrogram
 
@@ -125,14 +127,18 @@ def load_image(path: Path, size: int = 224) -> np.ndarray:
             im = im.crop((left, top, left + size, top + size))
             x = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DatasetError(f"{path}: not a readable image, corrupt or truncated ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1") from e
+        raise DatasetError(
+            f"{path}: not a readable image, corrupt or truncated ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1"
+        ) from e
     x = (x - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def _clip_job(job: tuple) -> tuple[np.ndarray, np.ndarray, bool]:
     audio_path, image_path, sample_rate, params = job
-    spec, resampled = log_spectrogram(Path(audio_path), sample_rate, params["audio_seconds"], params["nperseg"], params["noverlap"], params["log_eps"])
+    spec, resampled = log_spectrogram(
+        Path(audio_path), sample_rate, params["audio_seconds"], params["nperseg"], params["noverlap"], params["log_eps"]
+    )
     return spec, load_image(Path(image_path), params["image_size"]), resampled
 
 
@@ -147,8 +153,15 @@ class VGGInstruments(DatasetAdapter):
     views = ("spectrogram", "image")
     PREPROCESS_VERSION = 1  # bump whenever preprocessing changes the stored views
 
-    def __init__(self, *, skip_bad: bool | None = None, sample_rate: int | None = None, image_size: int = 224,
-                 batch_size: int = 64, workers: int | None = None):
+    def __init__(
+        self,
+        *,
+        skip_bad: bool | None = None,
+        sample_rate: int | None = None,
+        image_size: int = 224,
+        batch_size: int = 64,
+        workers: int | None = None,
+    ):
         self._skip_bad = skip_bad
         self.sample_rate = sample_rate  # None: the native rate of the first clip
         self.image_size, self.batch_size = image_size, batch_size
@@ -162,9 +175,17 @@ class VGGInstruments(DatasetAdapter):
         return os.environ.get("VGG_INSTRUMENTS_SKIP_BAD", "").strip().lower() in ("1", "true", "yes")
 
     def params(self) -> dict:
-        return {"audio_seconds": 3.0, "nperseg": 512, "noverlap": 274, "log_eps": 1e-7, "window": "tukey(0.25) (scipy default)",
-                "image_size": self.image_size, "image_resize": "shorter side, bicubic; centre crop",
-                "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+        return {
+            "audio_seconds": 3.0,
+            "nperseg": 512,
+            "noverlap": 274,
+            "log_eps": 1e-7,
+            "window": "tukey(0.25) (scipy default)",
+            "image_size": self.image_size,
+            "image_resize": "shorter side, bicubic; centre crop",
+            "image_mean": IMAGENET_MEAN,
+            "image_std": IMAGENET_STD,
+        }
 
     # -- paths -------------------------------------------------------------------------
 
@@ -199,9 +220,14 @@ class VGGInstruments(DatasetAdapter):
         missing = [str(p) for _, _, p in self.metadata_files(data_root) if not p.is_file()]
         missing += [str(root / d) + "/" for d in ("audio", "frames") if not (root / d).is_dir()]
         if missing:
-            return Availability(False, f"VGG-Instruments: {root} is incomplete, missing: {', '.join(missing[:6])}"
-                                       f"{' ...' if len(missing) > 6 else ''}\n" + self.instructions(data_root))
-        return Availability(True, f"VGG-Instruments at {root} (store built on first use under {Path(data_root) / 'cache' / 'store'})")
+            return Availability(
+                False,
+                f"VGG-Instruments: {root} is incomplete, missing: {', '.join(missing[:6])}"
+                f"{' ...' if len(missing) > 6 else ''}\n" + self.instructions(data_root),
+            )
+        return Availability(
+            True, f"VGG-Instruments at {root} (store built on first use under {Path(data_root) / 'cache' / 'store'})"
+        )
 
     def protocols(self) -> list[ProtocolSpec]:
         return [ProtocolSpec("4x9", tuple(len(g) for g in GROUPS), 0)]
@@ -213,13 +239,24 @@ class VGGInstruments(DatasetAdapter):
         table, meta = self.read_metadata(data_root)
         table, skipped = self.check_media(data_root, table)
         rate = self.sample_rate or self.probe_rate(data_root, table)
-        key = {"metadata": meta["metadata_sha256"], "preprocess": self.params(), "sample_rate": rate,
-               "skipped": skipped, "version": self.PREPROCESS_VERSION}
+        key = {
+            "metadata": meta["metadata_sha256"],
+            "preprocess": self.params(),
+            "sample_rate": rate,
+            "skipped": skipped,
+            "version": self.PREPROCESS_VERSION,
+        }
         path = Path(data_root) / "cache" / "store" / f"{self.name}-{config_hash(key)}"
         if (path / "manifest.json").is_file():
             return FeatureStore(path)
-        meta.update(dataset=self.name, sample_rate=rate, preprocess=self.params(), skipped=skipped, pretrained=None,
-                    note="raw media views (log spectrogram, normalised frame); no encoder")
+        meta.update(
+            dataset=self.name,
+            sample_rate=rate,
+            preprocess=self.params(),
+            skipped=skipped,
+            pretrained=None,
+            note="raw media views (log spectrogram, normalised frame); no encoder",
+        )
         return self._extract(data_root, table, path, rate, meta, progress)
 
     # -- metadata ----------------------------------------------------------------------
@@ -238,7 +275,9 @@ class VGGInstruments(DatasetAdapter):
                     continue
                 fields = [f.strip() for f in line.split(",")]
                 if len(fields) != 2:
-                    raise DatasetError(f"{path}:{lineno}: expected `id,class_name`, got {line!r}; fix or remove the line")
+                    raise DatasetError(
+                        f"{path}:{lineno}: expected `id,class_name`, got {line!r}; fix or remove the line"
+                    )
                 vid, cls = fields[0], normalize_class(fields[1])
                 if lineno == 1 and vid.lower() in ("id", "file", "vid") and cls in ("class", "class_name", "label"):
                     continue  # a header
@@ -249,10 +288,14 @@ class VGGInstruments(DatasetAdapter):
                     dropped_class[path.name] = dropped_class.get(path.name, 0) + 1
                     continue
                 if cls not in index:
-                    raise DatasetError(f"{path}:{lineno}: unknown class {fields[1]!r}; the CIGN split has {', '.join(CLASSES)}")
+                    raise DatasetError(
+                        f"{path}:{lineno}: unknown class {fields[1]!r}; the CIGN split has {', '.join(CLASSES)}"
+                    )
                 if index[cls] // 9 != g:
-                    raise DatasetError(f"{path}:{lineno}: class {cls!r} belongs to group {index[cls] // 9}, not group {g}; "
-                                       "the metadata files are not CIGN's split (re-copy them from the CIGN repository)")
+                    raise DatasetError(
+                        f"{path}:{lineno}: class {cls!r} belongs to group {index[cls] // 9}, not group {g}; "
+                        "the metadata files are not CIGN's split (re-copy them from the CIGN repository)"
+                    )
                 if vid in seen:
                     duplicates[path.name] = duplicates.get(path.name, 0) + 1
                     continue
@@ -261,17 +304,32 @@ class VGGInstruments(DatasetAdapter):
                 labels.append(index[cls])
                 splits.append(split)
         if dropped:
-            log.warning("VGG-Instruments: dropped %d line(s) with the malformed id %r (%s)", sum(dropped.values()), MALFORMED_ID,
-                        ", ".join(f"{k}: {v}" for k, v in dropped.items()))
+            log.warning(
+                "VGG-Instruments: dropped %d line(s) with the malformed id %r (%s)",
+                sum(dropped.values()),
+                MALFORMED_ID,
+                ", ".join(f"{k}: {v}" for k, v in dropped.items()),
+            )
         if dropped_class:
-            log.warning("VGG-Instruments: dropped %d %s line(s) (not in CIGN's split)", sum(dropped_class.values()), DROPPED_CLASS)
+            log.warning(
+                "VGG-Instruments: dropped %d %s line(s) (not in CIGN's split)",
+                sum(dropped_class.values()),
+                DROPPED_CLASS,
+            )
         if duplicates:
-            log.warning("VGG-Instruments: dropped %d repeated line(s) within a file (%s)", sum(duplicates.values()),
-                        ", ".join(f"{k}: {v}" for k, v in duplicates.items()))
+            log.warning(
+                "VGG-Instruments: dropped %d repeated line(s) within a file (%s)",
+                sum(duplicates.values()),
+                ", ".join(f"{k}: {v}" for k, v in duplicates.items()),
+            )
         table = SampleTable(ids, np.array(labels, dtype=np.int64), np.array(splits), list(CLASSES))
         table.validate(str(self.root(data_root) / "metadata"))
-        self.report = {"dropped_malformed": dropped, "dropped_malformed_total": sum(dropped.values()),
-                       "dropped_djembe": dropped_class, "dropped_repeated": duplicates}
+        self.report = {
+            "dropped_malformed": dropped,
+            "dropped_malformed_total": sum(dropped.values()),
+            "dropped_djembe": dropped_class,
+            "dropped_repeated": duplicates,
+        }
         return table, {"metadata_sha256": hashes, **self.report}
 
     def media_paths(self, data_root: Path, vid: str) -> tuple[Path, Path]:
@@ -288,12 +346,20 @@ class VGGInstruments(DatasetAdapter):
                     break
         if not bad:
             return table, []
-        listing = "\n".join(f"    {p}" for _, p in bad[:20]) + (f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        listing = "\n".join(f"    {p}" for _, p in bad[:20]) + (
+            f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        )
         if not self.skip_bad:
-            raise DatasetError(f"VGG-Instruments: {len(bad)} clip(s) lack a media file (or it is empty), first: {bad[0][1]}\n{listing}\n"
-                               "  Put the files there, or set VGG_INSTRUMENTS_SKIP_BAD=1 to leave these clips out (they are listed).")
+            raise DatasetError(
+                f"VGG-Instruments: {len(bad)} clip(s) lack a media file (or it is empty), first: {bad[0][1]}\n{listing}\n"
+                "  Put the files there, or set VGG_INSTRUMENTS_SKIP_BAD=1 to leave these clips out (they are listed)."
+            )
         skip = {vid for vid, _ in bad}
-        log.warning("VGG-Instruments: skipping %d clip(s) with a missing or empty media file (VGG_INSTRUMENTS_SKIP_BAD):\n%s", len(skip), listing)
+        log.warning(
+            "VGG-Instruments: skipping %d clip(s) with a missing or empty media file (VGG_INSTRUMENTS_SKIP_BAD):\n%s",
+            len(skip),
+            listing,
+        )
         keep = [i for i, vid in enumerate(table.ids) if vid not in skip]
         out = SampleTable([table.ids[i] for i in keep], table.labels[keep], table.splits[keep], list(table.class_names))
         out.validate(f"{self.root(data_root)} (after skipping clips with missing media)")
@@ -307,11 +373,15 @@ class VGGInstruments(DatasetAdapter):
         try:
             return int(sf.info(str(path)).samplerate)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise DatasetError(f"{path}: not a readable audio file ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1") from e
+            raise DatasetError(
+                f"{path}: not a readable audio file ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1"
+            ) from e
 
     # -- extraction --------------------------------------------------------------------
 
-    def _extract(self, data_root: Path, table: SampleTable, path: Path, rate: int, meta: dict, progress: bool) -> FeatureStore:
+    def _extract(
+        self, data_root: Path, table: SampleTable, path: Path, rate: int, meta: dict, progress: bool
+    ) -> FeatureStore:
         from tqdm import tqdm
 
         p = self.params()
@@ -322,7 +392,13 @@ class VGGInstruments(DatasetAdapter):
         start -= start % self.batch_size
         jobs = [(*map(str, self.media_paths(data_root, vid)), rate, p) for vid in table.ids[start:]]
         t0, resampled = time.time(), 0
-        bar = tqdm(total=len(table.ids), initial=start, desc="VGG-Instruments: preprocessing", unit="clip", disable=not progress)
+        bar = tqdm(
+            total=len(table.ids),
+            initial=start,
+            desc="VGG-Instruments: preprocessing",
+            unit="clip",
+            disable=not progress,
+        )
         pool = None
         if self.workers > 1 and len(jobs) >= 8:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
@@ -332,7 +408,10 @@ class VGGInstruments(DatasetAdapter):
                 chunk = jobs[lo : lo + self.batch_size]
                 outs = list(pool.map(_clip_job, chunk, chunksize=4)) if pool else [_clip_job(j) for j in chunk]
                 row = start + lo
-                for name, values in (("spectrogram", np.stack([o[0] for o in outs])), ("image", np.stack([o[1] for o in outs]))):
+                for name, values in (
+                    ("spectrogram", np.stack([o[0] for o in outs])),
+                    ("image", np.stack([o[1] for o in outs])),
+                ):
                     skip = writer.filled[name] - row  # rows written before an interruption
                     if skip < len(values):
                         writer.write(name, row + skip, values[skip:])

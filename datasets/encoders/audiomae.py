@@ -17,6 +17,7 @@ decoder and `mask_token`, but no `fc_norm`. The AV-CIL code loads it with `stric
 ignored. `load_audiomae_checkpoint` does the same, but logs the missing and unexpected key lists
 and refuses anything beyond exactly that pattern (datasets.weights reads and checks the file).
 """
+
 from __future__ import annotations
 
 import logging
@@ -192,15 +193,26 @@ def load_audiomae_checkpoint(model: AudioMAEEncoder, path: Path) -> dict:
     path = Path(path)
     sd = read_state_dict(path, "AudioMAE")
     missing, unexpected = check_keys(
-        model.state_dict(), sd, path, "the AudioMAE ViT encoder this extraction builds",
+        model.state_dict(),
+        sd,
+        path,
+        "the AudioMAE ViT encoder this extraction builds",
         "expected only missing fc_norm.* and unexpected norm.*, decoder_*, mask_token: pass the official AudioMAE "
-        "ViT-B AS-2M pretrained.pth", allow_missing=lambda k: k.startswith(EXPECTED_MISSING),
-        allow_unexpected=lambda k: k.startswith(EXPECTED_UNEXPECTED))
+        "ViT-B AS-2M pretrained.pth",
+        allow_missing=lambda k: k.startswith(EXPECTED_MISSING),
+        allow_unexpected=lambda k: k.startswith(EXPECTED_UNEXPECTED),
+    )
     if "pos_embed" in sd:  # the checkpoint's table is used (as AV-CIL does); it should be the fixed sin-cos one
         diff = float((sd["pos_embed"].float() - sincos_pos_embed(model.cfg.dim, *model.cfg.grid)[None]).abs().max())
         log.info("AudioMAE pos_embed: max |checkpoint - fixed 2-D sin-cos table| = %.2g", diff)
     model.load_state_dict(sd, strict=False)
-    log.info("AudioMAE checkpoint %s:\n  missing keys (%d, left at their initialisation): %s\n"
-             "  unexpected keys (%d, ignored): %s", path, len(missing), summarise_keys(missing), len(unexpected),
-             summarise_keys(unexpected))
+    log.info(
+        "AudioMAE checkpoint %s:\n  missing keys (%d, left at their initialisation): %s\n"
+        "  unexpected keys (%d, ignored): %s",
+        path,
+        len(missing),
+        summarise_keys(missing),
+        len(unexpected),
+        summarise_keys(unexpected),
+    )
     return load_report(path, len(sd) - len(unexpected), missing, unexpected)

@@ -9,6 +9,7 @@ are already CLIP-normalised (`datasets.media.clip_image`: CLIP's eval transform)
 Weights come only from the given local file, read through `datasets.weights` with `torch.jit.load`
 (a TorchScript archive, never unpickled as Python objects).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ from datasets.weights import OPENAI_EXTRA_KEYS, check_keys, load_report, read_op
 log = logging.getLogger(__name__)
 
 CLIP_MODEL = "ViT-B-16-quickgelu"
-CLIP_FILE_FIX = ("pass OpenAI's ViT-B-16.pt exactly as released (the TorchScript file the `clip` package and "
-                 "open_clip's 'openai' tag download) with --clip-ckpt")
+CLIP_FILE_FIX = (
+    "pass OpenAI's ViT-B-16.pt exactly as released (the TorchScript file the `clip` package and "
+    "open_clip's 'openai' tag download) with --clip-ckpt"
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,19 @@ class ClipConfig:
     @classmethod
     def tiny(cls, image_size: int) -> ClipConfig:
         """2 layers, width 64, patch 16, over `image_size` px images (tests and debugging, random weights only)."""
-        return cls(embed_dim=32, image_size=image_size, width=64, layers=2, head_width=32, patch_size=16,
-                   context_length=8, vocab_size=64, text_width=32, text_heads=2, text_layers=1)
+        return cls(
+            embed_dim=32,
+            image_size=image_size,
+            width=64,
+            layers=2,
+            head_width=32,
+            patch_size=16,
+            context_length=8,
+            vocab_size=64,
+            text_width=32,
+            text_heads=2,
+            text_layers=1,
+        )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -68,10 +82,20 @@ def build_clip(cfg: ClipConfig = ClipConfig(), seed: int = 0) -> torch.nn.Module
     """The whole open_clip CLIP (QuickGELU, as OpenAI's), random weights from `seed`; fp32."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    vision = CLIPVisionCfg(layers=cfg.layers, width=cfg.width, head_width=cfg.head_width, patch_size=cfg.patch_size,
-                           image_size=cfg.image_size)
-    text = CLIPTextCfg(context_length=cfg.context_length, vocab_size=cfg.vocab_size, width=cfg.text_width,
-                       heads=cfg.text_heads, layers=cfg.text_layers)
+    vision = CLIPVisionCfg(
+        layers=cfg.layers,
+        width=cfg.width,
+        head_width=cfg.head_width,
+        patch_size=cfg.patch_size,
+        image_size=cfg.image_size,
+    )
+    text = CLIPTextCfg(
+        context_length=cfg.context_length,
+        vocab_size=cfg.vocab_size,
+        width=cfg.text_width,
+        heads=cfg.text_heads,
+        layers=cfg.text_layers,
+    )
     with torch.random.fork_rng(devices=[]):  # random weights depend on the seed only
         torch.manual_seed(seed)
         model = CLIP(cfg.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
@@ -89,9 +113,18 @@ def load_openai_clip(model: torch.nn.Module, path: Path) -> dict:
     sd = read_openai_clip(path, plain=False, fix=CLIP_FILE_FIX)
     own = model.state_dict()
     what = f"the OpenAI CLIP checkpoint of this architecture ({CLIP_MODEL}, {own['visual.conv1.weight'].shape[0]} wide)"
-    check_keys(own, sd, path, what, "pass OpenAI's ViT-B-16.pt (TorchScript), not another model's file or an "
-               "open_clip/HF re-save")
+    check_keys(
+        own,
+        sd,
+        path,
+        what,
+        "pass OpenAI's ViT-B-16.pt (TorchScript), not another model's file or an open_clip/HF re-save",
+    )
     model.load_state_dict(sd, strict=True)
-    log.info("CLIP checkpoint %s: %d tensors loaded, no missing or unexpected keys (dropped the TorchScript ints %s)",
-             path, len(sd), ", ".join(OPENAI_EXTRA_KEYS))
+    log.info(
+        "CLIP checkpoint %s: %d tensors loaded, no missing or unexpected keys (dropped the TorchScript ints %s)",
+        path,
+        len(sd),
+        ", ".join(OPENAI_EXTRA_KEYS),
+    )
     return load_report(path, len(sd), [], [])

@@ -16,6 +16,7 @@ AudioSet and FSD50K wavs are mono).
 The embedded synthetic dataset uses the same front-end with shorter clips (see
 datasets/adapters/synth_tags.py); `LogMelConfig.seconds` is the only field it changes.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -55,8 +56,17 @@ class LogMelConfig:
         return (self.frames, self.n_mels)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "mel_scale": "htk", "norm": None, "power": 2.0, "center": True, "pad_mode": "reflect",
-                "window": "hann", "log": "natural log(mel + float32 eps)", "layout": "time x mel"}
+        return {
+            **asdict(self),
+            "mel_scale": "htk",
+            "norm": None,
+            "power": 2.0,
+            "center": True,
+            "pad_mode": "reflect",
+            "window": "hann",
+            "log": "natural log(mel + float32 eps)",
+            "layout": "time x mel",
+        }
 
 
 class LogMel(torch.nn.Module):
@@ -68,9 +78,18 @@ class LogMel(torch.nn.Module):
 
         self.cfg = cfg
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
-            f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=2.0, center=True, pad_mode="reflect",
-            norm=None, mel_scale="htk",
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            n_mels=cfg.n_mels,
+            power=2.0,
+            center=True,
+            pad_mode="reflect",
+            norm=None,
+            mel_scale="htk",
         )
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -88,8 +107,12 @@ def load_wave(path: Path, cfg: LogMelConfig, where: str = "") -> np.ndarray:
     Any unreadable input raises a DatasetError naming the file (and `where`, e.g. the phase
     file and line that listed it) and the fix.
     """
-    data, rate = read_samples(path, "replace it with a good copy (or point --audio-root at the folder that holds it), "
-                                    "or set skip_bad: true in the dataset's dataset.yaml to skip it", where)
+    data, rate = read_samples(
+        path,
+        "replace it with a good copy (or point --audio-root at the folder that holds it), "
+        "or set skip_bad: true in the dataset's dataset.yaml to skip it",
+        where,
+    )
     mono = data.mean(axis=1)
     if rate != cfg.sample_rate:
         import torchaudio.functional as AF

@@ -14,6 +14,7 @@ VisualEncoder: frames (B, F, 3, H, W) -> tubelets of 2 frames x 16 x 16 (as Vide
                -> random linear projection + GELU + LayerNorm without affine
                -> token grid (B, T=F/2, P=(H/16)(W/16), visual_dim)
 """
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,21 @@ class AudioEncoder(torch.nn.Module):
     ):
         super().__init__()
         self.audio_dim, self.sample_rate, self.n_fft, self.hop_length = audio_dim, sample_rate, n_fft, hop_length
-        self.n_mels, self.f_min, self.f_max, self.hidden, self.seed = n_mels, f_min, f_max or sample_rate / 2, hidden, seed
+        self.n_mels, self.f_min, self.f_max, self.hidden, self.seed = (
+            n_mels,
+            f_min,
+            f_max or sample_rate / 2,
+            hidden,
+            seed,
+        )
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=self.f_max, power=2.0
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=self.f_max,
+            power=2.0,
         )
         g = torch.Generator().manual_seed(seed)
         # Log-mel values have a spread of a few nats; 1/sqrt(fan_in) keeps GELU in its curved range.
@@ -60,8 +73,17 @@ class AudioEncoder(torch.nn.Module):
             "type": "random-logmel-projection",
             "audio_dim": self.audio_dim,
             "seed": self.seed,
-            "front_end": {"kind": "log-mel", "sample_rate": self.sample_rate, "n_fft": self.n_fft, "hop_length": self.hop_length,
-                          "n_mels": self.n_mels, "f_min": self.f_min, "f_max": self.f_max, "log": "ln(x + 1e-6)", "norm": "per-clip mean removed"},
+            "front_end": {
+                "kind": "log-mel",
+                "sample_rate": self.sample_rate,
+                "n_fft": self.n_fft,
+                "hop_length": self.hop_length,
+                "n_mels": self.n_mels,
+                "f_min": self.f_min,
+                "f_max": self.f_max,
+                "log": "ln(x + 1e-6)",
+                "norm": "per-clip mean removed",
+            },
             "hidden": self.hidden,
             "pool": "mean+std over frames, then linear to audio_dim",
             "pretrained": False,
@@ -125,7 +147,9 @@ class VisualEncoder(torch.nn.Module):
         b, f, c, h, w = frames.shape
         p, k = self.patch, self.tubelet
         if c != 3 or f % k or h % p or w % p:
-            raise ValueError(f"frames {tuple(frames.shape)}: need (B, F, 3, H, W) with F % {k} == 0 and H, W % {p} == 0")
+            raise ValueError(
+                f"frames {tuple(frames.shape)}: need (B, F, 3, H, W) with F % {k} == 0 and H, W % {p} == 0"
+            )
         x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
         x = (x - self.mean) / self.std
         # (B, T, k, 3, H/p, p, W/p, p) -> (B, T, H/p, W/p, k, 3, p, p) -> (B, T, P, k*3*p*p)

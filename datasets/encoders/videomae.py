@@ -23,6 +23,7 @@ here) renamed them to `query.bias` / `key.bias` / `value.bias` without a loading
 names, logs the missing / unexpected key lists and refuses anything unexpected (datasets.weights reads
 and checks the files).
 """
+
 from __future__ import annotations
 
 import json
@@ -78,10 +79,21 @@ class VideoMAESpec:
         from transformers import VideoMAEConfig
 
         return VideoMAEConfig(
-            image_size=self.size, num_frames=self.frames, patch_size=self.patch, tubelet_size=self.tubelet, num_channels=3,
-            hidden_size=self.dim, num_hidden_layers=self.depth, num_attention_heads=self.heads, intermediate_size=self.mlp,
-            hidden_act="gelu", qkv_bias=True, use_mean_pooling=False, layer_norm_eps=self.eps,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            image_size=self.size,
+            num_frames=self.frames,
+            patch_size=self.patch,
+            tubelet_size=self.tubelet,
+            num_channels=3,
+            hidden_size=self.dim,
+            num_hidden_layers=self.depth,
+            num_attention_heads=self.heads,
+            intermediate_size=self.mlp,
+            hidden_act="gelu",
+            qkv_bias=True,
+            use_mean_pooling=False,
+            layer_norm_eps=self.eps,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         )
 
 
@@ -140,15 +152,18 @@ def _read_weights(path: Path) -> tuple[dict, dict | None]:
     if path.is_file():
         return read_state_dict(path, "VideoMAE"), None
     if not path.is_dir():
-        raise WeightsError(f"{path}: VideoMAE weights not found; pass a local snapshot directory of "
-                           "MCG-NJU/videomae-base (with model.safetensors or pytorch_model.bin) or a state-dict file")
+        raise WeightsError(
+            f"{path}: VideoMAE weights not found; pass a local snapshot directory of "
+            "MCG-NJU/videomae-base (with model.safetensors or pytorch_model.bin) or a state-dict file"
+        )
     config = None
     if (path / "config.json").is_file():
         try:
             config = json.loads((path / "config.json").read_text())
         except ValueError as e:
-            raise WeightsError(f"{path / 'config.json'}: not valid JSON ({e}); download the snapshot's config.json "
-                               "again") from e
+            raise WeightsError(
+                f"{path / 'config.json'}: not valid JSON ({e}); download the snapshot's config.json again"
+            ) from e
     for name in WEIGHT_FILES:
         if (path / name).is_file():
             return _read_weights(path / name)[0], config
@@ -159,8 +174,9 @@ def _read_weights(path: Path) -> tuple[dict, dict | None]:
             for shard in shards:
                 sd.update(_read_weights(path / shard)[0])
             return sd, config
-    raise WeightsError(f"{path}: no {' or '.join(WEIGHT_FILES)} in this directory; pass the MCG-NJU/videomae-base "
-                       "snapshot directory")
+    raise WeightsError(
+        f"{path}: no {' or '.join(WEIGHT_FILES)} in this directory; pass the MCG-NJU/videomae-base snapshot directory"
+    )
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -180,14 +196,24 @@ def weight_files(path: Path) -> list[Path]:
 def _check_config(config: dict | None, spec: VideoMAESpec, path: Path) -> None:
     if not config:
         return
-    fields = {"hidden_size": spec.dim, "num_hidden_layers": spec.depth, "num_attention_heads": spec.heads,
-              "intermediate_size": spec.mlp, "patch_size": spec.patch, "tubelet_size": spec.tubelet,
-              "num_frames": spec.frames, "image_size": spec.size, "use_mean_pooling": False}
+    fields = {
+        "hidden_size": spec.dim,
+        "num_hidden_layers": spec.depth,
+        "num_attention_heads": spec.heads,
+        "intermediate_size": spec.mlp,
+        "patch_size": spec.patch,
+        "tubelet_size": spec.tubelet,
+        "num_frames": spec.frames,
+        "image_size": spec.size,
+        "use_mean_pooling": False,
+    }
     bad = {k: config[k] for k, v in fields.items() if k in config and config[k] != v}
     if bad:
-        raise WeightsError(f"{path / 'config.json'}: {bad} differ from the VideoMAE-base encoder AV-CIL uses "
-                           f"({fields}); pass the self-supervised MCG-NJU/videomae-base snapshot (not a fine-tuned "
-                           "classifier)")
+        raise WeightsError(
+            f"{path / 'config.json'}: {bad} differ from the VideoMAE-base encoder AV-CIL uses "
+            f"({fields}); pass the self-supervised MCG-NJU/videomae-base snapshot (not a fine-tuned "
+            "classifier)"
+        )
 
 
 def normalise_keys(sd: dict) -> tuple[dict, bool]:
@@ -197,7 +223,7 @@ def normalise_keys(sd: dict) -> tuple[dict, bool]:
     """
     out, legacy = {}, False
     for k, v in sd.items():
-        k = k[len("videomae."):] if k.startswith("videomae.") else k
+        k = k[len("videomae.") :] if k.startswith("videomae.") else k
         m = _LEGACY_BIAS.match(k)
         if m:
             legacy = True
@@ -221,13 +247,24 @@ def load_videomae_weights(encoder: VideoMAEEncoder, path: Path) -> dict:
     _check_config(config, encoder.spec, path)
     sd, legacy = normalise_keys(raw)
     missing, unexpected = check_keys(
-        encoder.model.state_dict(), sd, path, "the VideoMAE-base encoder this extraction builds",
+        encoder.model.state_dict(),
+        sd,
+        path,
+        "the VideoMAE-base encoder this extraction builds",
         "expected every encoder weight present and only decoder.*, encoder_to_decoder.*, mask_token extra: pass the "
         "self-supervised MCG-NJU/videomae-base checkpoint",
-        allow_unexpected=lambda k: k.startswith(EXPECTED_UNEXPECTED))
+        allow_unexpected=lambda k: k.startswith(EXPECTED_UNEXPECTED),
+    )
     encoder.model.load_state_dict(sd, strict=False)
-    log.info("VideoMAE weights %s:\n%s  missing keys (%d): %s\n  unexpected keys (%d, ignored): %s", path,
-             "  legacy q_bias/v_bias converted to query/value biases (key bias 0)\n" if legacy else "",
-             len(missing), summarise_keys(missing), len(unexpected), summarise_keys(unexpected))
-    return load_report(path, len(sd) - len(unexpected), missing, unexpected, files=weight_files(path),
-                       legacy_qv_bias=legacy)
+    log.info(
+        "VideoMAE weights %s:\n%s  missing keys (%d): %s\n  unexpected keys (%d, ignored): %s",
+        path,
+        "  legacy q_bias/v_bias converted to query/value biases (key bias 0)\n" if legacy else "",
+        len(missing),
+        summarise_keys(missing),
+        len(unexpected),
+        summarise_keys(unexpected),
+    )
+    return load_report(
+        path, len(sd) - len(unexpected), missing, unexpected, files=weight_files(path), legacy_qv_bias=legacy
+    )

@@ -1,5 +1,6 @@
 """What both extraction commands share: option checks, the AudioMAE audio pipeline record, precision,
 the NaN / float16-range check of encoder outputs and the library versions recorded in a store's meta."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,8 @@ TINY_AUDIO = AudioMAEConfig(dim=32, depth=2, heads=2)
 AUDIO_PIPELINE = {
     "decode": "PyAV (datasets.media.decode_video), channels averaged to mono, scipy resample_poly to audio_rate",
     "fbank": "torchaudio.compliance.kaldi.fbank(htk_compat=True, use_energy=False, window_type='hanning', "
-             "num_mel_bins=128, dither=0.0, frame_shift=10) of the mean-subtracted waveform, zero-padded / cropped to "
-             "1024 frames",
+    "num_mel_bins=128, dither=0.0, frame_shift=10) of the mean-subtracted waveform, zero-padded / cropped to "
+    "1024 frames",
     "pool": "mean of the patch tokens (CLS excluded), then fc_norm",
 }
 
@@ -50,12 +51,15 @@ def check_values(name: str, values: np.ndarray, where: list[str], precision: str
     fit the float16 store."""
     finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if not finite.all():
-        raise DatasetError(f"{where[int(np.argmin(finite))]}: the {name} encoder produced NaN/inf under {precision}; "
-                           "re-run with --precision fp32")
+        raise DatasetError(
+            f"{where[int(np.argmin(finite))]}: the {name} encoder produced NaN/inf under {precision}; "
+            "re-run with --precision fp32"
+        )
     peak = float(np.abs(values).max(initial=0.0))
     if peak > F16_MAX:
-        raise DatasetError(f"{name} features reach |x| = {peak:.4g}, beyond the float16 range of the store; "
-                           "check the checkpoint")
+        raise DatasetError(
+            f"{name} features reach |x| = {peak:.4g}, beyond the float16 range of the store; check the checkpoint"
+        )
 
 
 def versions() -> dict:

@@ -43,6 +43,7 @@ docstring). Weights come only from the given local files, read by `datasets.weig
 file through `torch.jit.load` (`datasets.encoders.clip`; a TorchScript archive, never unpickled as Python
 objects); `--random-encoders` uses random weights instead (debugging only; the store is marked pretrained=false).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datasets.cli import positive_int, run_command
 from datasets.encoders.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint
 from datasets.encoders.clip import CLIP_MODEL, ClipConfig, build_clip, load_openai_clip
-from datasets.cli import positive_int, run_command
 from datasets.errors import ConfigError, DatasetError, WeightsError
 from datasets.extraction.common import (
     AUDIO_PIPELINE,
@@ -87,8 +88,16 @@ log = logging.getLogger(__name__)
 FEATURES_VERSION = 1  # bump whenever the extraction changes the features
 AUDIOMAE_RATE = 16000
 # Raw-store meta that the methods reading raw views need, copied as is (audio_bank is rewritten).
-RAW_META_KEYS = ("pairing", "sample_rate", "clip_samples", "image_size", "image_mean", "image_std", "prompt_template",
-                 "class_prompt_names")
+RAW_META_KEYS = (
+    "pairing",
+    "sample_rate",
+    "clip_samples",
+    "image_size",
+    "image_mean",
+    "image_std",
+    "prompt_template",
+    "class_prompt_names",
+)
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -97,9 +106,18 @@ RAW_META_KEYS = ("pairing", "sample_rate", "clip_samples", "image_size", "image_
 class PairedEncoders:
     """AudioMAE (bank clips) + CLIP image tower (stored images) on one device."""
 
-    def __init__(self, audio_cfg: AudioMAEConfig, clip_cfg: ClipConfig, device: torch.device, precision: str,
-                 audio_rate: int, fbank_norm: str, audio_ckpt: Path | None = None, clip_ckpt: Path | None = None,
-                 seed: int = 0):
+    def __init__(
+        self,
+        audio_cfg: AudioMAEConfig,
+        clip_cfg: ClipConfig,
+        device: torch.device,
+        precision: str,
+        audio_rate: int,
+        fbank_norm: str,
+        audio_ckpt: Path | None = None,
+        clip_ckpt: Path | None = None,
+        seed: int = 0,
+    ):
         self.audio_cfg, self.clip_cfg, self.device, self.precision = audio_cfg, clip_cfg, device, precision
         self.audio_rate, self.fbank_norm = int(audio_rate), fbank_norm
         self.audio = AudioMAEEncoder(audio_cfg, seed=seed)
@@ -123,11 +141,15 @@ class PairedEncoders:
         with torch.inference_mode():
             for w in np.asarray(waves, dtype=np.float32):
                 w = mix_resample(w, int(rate), self.audio_rate)
-                out.append(fbank(w, self.audio_rate, self.fbank_norm, self.audio_cfg.frames, self.audio_cfg.mels).numpy())
+                out.append(
+                    fbank(w, self.audio_rate, self.fbank_norm, self.audio_cfg.frames, self.audio_cfg.mels).numpy()
+                )
         return np.stack(out)
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+        return torch.autocast(
+            device_type=self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        )
 
     @torch.inference_mode()
     def encode_audio(self, fbanks: np.ndarray) -> np.ndarray:
@@ -173,11 +195,24 @@ def _resolve_adapter(dataset):
     return dataset
 
 
-def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt: Path | None = None,
-                            clip_ckpt: Path | None = None, *, trust_pickle: bool = False, random_encoders: bool = False,
-                            tiny_encoders: bool = False, batch: int = 32, device: str = "auto", precision: str = "auto",
-                            audio_rate: int = AUDIOMAE_RATE, fbank_norm: str = "none", force: bool = False,
-                            seed: int = 0, progress: bool = True) -> FeatureStore:
+def extract_paired_features(
+    dataset,
+    data_root: Path = Path("data"),
+    audio_ckpt: Path | None = None,
+    clip_ckpt: Path | None = None,
+    *,
+    trust_pickle: bool = False,
+    random_encoders: bool = False,
+    tiny_encoders: bool = False,
+    batch: int = 32,
+    device: str = "auto",
+    precision: str = "auto",
+    audio_rate: int = AUDIOMAE_RATE,
+    fbank_norm: str = "none",
+    force: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> FeatureStore:
     """Write (or find) the features store of the paired dataset `dataset` (a registered name or an adapter).
 
     See the module docstring. Returns the features store. `tiny_encoders` (tests and debugging)
@@ -188,8 +223,9 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     data_root = Path(data_root)
     check_audio_options(batch, audio_rate, fbank_norm)
     if random_encoders and (audio_ckpt is not None or clip_ckpt is not None):
-        raise ConfigError("--random-encoders and --audio-ckpt/--clip-ckpt exclude each other: give the checkpoints, "
-                          "or neither")
+        raise ConfigError(
+            "--random-encoders and --audio-ckpt/--clip-ckpt exclude each other: give the checkpoints, or neither"
+        )
     if not random_encoders and (audio_ckpt is None or clip_ckpt is None):
         raise ConfigError(
             "refusing to extract without pretrained encoders: pass --audio-ckpt (AudioMAE ViT-B AS-2M pretrained.pth, "
@@ -198,11 +234,13 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
             "pretrained=false)"
         )
     if tiny_encoders and not random_encoders:
-        raise ConfigError("--tiny-encoders is for tests and needs --random-encoders (no checkpoint fits the reduced "
-                          "encoders)")
+        raise ConfigError(
+            "--tiny-encoders is for tests and needs --random-encoders (no checkpoint fits the reduced encoders)"
+        )
     if audio_ckpt is not None and not Path(audio_ckpt).is_file():
-        raise WeightsError(f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded "
-                           "pretrained.pth")
+        raise WeightsError(
+            f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded pretrained.pth"
+        )
     if clip_ckpt is not None and not Path(clip_ckpt).is_file():
         raise WeightsError(f"{clip_ckpt}: CLIP checkpoint not found; pass the path of OpenAI's ViT-B-16.pt")
     if audio_ckpt is not None and not trust_pickle:
@@ -229,47 +267,82 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
     acfg = TINY_AUDIO if tiny_encoders else AudioMAEConfig()
     ccfg = ClipConfig.tiny(size) if tiny_encoders else ClipConfig()
     if size != ccfg.image_size:
-        raise DatasetError(f"{raw.path}: images are {size} x {size} px but the CLIP ViT-B/16 tower takes {ccfg.image_size}; "
-                           f"rebuild the raw store with image_size {ccfg.image_size}")
+        raise DatasetError(
+            f"{raw.path}: images are {size} x {size} px but the CLIP ViT-B/16 tower takes {ccfg.image_size}; "
+            f"rebuild the raw store with image_size {ccfg.image_size}"
+        )
     dev = pick_device(device)
     prec = resolve_precision(dev, precision)
     ckpts = {"audio": _ckpt_record(audio_ckpt), "visual": _ckpt_record(clip_ckpt)}
     t, p = ccfg.grid
     views = [ViewSpec("audio", (acfg.dim,)), ViewSpec("visual", (t, p, ccfg.width))]
-    pooling = {"audio": "mean of the AudioMAE patch tokens (CLS excluded), then fc_norm (as datasets.extraction.videos)",
-               "visual": "none: CLIP patch tokens after the last block and ln_post, before proj; CLS token dropped"}
-    grid = {"T": t, "P": p, "token_order": "row-major patch grid (token = row * W + col)", "frames": "1 (the still image)"}
-    key_spec = {"raw": raw.fingerprint, "image_view": img_view, "encoder_configs": {"audio": acfg.to_json(), "visual": ccfg.to_json()},
-                "checkpoints": {k: None if v is None else v["sha256"] for k, v in ckpts.items()}, "audio_rate": int(audio_rate),
-                "fbank_norm": fbank_norm, "pooling": pooling, "grid": grid, "precision": prec, "version": FEATURES_VERSION,
-                "seed": seed if random_encoders else None}
+    pooling = {
+        "audio": "mean of the AudioMAE patch tokens (CLS excluded), then fc_norm (as datasets.extraction.videos)",
+        "visual": "none: CLIP patch tokens after the last block and ln_post, before proj; CLS token dropped",
+    }
+    grid = {
+        "T": t,
+        "P": p,
+        "token_order": "row-major patch grid (token = row * W + col)",
+        "frames": "1 (the still image)",
+    }
+    key_spec = {
+        "raw": raw.fingerprint,
+        "image_view": img_view,
+        "encoder_configs": {"audio": acfg.to_json(), "visual": ccfg.to_json()},
+        "checkpoints": {k: None if v is None else v["sha256"] for k, v in ckpts.items()},
+        "audio_rate": int(audio_rate),
+        "fbank_norm": fbank_norm,
+        "pooling": pooling,
+        "grid": grid,
+        "precision": prec,
+        "version": FEATURES_VERSION,
+        "seed": seed if random_encoders else None,
+    }
     key = config_hash(key_spec)
     final = store_dir(data_root) / f"{adapter.name}{STORE_INFIX}{key}"
     if (final / "manifest.json").is_file() and not force:
-        log.info("%s: features already extracted with these settings at %s; nothing to do (--force extracts again)",
-                 adapter.title, final)
+        log.info(
+            "%s: features already extracted with these settings at %s; nothing to do (--force extracts again)",
+            adapter.title,
+            final,
+        )
         return FeatureStore(final)
 
     meta = {
-        "dataset": adapter.name, "title": getattr(adapter, "title", adapter.name), "source": "paired_features",
-        "features_of": Path(os.path.relpath(raw.path.resolve(), final.resolve())).as_posix(), "raw_store": raw.path.name,
-        "raw_fingerprint": raw.fingerprint, "pretrained": not random_encoders,
+        "dataset": adapter.name,
+        "title": getattr(adapter, "title", adapter.name),
+        "source": "paired_features",
+        "features_of": Path(os.path.relpath(raw.path.resolve(), final.resolve())).as_posix(),
+        "raw_store": raw.path.name,
+        "raw_fingerprint": raw.fingerprint,
+        "pretrained": not random_encoders,
         "encoders": {
-            "audio": "AudioMAE ViT-B/16 AS-2M pretrained.pth" if not random_encoders
+            "audio": "AudioMAE ViT-B/16 AS-2M pretrained.pth"
+            if not random_encoders
             else f"AudioMAE ViT architecture{' (tiny)' if tiny_encoders else ''}, RANDOM weights (seed {seed})",
-            "visual": f"CLIP ViT-B/16 image tower (OpenAI ViT-B-16.pt, open_clip {CLIP_MODEL})" if not random_encoders
+            "visual": f"CLIP ViT-B/16 image tower (OpenAI ViT-B-16.pt, open_clip {CLIP_MODEL})"
+            if not random_encoders
             else f"CLIP ViT image tower{' (tiny)' if tiny_encoders else ''}, RANDOM weights (seed {seed + 1})",
         },
         "encoder_configs": {"audio": acfg.to_json(), "visual": ccfg.to_json()},
         "checkpoints": ckpts,
-        "audio_rate": int(audio_rate), "fbank_norm": fbank_norm,
-        "audio_pipeline": {"clip": "the image's canonical bank clip (AudioPairing.eval_clip_rows: seed 0, epoch 0)",
-                           "decode": f"bank waveform (float16, {bank_rate} Hz) to float32, scipy resample_poly to audio_rate",
-                           **{k: v for k, v in AUDIO_PIPELINE.items() if k != "decode"}},
-        "visual_pipeline": {"input": f"the raw store's `{img_view}` view as stored (CLIP eval transform: bicubic resize, centre crop, "
-                                     "CLIP mean/std)",
-                            "output": "open_clip VisionTransformer output_tokens: ln_post(last block)[:, 1:], no proj"},
-        "pooling": pooling, "visual_grid": grid, "precision": prec, "features_version": FEATURES_VERSION,
+        "audio_rate": int(audio_rate),
+        "fbank_norm": fbank_norm,
+        "audio_pipeline": {
+            "clip": "the image's canonical bank clip (AudioPairing.eval_clip_rows: seed 0, epoch 0)",
+            "decode": f"bank waveform (float16, {bank_rate} Hz) to float32, scipy resample_poly to audio_rate",
+            **{k: v for k, v in AUDIO_PIPELINE.items() if k != "decode"},
+        },
+        "visual_pipeline": {
+            "input": f"the raw store's `{img_view}` view as stored (CLIP eval transform: bicubic resize, centre crop, "
+            "CLIP mean/std)",
+            "output": "open_clip VisionTransformer output_tokens: ln_post(last block)[:, 1:], no proj",
+        },
+        "pooling": pooling,
+        "visual_grid": grid,
+        "precision": prec,
+        "features_version": FEATURES_VERSION,
         "distinct_clips": int(len(np.unique(clips))),
     }
     if random_encoders:
@@ -279,15 +352,29 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
             meta[k] = raw.meta[k]
     if "audio_bank" in raw.meta:  # AudioPairing resolves it against the store's parent directory
         bank_name = raw.meta["audio_bank"]
-        meta["audio_bank"] = bank_name if bank_name == "self" else \
-            Path(os.path.relpath((raw.path.parent / bank_name).resolve(), final.parent.resolve())).as_posix()
+        meta["audio_bank"] = (
+            bank_name
+            if bank_name == "self"
+            else Path(os.path.relpath((raw.path.parent / bank_name).resolve(), final.parent.resolve())).as_posix()
+        )
     meta["raw_meta"] = {k: v for k, v in raw.meta.items() if k not in meta}
     links = {name: (raw, name) for name in raw.views if name not in FEATURE_VIEWS}
 
     writer = StoreWriter(final, raw.table(), views, meta, str(raw.path), links=links)
-    log.info("%s: %d images, %d distinct clips from %s, audio %d -> %d Hz, fbank norm %s, %s %s, batch %d -> %s",
-             adapter.title, n, meta["distinct_clips"], bank.path.name, bank_rate, audio_rate, fbank_norm, dev, prec,
-             batch, final)
+    log.info(
+        "%s: %d images, %d distinct clips from %s, audio %d -> %d Hz, fbank norm %s, %s %s, batch %d -> %s",
+        adapter.title,
+        n,
+        meta["distinct_clips"],
+        bank.path.name,
+        bank_rate,
+        audio_rate,
+        fbank_norm,
+        dev,
+        prec,
+        batch,
+        final,
+    )
     encoders = PairedEncoders(acfg, ccfg, dev, prec, audio_rate, fbank_norm, audio_ckpt, clip_ckpt, seed)
 
     # Audio: the distinct clips in order of first use, in fixed chunks of `batch`, so a resumed run
@@ -334,13 +421,25 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
             bar.update(hi - lo)
     finally:
         bar.close()
-    writer.add_meta(device=str(dev), versions=versions(), extract_seconds_last_run=round(time.time() - t0, 1),
-                    clips_encoded_last_run=encoded,
-                    checkpoint_paths={"audio": None if audio_ckpt is None else str(Path(audio_ckpt).resolve()),
-                                      "visual": None if clip_ckpt is None else str(Path(clip_ckpt).resolve())})
+    writer.add_meta(
+        device=str(dev),
+        versions=versions(),
+        extract_seconds_last_run=round(time.time() - t0, 1),
+        clips_encoded_last_run=encoded,
+        checkpoint_paths={
+            "audio": None if audio_ckpt is None else str(Path(audio_ckpt).resolve()),
+            "visual": None if clip_ckpt is None else str(Path(clip_ckpt).resolve()),
+        },
+    )
     store = writer.finalize()
-    log.info("%s: wrote %d rows (audio %s, visual %s) -> %s", adapter.title, len(store), store.views["audio"].shape,
-             store.views["visual"].shape, final)
+    log.info(
+        "%s: wrote %d rows (audio %s, visual %s) -> %s",
+        adapter.title,
+        len(store),
+        store.views["audio"].shape,
+        store.views["visual"].shape,
+        final,
+    )
     return store
 
 
@@ -348,25 +447,62 @@ def extract_paired_features(dataset, data_root: Path = Path("data"), audio_ckpt:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m datasets.extraction.paired", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Interrupted extractions resume when the same command is run again.")
-    p.add_argument("--dataset", required=True, help="a registered paired dataset, e.g. imagenet_esc19, imagenet_esc27, mini_aric")
-    p.add_argument("--paired-folder", default=None, metavar="PATH[=NAME]",
-                   help="register a user's paired image+audio folder first (as run_all.py --paired-folder), then extract it")
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="the stores live under <data-root>/cache/store (default: data)")
-    p.add_argument("--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)")
-    p.add_argument("--clip-ckpt", type=Path, default=None, metavar="PATH", help="OpenAI CLIP ViT-B-16.pt (TorchScript, local file)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="required with --audio-ckpt: confirm the AudioMAE checkpoint (a pickle-based torch file) is from a trusted source")
-    p.add_argument("--random-encoders", action="store_true",
-                   help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)")
-    p.add_argument("--tiny-encoders", action="store_true", help="test/debug only, with --random-encoders: 2-layer reduced encoders")
-    p.add_argument("--audio-rate", type=positive_int, default=AUDIOMAE_RATE, metavar="HZ",
-                   help="audio rate before the fbank (default 16000, AudioMAE's; 11430 as the AV-CIL video extraction)")
-    p.add_argument("--fbank-norm", choices=FBANK_NORMS, default="none", help="fbank normalisation: none (default, as AV-CIL) or audioset")
-    p.add_argument("--batch", type=positive_int, default=32, metavar="N",
-                   help="images (and clips) per encoder batch (default 32)")
+    p = argparse.ArgumentParser(
+        prog="python -m datasets.extraction.paired",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Interrupted extractions resume when the same command is run again.",
+    )
+    p.add_argument(
+        "--dataset", required=True, help="a registered paired dataset, e.g. imagenet_esc19, imagenet_esc27, mini_aric"
+    )
+    p.add_argument(
+        "--paired-folder",
+        default=None,
+        metavar="PATH[=NAME]",
+        help="register a user's paired image+audio folder first (as run_all.py --paired-folder), then extract it",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data"),
+        help="the stores live under <data-root>/cache/store (default: data)",
+    )
+    p.add_argument(
+        "--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)"
+    )
+    p.add_argument(
+        "--clip-ckpt", type=Path, default=None, metavar="PATH", help="OpenAI CLIP ViT-B-16.pt (TorchScript, local file)"
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required with --audio-ckpt: confirm the AudioMAE checkpoint (a pickle-based torch file) is from a trusted source",
+    )
+    p.add_argument(
+        "--random-encoders",
+        action="store_true",
+        help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)",
+    )
+    p.add_argument(
+        "--tiny-encoders", action="store_true", help="test/debug only, with --random-encoders: 2-layer reduced encoders"
+    )
+    p.add_argument(
+        "--audio-rate",
+        type=positive_int,
+        default=AUDIOMAE_RATE,
+        metavar="HZ",
+        help="audio rate before the fbank (default 16000, AudioMAE's; 11430 as the AV-CIL video extraction)",
+    )
+    p.add_argument(
+        "--fbank-norm",
+        choices=FBANK_NORMS,
+        default="none",
+        help="fbank normalisation: none (default, as AV-CIL) or audioset",
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=32, metavar="N", help="images (and clips) per encoder batch (default 32)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")
@@ -385,10 +521,22 @@ def main(argv: list[str] | None = None) -> int:
             path, _, name = args.paired_folder.partition("=")
             register_paired_folder(Path(path), name or None)
         extract_paired_features(
-            args.dataset, args.data_root, args.audio_ckpt, args.clip_ckpt, trust_pickle=args.trust_pickle,
-            random_encoders=args.random_encoders, tiny_encoders=args.tiny_encoders, batch=args.batch, device=args.device,
-            precision=args.precision, audio_rate=args.audio_rate, fbank_norm=args.fbank_norm, force=args.force, seed=args.seed,
-            progress=not args.no_progress)
+            args.dataset,
+            args.data_root,
+            args.audio_ckpt,
+            args.clip_ckpt,
+            trust_pickle=args.trust_pickle,
+            random_encoders=args.random_encoders,
+            tiny_encoders=args.tiny_encoders,
+            batch=args.batch,
+            device=args.device,
+            precision=args.precision,
+            audio_rate=args.audio_rate,
+            fbank_norm=args.fbank_norm,
+            force=args.force,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
 
     return run_command(body)
 

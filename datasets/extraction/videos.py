@@ -57,6 +57,7 @@ How a run proceeds (every step resumable by re-running the same command):
      into `<name>` (again a StoreWriter) and the staging store is deleted;
   3. `<name>.extract-report.json` next to the store lists every excluded vid with its reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,6 +90,7 @@ from datasets.adapters.avcil_features import (
     store_path,
 )
 from datasets.base import SampleTable
+from datasets.cli import positive_int, run_command
 from datasets.encoders.audiomae import (
     FBANK_NORMS,
     WINDOW_SECONDS,
@@ -105,7 +107,6 @@ from datasets.encoders.videomae import (
     resize_crop,
     weight_files,
 )
-from datasets.cli import positive_int, run_command
 from datasets.errors import ConfigError, DatasetError, WeightsError
 from datasets.extraction.common import (
     AUDIO_PIPELINE,
@@ -180,8 +181,10 @@ def resolve_videos(videos: Path | None, data_root: Path, info: AVCILInfo) -> Pat
         v = Path(videos)
         d = next((c for c in (v / info.folder / "videos", v / "videos") if c.is_dir()), v)
     if not d.is_dir():
-        raise DatasetError(f"{d}: no such directory; put the {info.title} videos as {Path(data_root) / 'raw_data' / info.folder / 'videos'}"
-                           f"/<vid>.mp4 (any of {' '.join(VIDEO_EXTS)}), or pass --videos DIR")
+        raise DatasetError(
+            f"{d}: no such directory; put the {info.title} videos as {Path(data_root) / 'raw_data' / info.folder / 'videos'}"
+            f"/<vid>.mp4 (any of {' '.join(VIDEO_EXTS)}), or pass --videos DIR"
+        )
     return d
 
 
@@ -226,14 +229,18 @@ def mcil_waveform(wave: np.ndarray, rate: int) -> np.ndarray:
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def _decode(path: Path, prep: "_Prep") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _decode(path: Path, prep: _Prep) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(frames, waveform at prep.audio_rate, 5 s waveform at 44.1 kHz or None without prep.mcil)."""
     if not prep.mcil:
-        frames, wave = media.decode_video(path, fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix)
+        frames, wave = media.decode_video(
+            path, fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix
+        )
         return frames, wave, None
     native = media.probe(path, fix=prep.fix).sample_rate
     if native <= 0:  # the header gives no audio rate: decode a second time (one frame) at 44.1 kHz for the waveform
-        frames, wave = media.decode_video(path, fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix)
+        frames, wave = media.decode_video(
+            path, fps=prep.fps, sample_rate=prep.audio_rate, audio="require", fix=prep.fix
+        )
         _, wave44 = media.decode_video(path, num_frames=1, sample_rate=MCIL_RATE, audio="require", fix=prep.fix)
         return frames, wave, mcil_waveform(wave44, MCIL_RATE)
     # One decode at the native rate, resampled twice: the same samples as decoding at audio_rate directly
@@ -252,7 +259,11 @@ def _prepare_clip(job: tuple) -> tuple:
     """
     vid, path, prep = job
     if path is None:
-        return None, None, f"{Path(prep.videos_dir) / (vid + '.mp4')}: missing (no {vid}.<ext> in the videos folder); {prep.fix}"
+        return (
+            None,
+            None,
+            f"{Path(prep.videos_dir) / (vid + '.mp4')}: missing (no {vid}.<ext> in the videos folder); {prep.fix}",
+        )
     try:
         frames, wave, wave44 = _decode(Path(path), prep)
     except DatasetError as e:
@@ -261,7 +272,9 @@ def _prepare_clip(job: tuple) -> tuple:
         return None, None, f"{path}: the audio track is shorter than one 25 ms fbank window; {prep.fix}"
     with torch.inference_mode():
         fb = fbank(wave, prep.audio_rate, prep.fbank_norm, prep.frames, prep.mels).numpy()
-        picked = resize_crop(torch.from_numpy(np.ascontiguousarray(frames[frame_indices(len(frames))])), prep.size).numpy()
+        picked = resize_crop(
+            torch.from_numpy(np.ascontiguousarray(frames[frame_indices(len(frames))])), prep.size
+        ).numpy()
     if prep.mcil:
         return fb, np.ascontiguousarray(picked), None, mcil_image(frames[len(frames) // 2]), wave44
     return fb, np.ascontiguousarray(picked), None
@@ -300,9 +313,18 @@ def _prepared(jobs: list, workers: int, window: int):
 class Encoders:
     """AudioMAE + VideoMAE on one device; one call encodes a batch of decoded clips."""
 
-    def __init__(self, audio_cfg: AudioMAEConfig, video_spec: VideoMAESpec, device: torch.device, precision: str,
-                 audio_rate: int, fbank_norm: str, audio_ckpt: Path | None = None, visual_ckpt: Path | None = None,
-                 seed: int = 0):
+    def __init__(
+        self,
+        audio_cfg: AudioMAEConfig,
+        video_spec: VideoMAESpec,
+        device: torch.device,
+        precision: str,
+        audio_rate: int,
+        fbank_norm: str,
+        audio_ckpt: Path | None = None,
+        visual_ckpt: Path | None = None,
+        seed: int = 0,
+    ):
         self.audio_cfg, self.video_spec, self.device, self.precision = audio_cfg, video_spec, device, precision
         self.audio_rate, self.fbank_norm = audio_rate, fbank_norm
         self.audio = AudioMAEEncoder(audio_cfg, seed=seed)
@@ -320,7 +342,9 @@ class Encoders:
         """fbanks (frames, mels) float32, frames uint8 (16, size, size, 3) -> (audio (B, D), visual (B, T, P, D)) float32."""
         fb = torch.from_numpy(np.stack(fbanks)).to(self.device)
         px = pixel_values(torch.from_numpy(np.stack(frames)).to(self.device))
-        with torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        with torch.autocast(
+            device_type=self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        ):
             a, v = self.audio(fb), self.visual(px)
         return a.float().cpu().numpy(), v.float().cpu().numpy()
 
@@ -343,8 +367,18 @@ class _Run:
     report: Path
 
 
-def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, fps: float, batch: int, workers: int,
-                  skip_bad: bool, progress: bool, run_meta: dict) -> FeatureStore:
+def _extract_rows(
+    run: _Run,
+    paths: dict,
+    videos_dir: Path,
+    encoders: Encoders,
+    fps: float,
+    batch: int,
+    workers: int,
+    skip_bad: bool,
+    progress: bool,
+    run_meta: dict,
+) -> FeatureStore:
     """Phase 1: every listed vid into the staging store (zero rows for excluded clips); resumable."""
     table, n = run.table, len(run.table.ids)
     writer = StoreWriter(run.staging, table, run.views, run.meta, run.source)
@@ -356,10 +390,22 @@ def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, 
     bad = {v: r for v, r in old_bad.items() if index.get(v, n) < start}  # rows from `start` on are redone
     if bad != old_bad:
         atomic_write_text(bad_path, json.dumps(bad, indent=1, sort_keys=True))
-    fix = ("excluded (--skip-bad); replace the file and extract again with --force to include it" if skip_bad else
-           "replace it with a complete copy (download it again), or pass --skip-bad to exclude it and list it in the report")
-    prep = _Prep(fps, encoders.audio_rate, encoders.fbank_norm, encoders.video_spec.size, encoders.audio_cfg.frames,
-                 encoders.audio_cfg.mels, fix, str(videos_dir), mcil=any(v.name == MCIL_IMAGE_VIEW for v in run.views))
+    fix = (
+        "excluded (--skip-bad); replace the file and extract again with --force to include it"
+        if skip_bad
+        else "replace it with a complete copy (download it again), or pass --skip-bad to exclude it and list it in the report"
+    )
+    prep = _Prep(
+        fps,
+        encoders.audio_rate,
+        encoders.fbank_norm,
+        encoders.video_spec.size,
+        encoders.audio_cfg.frames,
+        encoders.audio_cfg.mels,
+        fix,
+        str(videos_dir),
+        mcil=any(v.name == MCIL_IMAGE_VIEW for v in run.views),
+    )
     jobs = [(v, None if paths[v] is None else str(paths[v]), prep) for v in table.ids[start:]]
     shapes = {v.name: v.shape for v in run.views}
     t0 = time.time()
@@ -395,18 +441,29 @@ def _extract_rows(run: _Run, paths: dict, videos_dir: Path, encoders: Encoders, 
     finally:
         stream.close()
         bar.close()
-    writer.add_meta(extract_key=run.key, **run_meta, excluded_clips=sorted(bad),
-                    extract_seconds_last_run=round(time.time() - t0, 1))
+    writer.add_meta(
+        extract_key=run.key, **run_meta, excluded_clips=sorted(bad), extract_seconds_last_run=round(time.time() - t0, 1)
+    )
     return writer.finalize()
 
 
 def _publish(run: _Run, staging: FeatureStore, bad: dict, videos_dir: Path, batch_rows: int = 256) -> FeatureStore:
     """Phase 2: staging -> final store, without the excluded rows; writes the report."""
     table = run.table
-    excluded = {v: {"split": str(s), "class": table.class_names[c], "reason": bad[v]}
-                for v, c, s in zip(table.ids, table.labels.tolist(), table.splits.tolist()) if v in bad}
-    report = {"dataset": run.info.name, "store": str(run.final), "videos_dir": str(videos_dir), "listed": len(table.ids),
-              "extracted": len(table.ids) - len(bad), "excluded_count": len(bad), "excluded": excluded}
+    excluded = {
+        v: {"split": str(s), "class": table.class_names[c], "reason": bad[v]}
+        for v, c, s in zip(table.ids, table.labels.tolist(), table.splits.tolist())
+        if v in bad
+    }
+    report = {
+        "dataset": run.info.name,
+        "store": str(run.final),
+        "videos_dir": str(videos_dir),
+        "listed": len(table.ids),
+        "extracted": len(table.ids) - len(bad),
+        "excluded_count": len(bad),
+        "excluded": excluded,
+    }
     atomic_write_text(run.report, json.dumps(report, indent=1))
     if not bad:
         if run.final.exists():
@@ -419,8 +476,10 @@ def _publish(run: _Run, staging: FeatureStore, bad: dict, videos_dir: Path, batc
     try:
         kept.validate(f"{run.report} (after excluding {len(bad)} unreadable clip(s))")
     except DatasetError as e:
-        raise DatasetError(f"{e}. Replace the excluded videos listed there, delete {run.staging} (it holds the rows "
-                           "extracted so far, with those clips excluded) and run again") from e
+        raise DatasetError(
+            f"{e}. Replace the excluded videos listed there, delete {run.staging} (it holds the rows "
+            "extracted so far, with those clips excluded) and run again"
+        ) from e
     meta = {**run.meta, "excluded_clips": sorted(bad)}
     writer = StoreWriter(run.final, kept, run.views, meta, str(run.report))
     for view in writer.views:
@@ -433,13 +492,30 @@ def _publish(run: _Run, staging: FeatureStore, bad: dict, videos_dir: Path, batc
     return store
 
 
-def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path | None = None, dicts: Path | None = None,
-                     audio_ckpt: Path | None = None, visual_ckpt: Path | None = None, *, trust_pickle: bool = False,
-                     random_encoders: bool = False, batch: int = 16, device: str = "auto", precision: str = "auto",
-                     skip_bad: bool = False, audio_rate: int = 11430, fbank_norm: str = "none", force: bool = False,
-                     workers: int | None = None, seed: int = 0, progress: bool = True, mcil_views: bool = False,
-                     audio_config: AudioMAEConfig | None = None,
-                     video_config: VideoMAESpec | None = None) -> FeatureStore:
+def extract_features(
+    dataset: str,
+    data_root: Path = Path("data"),
+    videos: Path | None = None,
+    dicts: Path | None = None,
+    audio_ckpt: Path | None = None,
+    visual_ckpt: Path | None = None,
+    *,
+    trust_pickle: bool = False,
+    random_encoders: bool = False,
+    batch: int = 16,
+    device: str = "auto",
+    precision: str = "auto",
+    skip_bad: bool = False,
+    audio_rate: int = 11430,
+    fbank_norm: str = "none",
+    force: bool = False,
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    mcil_views: bool = False,
+    audio_config: AudioMAEConfig | None = None,
+    video_config: VideoMAESpec | None = None,
+) -> FeatureStore:
     """Extract `dataset` from raw videos into `store_path(data_root, dataset)`. See the module docstring.
 
     `audio_config` / `video_config` (tests and debugging only) shrink the encoders; they need
@@ -456,8 +532,9 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
             "The store written is pickle-free."
         )
     if random_encoders and (audio_ckpt is not None or visual_ckpt is not None):
-        raise ConfigError("--random-encoders and --audio-ckpt/--visual-ckpt exclude each other: give the checkpoints, "
-                          "or neither")
+        raise ConfigError(
+            "--random-encoders and --audio-ckpt/--visual-ckpt exclude each other: give the checkpoints, or neither"
+        )
     if not random_encoders and (audio_ckpt is None or visual_ckpt is None):
         raise ConfigError(
             "refusing to extract without pretrained encoders: pass --audio-ckpt (AudioMAE ViT-B AS-2M pretrained.pth, "
@@ -468,11 +545,14 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
     if (audio_config is not None or video_config is not None) and not random_encoders:
         raise ConfigError("reduced encoder configs (--tiny-encoders) are for tests and need --random-encoders")
     if audio_ckpt is not None and not Path(audio_ckpt).is_file():
-        raise WeightsError(f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded "
-                           "pretrained.pth")
+        raise WeightsError(
+            f"{audio_ckpt}: AudioMAE checkpoint not found; pass the path of the downloaded pretrained.pth"
+        )
     if visual_ckpt is not None and not Path(visual_ckpt).exists():
-        raise WeightsError(f"{visual_ckpt}: VideoMAE weights not found; pass a local snapshot directory of "
-                           "MCG-NJU/videomae-base or a state-dict file")
+        raise WeightsError(
+            f"{visual_ckpt}: VideoMAE weights not found; pass a local snapshot directory of "
+            "MCG-NJU/videomae-base or a state-dict file"
+        )
     acfg, vspec = audio_config or AudioMAEConfig(), video_config or VideoMAESpec()
     workers = min(8, os.cpu_count() or 1) if workers is None else max(0, int(workers))
     dev = pick_device(device)
@@ -489,17 +569,23 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
     t, p = vspec.grid
     views = [ViewSpec("audio", (acfg.dim,)), ViewSpec("visual", (t, p, vspec.dim))]
     meta = {
-        "dataset": info.name, "title": info.title, "source": "extracted", "pretrained": not random_encoders,
+        "dataset": info.name,
+        "title": info.title,
+        "source": "extracted",
+        "pretrained": not random_encoders,
         "encoders": {
-            "audio": "AudioMAE ViT-B/16 AS-2M pretrained.pth (extracted here)" if not random_encoders
+            "audio": "AudioMAE ViT-B/16 AS-2M pretrained.pth (extracted here)"
+            if not random_encoders
             else f"AudioMAE ViT architecture, RANDOM weights (seed {seed})",
-            "visual": "VideoMAE-base K400 MCG-NJU/videomae-base (extracted here)" if not random_encoders
+            "visual": "VideoMAE-base K400 MCG-NJU/videomae-base (extracted here)"
+            if not random_encoders
             else f"VideoMAE architecture, RANDOM weights (seed {seed + 1})",
         },
         "encoder_configs": {"audio": acfg.to_json(), "visual": vspec.to_json()},
-        "checkpoints": {"audio": None if audio_ckpt is None else checkpoint_record(audio_ckpt),
-                        "visual": None if visual_ckpt is None else checkpoint_record(visual_ckpt,
-                                                                                     weight_files(visual_ckpt))},
+        "checkpoints": {
+            "audio": None if audio_ckpt is None else checkpoint_record(audio_ckpt),
+            "visual": None if visual_ckpt is None else checkpoint_record(visual_ckpt, weight_files(visual_ckpt)),
+        },
         "audio_rate": int(audio_rate),
         "fbank_norm": fbank_norm,
         "audio_pipeline": AUDIO_PIPELINE,
@@ -507,7 +593,7 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
             "decode": f"PyAV at {fps} fps (frame on screen at (k + 0.5) / fps)",
             "frames": f"{NUM_FRAMES}: first, int((i + 1) * N / 15 + 0.5) for i = 0..13, last (0-based, of the N decoded frames)",
             "preprocess": f"shorter side to {vspec.size} (bilinear, antialias, rounded to uint8), centre crop {vspec.size}, "
-                          "ImageNet mean/std",
+            "ImageNet mean/std",
             "output": "last_hidden_state (final LayerNorm, use_mean_pooling=False)",
         },
         "visual_grid": {"T": t, "P": p, "token_order": "t-major (token = t * P + p)"},
@@ -516,46 +602,77 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
         "extract_version": EXTRACT_VERSION,
     }
     if mcil_views:
-        views += [ViewSpec(MCIL_IMAGE_VIEW, (3, MCIL_IMAGE_SIZE, MCIL_IMAGE_SIZE)), ViewSpec("waveform", (MCIL_SAMPLES,))]
-        meta.update({
-            "audio_bank": "self", "pairing": "self", "sample_rate": MCIL_RATE, "clip_samples": MCIL_SAMPLES,
-            "image_size": MCIL_IMAGE_SIZE, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-            "prompt_template": MCIL_PROMPT, "class_prompt_names": [c.replace("_", " ") for c in table.class_names],
-            "mcil_pipeline": {
-                MCIL_IMAGE_VIEW: f"middle frame (index N // 2 of the N frames decoded at {fps} fps), shorter side to "
-                                 f"{MCIL_IMAGE_SIZE} (PIL bicubic, long side truncated), centre crop {MCIL_IMAGE_SIZE} "
-                                 "(torchvision rounding), / 255, CLIP mean/std",
-                "waveform": f"audio decoded at its native rate, channels averaged, resample_poly to {MCIL_RATE} Hz, centre "
-                            f"{MCIL_SECONDS} s (centred zero padding when shorter)",
-            },
-        })
+        views += [
+            ViewSpec(MCIL_IMAGE_VIEW, (3, MCIL_IMAGE_SIZE, MCIL_IMAGE_SIZE)),
+            ViewSpec("waveform", (MCIL_SAMPLES,)),
+        ]
+        meta.update(
+            {
+                "audio_bank": "self",
+                "pairing": "self",
+                "sample_rate": MCIL_RATE,
+                "clip_samples": MCIL_SAMPLES,
+                "image_size": MCIL_IMAGE_SIZE,
+                "image_mean": list(CLIP_MEAN),
+                "image_std": list(CLIP_STD),
+                "prompt_template": MCIL_PROMPT,
+                "class_prompt_names": [c.replace("_", " ") for c in table.class_names],
+                "mcil_pipeline": {
+                    MCIL_IMAGE_VIEW: f"middle frame (index N // 2 of the N frames decoded at {fps} fps), shorter side to "
+                    f"{MCIL_IMAGE_SIZE} (PIL bicubic, long side truncated), centre crop {MCIL_IMAGE_SIZE} "
+                    "(torchvision rounding), / 255, CLIP mean/std",
+                    "waveform": f"audio decoded at its native rate, channels averaged, resample_poly to {MCIL_RATE} Hz, centre "
+                    f"{MCIL_SECONDS} s (centred zero padding when shorter)",
+                },
+            }
+        )
     if random_encoders:
         meta["random_seed"] = seed
     key = config_hash({"table": table.digest(), "views": [v.to_json() for v in views], "meta": meta})
-    run = _Run(info, table, str(cid_p), views, meta, key, final,
-               final.with_name(final.name + STAGING_SUFFIX), final.with_name(final.name + REPORT_SUFFIX))
+    run = _Run(
+        info,
+        table,
+        str(cid_p),
+        views,
+        meta,
+        key,
+        final,
+        final.with_name(final.name + STAGING_SUFFIX),
+        final.with_name(final.name + REPORT_SUFFIX),
+    )
 
     if (final / "manifest.json").is_file():
         existing = FeatureStore(final)
         if existing.meta.get("extract_key") == key and not force:
             if run.staging.exists():  # a finished extraction crashed before removing its staging store
                 shutil.rmtree(run.staging)
-            log.info("%s: already extracted with these settings at %s; nothing to do (--force extracts again)",
-                     info.title, final)
+            log.info(
+                "%s: already extracted with these settings at %s; nothing to do (--force extracts again)",
+                info.title,
+                final,
+            )
             return existing
         if not force:
-            raise DatasetError(f"{final}: a feature store already exists (source: {existing.meta.get('source', '?')}); "
-                               "pass --force to replace it with this extraction")
+            raise DatasetError(
+                f"{final}: a feature store already exists (source: {existing.meta.get('source', '?')}); "
+                "pass --force to replace it with this extraction"
+            )
     if missing and not skip_bad:
         raise DatasetError(
             f"{videos_dir / (missing[0] + '.mp4')}: missing (no {missing[0]}.<ext> for any of {' '.join(VIDEO_EXTS)})"
             + (f", and {len(missing) - 1} more of the {len(table.ids)} listed vids" if len(missing) > 1 else "")
             + "; add the videos, or pass --skip-bad to exclude missing/unreadable clips and list them in the report"
         )
-    run_meta = {"videos_dir": str(videos_dir.resolve()), "dicts_dir": str(folder.resolve()), "device": str(dev),
-                "checkpoint_paths": {"audio": None if audio_ckpt is None else str(Path(audio_ckpt).resolve()),
-                                     "visual": None if visual_ckpt is None else str(Path(visual_ckpt).resolve())},
-                "versions": versions()}
+    run_meta = {
+        "videos_dir": str(videos_dir.resolve()),
+        "dicts_dir": str(folder.resolve()),
+        "device": str(dev),
+        "checkpoint_paths": {
+            "audio": None if audio_ckpt is None else str(Path(audio_ckpt).resolve()),
+            "visual": None if visual_ckpt is None else str(Path(visual_ckpt).resolve()),
+        },
+        "versions": versions(),
+    }
 
     staged = None
     if (run.staging / "manifest.json").is_file():
@@ -564,20 +681,41 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
             shutil.rmtree(run.staging)
             staged = None
     if staged is None:
-        log.info("%s: %d clips from %s (%d missing), %s fps, audio %d Hz, fbank norm %s, %s %s, batch %d, "
-                 "%d decode worker(s)", info.title, len(table.ids), videos_dir, len(missing), fps, audio_rate,
-                 fbank_norm, dev, prec, batch, workers)
+        log.info(
+            "%s: %d clips from %s (%d missing), %s fps, audio %d Hz, fbank norm %s, %s %s, batch %d, "
+            "%d decode worker(s)",
+            info.title,
+            len(table.ids),
+            videos_dir,
+            len(missing),
+            fps,
+            audio_rate,
+            fbank_norm,
+            dev,
+            prec,
+            batch,
+            workers,
+        )
         encoders = Encoders(acfg, vspec, dev, prec, audio_rate, fbank_norm, audio_ckpt, visual_ckpt, seed)
         staged = _extract_rows(run, paths, videos_dir, encoders, fps, batch, workers, skip_bad, progress, run_meta)
     bad_file = run.staging / BAD_FILE
     bad = json.loads(bad_file.read_text()) if bad_file.is_file() else {}
     if bad and not skip_bad:
-        raise DatasetError(f"{run.staging}: {len(bad)} clip(s) were excluded by an earlier --skip-bad run of this extraction "
-                           f"(e.g. {next(iter(bad.values()))}); re-run with --skip-bad to publish without them, or delete "
-                           f"{run.staging} to extract everything again")
+        raise DatasetError(
+            f"{run.staging}: {len(bad)} clip(s) were excluded by an earlier --skip-bad run of this extraction "
+            f"(e.g. {next(iter(bad.values()))}); re-run with --skip-bad to publish without them, or delete "
+            f"{run.staging} to extract everything again"
+        )
     store = _publish(run, staged, bad, videos_dir)
-    log.info("%s: extracted %d clips (%d excluded, see %s), %d classes -> %s", info.title, len(store), len(bad),
-             run.report, len(table.class_names), final)
+    log.info(
+        "%s: extracted %d clips (%d excluded, see %s), %d classes -> %s",
+        info.title,
+        len(store),
+        len(bad),
+        run.report,
+        len(table.class_names),
+        final,
+    )
     return store
 
 
@@ -585,41 +723,100 @@ def extract_features(dataset: str, data_root: Path = Path("data"), videos: Path 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m datasets.extraction.videos", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Interrupted extractions resume when the same command is run again.")
+    p = argparse.ArgumentParser(
+        prog="python -m datasets.extraction.videos",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Interrupted extractions resume when the same command is run again.",
+    )
     p.add_argument("--dataset", required=True, choices=sorted(INFOS), help="which AV-CIL dataset to extract")
-    p.add_argument("--videos", type=Path, default=None, metavar="DIR",
-                   help="folder with <vid>.mp4 (or DIR/<folder>/videos); default <data-root>/raw_data/<folder>/videos")
-    p.add_argument("--dicts", type=Path, default=None, metavar="DIR",
-                   help="folder with the three AV-CIL dict files (or DIR/<folder>); default <data-root>/avcil_features/<folder> "
-                        "or <data-root>/raw_data/<folder>")
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="the store goes to <data-root>/imported/<dataset> (default: data)")
-    p.add_argument("--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)")
-    p.add_argument("--visual-ckpt", type=Path, default=None, metavar="PATH",
-                   help="local snapshot directory of MCG-NJU/videomae-base (model.safetensors or pytorch_model.bin), or a state-dict file")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="required: confirm the dict .npy files come from a trusted source (they are pickles, which can run code when loaded)")
-    p.add_argument("--random-encoders", action="store_true",
-                   help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)")
-    p.add_argument("--audio-rate", type=positive_int, default=11430, metavar="HZ",
-                   help="audio sample rate before the fbank (default 11430, as the AV-CIL extraction; AudioMAE was pretrained at 16000)")
-    p.add_argument("--fbank-norm", choices=FBANK_NORMS, default="none",
-                   help="fbank normalisation: none (default, as AV-CIL) or audioset ((x + 4.2677) / (2 * 4.5690), as AudioMAE)")
+    p.add_argument(
+        "--videos",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder with <vid>.mp4 (or DIR/<folder>/videos); default <data-root>/raw_data/<folder>/videos",
+    )
+    p.add_argument(
+        "--dicts",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder with the three AV-CIL dict files (or DIR/<folder>); default <data-root>/avcil_features/<folder> "
+        "or <data-root>/raw_data/<folder>",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data"),
+        help="the store goes to <data-root>/imported/<dataset> (default: data)",
+    )
+    p.add_argument(
+        "--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)"
+    )
+    p.add_argument(
+        "--visual-ckpt",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="local snapshot directory of MCG-NJU/videomae-base (model.safetensors or pytorch_model.bin), or a state-dict file",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: confirm the dict .npy files come from a trusted source (they are pickles, which can run code when loaded)",
+    )
+    p.add_argument(
+        "--random-encoders",
+        action="store_true",
+        help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)",
+    )
+    p.add_argument(
+        "--audio-rate",
+        type=positive_int,
+        default=11430,
+        metavar="HZ",
+        help="audio sample rate before the fbank (default 11430, as the AV-CIL extraction; AudioMAE was pretrained at 16000)",
+    )
+    p.add_argument(
+        "--fbank-norm",
+        choices=FBANK_NORMS,
+        default="none",
+        help="fbank normalisation: none (default, as AV-CIL) or audioset ((x + 4.2677) / (2 * 4.5690), as AudioMAE)",
+    )
     p.add_argument("--batch", type=positive_int, default=16, metavar="N", help="clips per encoder batch (default 16)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="video decoding processes (default min(8, CPUs); 0 = in-process)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="exclude missing/corrupt/truncated videos and list them with the reason in <store>.extract-report.json")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="video decoding processes (default min(8, CPUs); 0 = in-process)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="exclude missing/corrupt/truncated videos and list them with the reason in <store>.extract-report.json",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing store at <data-root>/imported/<dataset>")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")
-    p.add_argument("--tiny-encoders", action="store_true",
-                   help="test/debug only, with --random-encoders: 2-layer 32-wide encoders, 64 px frames")
-    p.add_argument("--mcil-views", action="store_true",
-                   help="also store clip_image (middle frame, CLIP eval transform) and waveform (centre 5 s at 44.1 kHz) for "
-                        "MCIL-AudioCLIP; about 0.74 MB more per clip")
+    p.add_argument(
+        "--tiny-encoders",
+        action="store_true",
+        help="test/debug only, with --random-encoders: 2-layer 32-wide encoders, 64 px frames",
+    )
+    p.add_argument(
+        "--mcil-views",
+        action="store_true",
+        help="also store clip_image (middle frame, CLIP eval transform) and waveform (centre 5 s at 44.1 kHz) for "
+        "MCIL-AudioCLIP; about 0.74 MB more per clip",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -629,11 +826,26 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         extract_features(
-            args.dataset, args.data_root, args.videos, args.dicts, args.audio_ckpt, args.visual_ckpt,
-            trust_pickle=args.trust_pickle, random_encoders=args.random_encoders, batch=args.batch, device=args.device,
-            precision=args.precision, skip_bad=args.skip_bad, audio_rate=args.audio_rate, fbank_norm=args.fbank_norm,
-            force=args.force, workers=args.workers, seed=args.seed, progress=not args.no_progress,
-            audio_config=TINY_AUDIO if args.tiny_encoders else None, video_config=TINY_VIDEO if args.tiny_encoders else None,
+            args.dataset,
+            args.data_root,
+            args.videos,
+            args.dicts,
+            args.audio_ckpt,
+            args.visual_ckpt,
+            trust_pickle=args.trust_pickle,
+            random_encoders=args.random_encoders,
+            batch=args.batch,
+            device=args.device,
+            precision=args.precision,
+            skip_bad=args.skip_bad,
+            audio_rate=args.audio_rate,
+            fbank_norm=args.fbank_norm,
+            force=args.force,
+            workers=args.workers,
+            seed=args.seed,
+            progress=not args.no_progress,
+            audio_config=TINY_AUDIO if args.tiny_encoders else None,
+            video_config=TINY_VIDEO if args.tiny_encoders else None,
             mcil_views=args.mcil_views,
         )
 

@@ -1,11 +1,14 @@
 """Loss terms shared by several methods. Each is tested on hand-checkable tensors."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def taskwise_kd(logits: torch.Tensor, old_logits: torch.Tensor, bounds: list[tuple[int, int]], T: float = 2.0) -> torch.Tensor:
+def taskwise_kd(
+    logits: torch.Tensor, old_logits: torch.Tensor, bounds: list[tuple[int, int]], T: float = 2.0
+) -> torch.Tensor:
     """Sum over old steps j of KL(softmax(z_old[:, j]/T) || softmax(z[:, j]/T)) * T^2, batch-mean.
 
     The softmax runs inside each old step's logit block, as in the AV-CIL LwF/SS-IL code
@@ -51,7 +54,9 @@ def separated_softmax_ce(logits: torch.Tensor, y: torch.Tensor, is_old: torch.Te
     if old_classes <= 0:
         return F.cross_entropy(z, y)
     valid = torch.where(is_old, y < old_classes, (y >= old_classes) & (y < hi))
-    torch._assert_async(valid.all(), "separated_softmax_ce: current labels must be new classes and exemplar labels old classes")
+    torch._assert_async(
+        valid.all(), "separated_softmax_ce: current labels must be new classes and exemplar labels old classes"
+    )
     new_target = (y - old_classes).clamp(0, hi - old_classes - 1)
     nll_new = -F.log_softmax(z[:, old_classes:], dim=1).gather(1, new_target[:, None]).squeeze(1)
     nll_old = -F.log_softmax(z[:, :old_classes], dim=1).gather(1, y.clamp(0, old_classes - 1)[:, None]).squeeze(1)
@@ -77,7 +82,9 @@ def instance_infonce(f_a: torch.Tensor, f_v: torch.Tensor, tau: float) -> torch.
     return F.cross_entropy(s, torch.arange(len(s), device=s.device))
 
 
-def class_infonce(f_a: torch.Tensor, f_v: torch.Tensor, y: torch.Tensor, tau: float, normalization: str = "released") -> torch.Tensor:
+def class_infonce(
+    f_a: torch.Tensor, f_v: torch.Tensor, y: torch.Tensor, tau: float, normalization: str = "released"
+) -> torch.Tensor:
     """AV-CIL class-aware audio-to-visual similarity L_C (D-AVSC; av_cil.md 3.8,
     `ours/train_incremental_ours.py:52-69, 176-178`).
 
@@ -98,7 +105,9 @@ def class_infonce(f_a: torch.Tensor, f_v: torch.Tensor, y: torch.Tensor, tau: fl
     raise ValueError(f"class_infonce normalization must be 'released' or 'paper', got {normalization!r}")
 
 
-def attention_kl_sum(new_attention: torch.Tensor, old_attention: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def attention_kl_sum(
+    new_attention: torch.Tensor, old_attention: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """AV-CIL visual attention distillation (VAD; av_cil.md 3.8, `ours/train_incremental_ours.py:180-194`):
     sum over every attention distribution of KL(old || new), divided by the number of samples.
 

@@ -15,6 +15,7 @@ the reference's hard-coded 768 / 8 x 196.
       f = ReLU(W_a a) + ReLU(W_v v~)                      -> classifier
 The classifier is a linear layer that grows as classes arrive, keeping old rows.
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,11 +5,13 @@ Config resolution for a multi-label cell (later wins): `protocol.yaml` (`default
 `datasets.<dataset>`), the method's `config.yaml` (same layout), the variant's options (the
 normalisation), then the command line (`--epochs`, `--precision`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from benchmarks.core.method import MethodSpec
 from methods._cnn14.model import NORMS, build_cnn14

@@ -1,12 +1,15 @@
 """Loss terms of the multi-label CIL methods (reference: `main_audioset._train` of
 mulimani/CIL-ML-Audio; ../shared/reference/multilabel_audio.md section 5)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0, reduction: str = "batchmean") -> torch.Tensor:
+def kd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0, reduction: str = "batchmean"
+) -> torch.Tensor:
     """Output distillation L_OD = T^2 KL(softmax(teacher/T) || softmax(student/T)) over the old classes.
 
     reduction "batchmean" (default here): the KL divergence per sample, averaged over the batch.

@@ -23,6 +23,7 @@ on the embedded dataset (4 ... 128) get 4, 8, 16, then 32 groups.
 Initialisation (PANNs `init_layer`/`init_bn`): Xavier-uniform convs, norm weight 1 and bias 0;
 the linear head keeps PyTorch's default initialisation (the reference's `_lin` models do).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,10 @@ from datasets.weights import load_report, read_state_dict, require_file, short_l
 
 REFERENCE_WIDTHS = (64, 128, 256, 512, 1024, 2048)
 log = logging.getLogger(__name__)
-PANNS_FIX = ("pass PANNs' Cnn14 checkpoint (e.g. Cnn14_mAP=0.431.pth, downloaded by hand), or set pretrained: null "
-             "to train from scratch")
+PANNS_FIX = (
+    "pass PANNs' Cnn14 checkpoint (e.g. Cnn14_mAP=0.431.pth, downloaded by hand), or set pretrained: null "
+    "to train from scratch"
+)
 NORMS = ("bn", "gn", "cn")
 
 
@@ -91,12 +94,27 @@ class ConvBlock(nn.Module):
 
 
 class CNN14(nn.Module):
-    def __init__(self, num_classes: int, widths=REFERENCE_WIDTHS, norm: str = "bn", groups: int = 32, n_mels: int = 64,
-                 dropout: float = 0.2, view: str = "logmel"):
+    def __init__(
+        self,
+        num_classes: int,
+        widths=REFERENCE_WIDTHS,
+        norm: str = "bn",
+        groups: int = 32,
+        n_mels: int = 64,
+        dropout: float = 0.2,
+        view: str = "logmel",
+    ):
         super().__init__()
         if len(widths) != 6:
             raise ValueError(f"CNN14 has 6 conv blocks; got widths {list(widths)}")
-        self.widths, self.norm_kind, self.groups, self.n_mels, self.dropout, self.view = tuple(widths), norm, groups, n_mels, dropout, view
+        self.widths, self.norm_kind, self.groups, self.n_mels, self.dropout, self.view = (
+            tuple(widths),
+            norm,
+            groups,
+            n_mels,
+            dropout,
+            view,
+        )
         self.bn0 = nn.BatchNorm2d(n_mels)
         chans = (1,) + tuple(widths)
         for i in range(6):
@@ -122,8 +140,15 @@ class CNN14(nn.Module):
 
     def config(self) -> dict:
         """What `CNN14(**config)` needs to rebuild this model (saved with phase checkpoints)."""
-        return {"num_classes": self.num_classes, "widths": list(self.widths), "norm": self.norm_kind, "groups": self.groups,
-                "n_mels": self.n_mels, "dropout": self.dropout, "view": self.view}
+        return {
+            "num_classes": self.num_classes,
+            "widths": list(self.widths),
+            "norm": self.norm_kind,
+            "groups": self.groups,
+            "n_mels": self.n_mels,
+            "dropout": self.dropout,
+            "view": self.view,
+        }
 
     def expand_classifier(self, n: int) -> None:
         """Grow the head to n outputs: old rows copied, new rows PyTorch's default init (reference `change_output_dim`)."""
@@ -165,8 +190,10 @@ def load_pretrained(model: CNN14, path: str) -> dict:
     mismatch = sorted(k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
     missing, unexpected = sorted(set(own) - set(loadable) - set(mismatch)), sorted(set(state) - set(own))
     if not loadable:
-        raise WeightsError(f"{path}: no tensor of it fits CNN14 (unexpected {short_list(unexpected)}; missing "
-                           f"{short_list(missing)}; shape mismatches {short_list(mismatch)}); {PANNS_FIX}")
+        raise WeightsError(
+            f"{path}: no tensor of it fits CNN14 (unexpected {short_list(unexpected)}; missing "
+            f"{short_list(missing)}; shape mismatches {short_list(mismatch)}); {PANNS_FIX}"
+        )
     model.load_state_dict(loadable, strict=False)
     return load_report(Path(path), len(loadable), missing, unexpected, shape_mismatch=mismatch)
 
@@ -175,13 +202,27 @@ def build_cnn14(modality: str, store, num_classes: int, cfg: dict) -> CNN14:
     """model_builder for the multi-label methods: widths, norm and optional weights from the config."""
     view = "logmel"
     n_mels = store.views[view].shape[-1] if store is not None else cfg.get("n_mels", 64)
-    model = CNN14(num_classes, widths=tuple(cfg.get("widths", REFERENCE_WIDTHS)), norm=cfg.get("norm", "bn"),
-                  groups=int(cfg.get("gn_groups", 32)), n_mels=n_mels, dropout=float(cfg.get("dropout", 0.2)), view=view)
+    model = CNN14(
+        num_classes,
+        widths=tuple(cfg.get("widths", REFERENCE_WIDTHS)),
+        norm=cfg.get("norm", "bn"),
+        groups=int(cfg.get("gn_groups", 32)),
+        n_mels=n_mels,
+        dropout=float(cfg.get("dropout", 0.2)),
+        view=view,
+    )
     model.load_report = None
     if cfg.get("pretrained"):
         model.load_report = load_pretrained(model, cfg["pretrained"])
         r = model.load_report
-        log.info("  pretrained weights %s: %d tensors loaded; missing %d %s; unexpected %d %s; shape mismatch %s", r["file"],
-                 r["loaded"], len(r["missing"]), r["missing"][:6], len(r["unexpected"]), r["unexpected"][:6],
-                 r["shape_mismatch"][:6])
+        log.info(
+            "  pretrained weights %s: %d tensors loaded; missing %d %s; unexpected %d %s; shape mismatch %s",
+            r["file"],
+            r["loaded"],
+            len(r["missing"]),
+            r["missing"][:6],
+            len(r["unexpected"]),
+            r["unexpected"][:6],
+            r["shape_mismatch"][:6],
+        )
     return model

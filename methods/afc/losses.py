@@ -7,6 +7,7 @@
 - `importance_weights` and `feature_distillation`: the per-sample, per-modality importance-weighted
   feature distillation (`AFC/train_incremental_afc.py:334-360`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ def lsc_similarity(x: torch.Tensor, proxies: torch.Tensor, proxies_per_class: in
     return reduce_proxies(-d2, proxies_per_class)
 
 
-def nca_loss(similarities: torch.Tensor, targets: torch.Tensor, scale, margin: float = 0.6, mode: str = "intended") -> torch.Tensor:
+def nca_loss(
+    similarities: torch.Tensor, targets: torch.Tensor, scale, margin: float = 0.6, mode: str = "intended"
+) -> torch.Tensor:
     """PODNet's NCA loss, batch mean.
 
     z_j = scale * (s_j - margin * [j == y])            mode "intended" (margin on the target only)
@@ -65,7 +68,9 @@ def importance_weights(grads: list[torch.Tensor], eps: float = 1e-12) -> torch.T
     return norms / norms.sum(1, keepdim=True).clamp(min=eps)
 
 
-def feature_distillation(student: list[torch.Tensor], teacher: list[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+def feature_distillation(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """sum_m mean_i( w_{i,m} * || f_m/|f_m| - f_m^old/|f_m^old| ||_2 ), teacher detached.
 
     With `weights` None every w is 1 (the single-modality case: one feature, unweighted mean)."""

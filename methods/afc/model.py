@@ -12,14 +12,15 @@ trained with lr 0 and weight decay 0).
 `factor` is the learnable NCA scale; `expand` creates a fresh one initialised to 1, as the
 reference's new `SplitLSCLinear` does at every step t >= 1.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.afc.losses import lsc_similarity
 from methods._avcil.model import AVCILNet
+from methods.afc.losses import lsc_similarity
 
 
 class LSCHead(nn.Module):
@@ -67,14 +68,24 @@ class LSCHead(nn.Module):
         for name, grad in (("old_proxies", False), ("proxies", True)):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, nn.Parameter(torch.empty(saved.shape, device=self.proxies.device), requires_grad=grad))
+                setattr(
+                    self, name, nn.Parameter(torch.empty(saved.shape, device=self.proxies.device), requires_grad=grad)
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class AFCNet(AVCILNet):
     """AVCILNet whose classifier is an `LSCHead`; `logits` are the pooled class similarities."""
 
-    def __init__(self, modality: str, audio_dim: int, visual_dim: int, num_classes: int, hidden_dim: int | None = None, proxies_per_class: int = 10):
+    def __init__(
+        self,
+        modality: str,
+        audio_dim: int,
+        visual_dim: int,
+        num_classes: int,
+        hidden_dim: int | None = None,
+        proxies_per_class: int = 10,
+    ):
         super().__init__(modality, audio_dim, visual_dim, num_classes, hidden_dim)
         self.classifier = LSCHead(self.feature_dim, num_classes, proxies_per_class)
 
@@ -95,4 +106,6 @@ def build_afc_model(modality: str, store, num_classes: int, cfg: dict | None = N
     cfg = cfg or {}
     audio_dim = store.views["audio"].shape[-1] if "audio" in store.views else 1
     visual_dim = store.views["visual"].shape[-1] if "visual" in store.views else 1
-    return AFCNet(modality, audio_dim, visual_dim, num_classes, cfg.get("hidden_dim"), int(cfg.get("proxies_per_class", 10)))
+    return AFCNet(
+        modality, audio_dim, visual_dim, num_classes, cfg.get("hidden_dim"), int(cfg.get("proxies_per_class", 10))
+    )

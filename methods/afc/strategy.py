@@ -14,6 +14,7 @@ Per step t:
    the reference does every epoch) or `lsc` (arg max of the LSC similarities; exemplars herded
    once after the step).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,11 @@ from benchmarks.core.template import step_seed
 from benchmarks.suites.single_label import StoreTemplate
 from methods.afc.losses import feature_distillation, importance_weights, nca_loss
 
-_FEATURE_KEYS = {"audio": ["audio_features"], "visual": ["visual_features"], "audio-visual": ["audio_features", "visual_features", "pooled_visual"]}
+_FEATURE_KEYS = {
+    "audio": ["audio_features"],
+    "visual": ["visual_features"],
+    "audio-visual": ["audio_features", "visual_features", "pooled_visual"],
+}
 
 
 class AFC(StoreTemplate):
@@ -50,7 +55,9 @@ class AFC(StoreTemplate):
     def imprint_new_classes(self) -> None:
         head = self.model.classifier
         if int(self.cfg.get("kmeans_clusters", head.K)) != head.K:
-            raise ValueError(f"kmeans_clusters ({self.cfg['kmeans_clusters']}) must equal proxies_per_class ({head.K}): each centre becomes one proxy")
+            raise ValueError(
+                f"kmeans_clusters ({self.cfg['kmeans_clusters']}) must equal proxies_per_class ({head.K}): each centre becomes one proxy"
+            )
         lo, hi = self.step_bounds
         rows, targets = self.stream.step("train", self.step_index)  # new-class rows only
         feats = self.features_of(rows).float().cpu().numpy()  # L2-normalised f of the current model
@@ -60,7 +67,11 @@ class AFC(StoreTemplate):
         for c in range(lo, hi):
             x = feats[targets == c]
             k = min(head.K, len(x))
-            km = KMeans(n_clusters=k, n_init=int(self.cfg["kmeans_n_init"]), random_state=step_seed(self.seed, self.step_index, salt=100 + c))
+            km = KMeans(
+                n_clusters=k,
+                n_init=int(self.cfg["kmeans_n_init"]),
+                random_state=step_seed(self.seed, self.step_index, salt=100 + c),
+            )
             centres = torch.from_numpy(km.fit(x).cluster_centers_).float()
             if k < head.K:  # fewer samples than proxies: repeat the centres (not reached on the reference data)
                 centres = centres[torch.arange(head.K) % k]
@@ -106,4 +117,3 @@ class AFC(StoreTemplate):
             grads = torch.autograd.grad(old_loss, [f_a, head["visual_features"], pooled])
         weights = importance_weights(list(grads)).detach()
         return feature_distillation([out[k] for k in keys], [old[k] for k in keys], weights), weights
-

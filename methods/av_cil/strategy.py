@@ -10,6 +10,7 @@ whole mixed batch on the L2-normalised post-ReLU features f_a, f_v (D-AVSC); L_s
 L_temporal: KL(old || new) summed over the attention distributions of the EXEMPLAR rows and
 divided by their number (VAD), teacher = the previous step's selected model.
 """
+
 import torch
 
 from methods._avcil.losses import attention_kl_sum, class_infonce, instance_infonce
@@ -19,7 +20,9 @@ from methods.ssil.strategy import SSIL
 class AVCIL(SSIL):
     def __init__(self, **kwargs):
         if kwargs.get("modality") != "audio-visual":
-            raise ValueError(f"av_cil is audio-visual only (the reference accepts --modality audio-visual only); got {kwargs.get('modality')!r}")
+            raise ValueError(
+                f"av_cil is audio-visual only (the reference accepts --modality audio-visual only); got {kwargs.get('modality')!r}"
+            )
         super().__init__(**kwargs)
 
     def loss_terms(self, out, y) -> dict[str, torch.Tensor]:
@@ -52,5 +55,11 @@ class AVCIL(SSIL):
         c = self.cfg
         t = self.loss_terms(out, y)
         lam = c["attention_lambda"]
-        return (t["ce_ss"] + c["kd_weight"] * t["kd"] + c["lambda_instance"] * t["instance"] + c["lambda_class"] * t["class"]
-                + lam * t["spatial"] + (1.0 - lam) * t["temporal"])
+        return (
+            t["ce_ss"]
+            + c["kd_weight"] * t["kd"]
+            + c["lambda_instance"] * t["instance"]
+            + c["lambda_class"] * t["class"]
+            + lam * t["spatial"]
+            + (1.0 - lam) * t["temporal"]
+        )

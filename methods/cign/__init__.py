@@ -1,4 +1,5 @@
 """CIGN: Class-Incremental Grouping Network (Mo, Pian, Tian, ICCV 2023). See README.md."""
+
 from pathlib import Path
 
 from methods._avcil import AVCILSpec

@@ -4,6 +4,7 @@ Notation: B samples, C seen classes (class tokens), C_old classes of the earlier
 z_m (B, C) the per-class logits of branch m (p_m = sigmoid(z_m)), G_m (B, C, D) the grouped
 class features, l_m (B, C, N) the assignment logits of the N modality tokens over the C groups.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,9 @@ def class_token_logit_distillation(logits: torch.Tensor, old_logits: torch.Tenso
     return F.binary_cross_entropy_with_logits(logits[:, :c_old].float(), torch.sigmoid(old_logits.float()))
 
 
-def continual_grouping(assign_logits: torch.Tensor, old_assign_logits: torch.Tensor, blocks: list[int] | None = None, tau: float = 1.0) -> torch.Tensor:
+def continual_grouping(
+    assign_logits: torch.Tensor, old_assign_logits: torch.Tensor, blocks: list[int] | None = None, tau: float = 1.0
+) -> torch.Tensor:
     """Old-group assignment consistency, per modality token and per block of old groups:
     mean over b, n of  sum_j KL( softmax_{c in j}(l^old[b, c, n] / tau) || softmax_{c in j}(l[b, c, n] / tau) ) * tau^2 / J.
 
@@ -52,7 +55,9 @@ def continual_grouping(assign_logits: torch.Tensor, old_assign_logits: torch.Ten
     if sum(blocks) != c_old:
         raise ValueError(f"blocks {blocks} do not cover the {c_old} old groups")
     total = assign_logits.new_zeros((), dtype=torch.float32)
-    for s, o in zip(assign_logits[:, :c_old].float().split(blocks, dim=1), old_assign_logits.float().split(blocks, dim=1)):
+    for s, o in zip(
+        assign_logits[:, :c_old].float().split(blocks, dim=1), old_assign_logits.float().split(blocks, dim=1)
+    ):
         log_p = F.log_softmax(s / tau, dim=1)
         q = F.softmax(o / tau, dim=1)
         total = total + (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(1).mean()

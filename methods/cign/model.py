@@ -31,9 +31,9 @@ modality tokens only), and the assignment softmax runs within each step's block 
 With the zero-column growth, adding classes then leaves every old-class output unchanged.
 `attention: full` / `assign_scope: all` give the reference's fully coupled version.
 """
+
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -44,8 +44,10 @@ from datasets.base import MODALITIES
 from datasets.base import MODALITY_VIEWS as FEATURE_VIEWS
 from datasets.weights import check_keys, checkpoint_sha256, read_state_dict, require_file
 
-RESNET18_FIX = ("give a local torchvision ResNet-18 ImageNet state dict (nothing is downloaded), or set "
-                "visual_weights: null for random init")
+RESNET18_FIX = (
+    "give a local torchvision ResNet-18 ImageNet state dict (nothing is downloaded), or set "
+    "visual_weights: null for random init"
+)
 
 #: store views each input mode reads, per modality (FEATURE_VIEWS: the cached features)
 RAW_VIEWS = {"audio": ("spectrogram",), "visual": ("image",), "audio-visual": ("spectrogram", "image")}
@@ -148,7 +150,9 @@ class CrossAttnBlock(nn.Module):
 # ----------------------------------------------------------------------------- assignment and grouping
 
 
-def assign(logits: torch.Tensor, mode: str, training: bool, tau: float = 1.0, dim: int = 1, blocks: list[int] | None = None) -> torch.Tensor:
+def assign(
+    logits: torch.Tensor, mode: str, training: bool, tau: float = 1.0, dim: int = 1, blocks: list[int] | None = None
+) -> torch.Tensor:
     """Assignment of modality tokens to groups from logits (B, C, N), normalised over `dim` (groups).
 
     soft: softmax. hard: in training, Gumbel-softmax (temperature tau) with a straight-through
@@ -156,7 +160,9 @@ def assign(logits: torch.Tensor, mode: str, training: bool, tau: float = 1.0, di
     blocks: sizes of consecutive group blocks normalised separately (one block per step); None = one block.
     """
     if blocks is not None and len(blocks) > 1:
-        return torch.cat([assign(part, mode, training, tau, dim) for part in logits.split(list(blocks), dim=dim)], dim=dim)
+        return torch.cat(
+            [assign(part, mode, training, tau, dim) for part in logits.split(list(blocks), dim=dim)], dim=dim
+        )
     if mode == "soft":
         return torch.softmax(logits, dim=dim)
     if mode != "hard":
@@ -174,7 +180,7 @@ class AssignAttention(nn.Module):
     def __init__(self, dim: int, mode: str = "hard", tau: float = 1.0, eps: float = 1.0):
         super().__init__()
         self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
-        self.scale, self.mode, self.tau, self.eps = dim ** -0.5, mode, tau, eps
+        self.scale, self.mode, self.tau, self.eps = dim**-0.5, mode, tau, eps
 
     def forward(self, groups, x, blocks=None):
         logits = self.q(groups) @ self.k(x).transpose(1, 2) * self.scale  # (B, C, N)
@@ -186,8 +192,17 @@ class AssignAttention(nn.Module):
 class GroupingBlock(nn.Module):
     """GroupViT-style grouping of modality tokens x (B, N, D) into the class tokens (B, C, D)."""
 
-    def __init__(self, dim: int, num_groups: int, heads: int, mlp_ratio: float, mix_hidden: int,
-                 mode: str = "hard", tau: float = 1.0, eps: float = 1.0):
+    def __init__(
+        self,
+        dim: int,
+        num_groups: int,
+        heads: int,
+        mlp_ratio: float,
+        mix_hidden: int,
+        mode: str = "hard",
+        tau: float = 1.0,
+        eps: float = 1.0,
+    ):
         super().__init__()
         self.norm_tokens, self.norm_x = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.mix = Mlp(num_groups, mix_hidden, num_groups)  # along the class-token axis
@@ -249,8 +264,20 @@ def continual_mask(n: int, c: int, device=None) -> torch.Tensor:
 class ModalityBranch(nn.Module):
     """[X_m; Z] -> transformer -> grouping -> per-class logits z_m (class-agnostic head)."""
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, drop_path: float, num_groups: int,
-                 mix_hidden: int, mode: str, tau: float, eps: float, attention: str = "full"):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        num_groups: int,
+        mix_hidden: int,
+        mode: str,
+        tau: float,
+        eps: float,
+        attention: str = "full",
+    ):
         super().__init__()
         if attention not in ("full", "continual"):
             raise ValueError(f"attention must be 'full' or 'continual', got {attention!r}")
@@ -267,8 +294,14 @@ class ModalityBranch(nn.Module):
             z = blk(z, mask)
         x, g = z[:, :N], z[:, N:]
         groups, assign_logits, a = self.grouping(x, g, blocks)
-        return {"logits": self.head(groups).squeeze(-1), "groups": groups, "assign_logits": assign_logits,
-                "assign": a, "tokens": x, "class_tokens": g}
+        return {
+            "logits": self.head(groups).squeeze(-1),
+            "groups": groups,
+            "assign_logits": assign_logits,
+            "assign": a,
+            "tokens": x,
+            "class_tokens": g,
+        }
 
 
 # ----------------------------------------------------------------------------- input encoders
@@ -324,7 +357,9 @@ class RawVisualEncoder(nn.Module):
         self.init = "random (no visual_weights given)"
         if weights:
             self.init = f"ImageNet ResNet-18 from {weights} (sha256 {load_resnet18_weights(net, weights)})"
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
         self.proj = nn.Conv2d(512, dim, kernel_size=1)
         self.flip = flip
 
@@ -343,7 +378,9 @@ class RawAudioEncoder(nn.Module):
     def __init__(self, dim: int, spec_std: float = 12.0):
         super().__init__()
         net = _resnet18_body(1)
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
         self.fc = nn.Linear(512, dim)
         nn.init.trunc_normal_(self.fc.weight, std=0.02)
         nn.init.zeros_(self.fc.bias)
@@ -359,11 +396,32 @@ class RawAudioEncoder(nn.Module):
 
 
 class CIGNNet(nn.Module):
-    def __init__(self, modality: str, input_mode: str, num_classes: int, *, dim: int = 512, depth: int = 3, heads: int = 8,
-                 mlp_ratio: float = 4.0, drop_path: float = 0.1, mix_hidden: int | None = None, assignment: str = "hard",
-                 gumbel_tau: float = 1.0, assign_eps: float = 1.0, attention: str = "full", assign_scope: str = "all", normalize_tokens: bool = True, freeze_old_tokens: bool = True,
-                 audio_dim: int = 0, visual_dim: int = 0, visual_pool_time: bool = False,
-                 visual_weights: str | None = None, spec_std: float = 12.0, flip: bool = True):
+    def __init__(
+        self,
+        modality: str,
+        input_mode: str,
+        num_classes: int,
+        *,
+        dim: int = 512,
+        depth: int = 3,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.1,
+        mix_hidden: int | None = None,
+        assignment: str = "hard",
+        gumbel_tau: float = 1.0,
+        assign_eps: float = 1.0,
+        attention: str = "full",
+        assign_scope: str = "all",
+        normalize_tokens: bool = True,
+        freeze_old_tokens: bool = True,
+        audio_dim: int = 0,
+        visual_dim: int = 0,
+        visual_pool_time: bool = False,
+        visual_weights: str | None = None,
+        spec_std: float = 12.0,
+        flip: bool = True,
+    ):
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -380,17 +438,36 @@ class CIGNNet(nn.Module):
         encoders = {}
         for m in self.branches:
             if input_mode == "features":
-                encoders[m] = FeatureTokens(audio_dim if m == "audio" else visual_dim, dim, normalize_tokens, m == "visual" and visual_pool_time)
+                encoders[m] = FeatureTokens(
+                    audio_dim if m == "audio" else visual_dim, dim, normalize_tokens, m == "visual" and visual_pool_time
+                )
             elif m == "audio":
                 encoders[m] = RawAudioEncoder(dim, spec_std)
-                self.init_info["audio_encoder"] = "ResNet-18 (1-channel conv1), random init (reference: trained from scratch)"
+                self.init_info["audio_encoder"] = (
+                    "ResNet-18 (1-channel conv1), random init (reference: trained from scratch)"
+                )
             else:
                 encoders[m] = RawVisualEncoder(dim, visual_weights, flip)
                 self.init_info["visual_encoder"] = encoders[m].init
         self.encoders = nn.ModuleDict(encoders)
-        self.branch = nn.ModuleDict({
-            m: ModalityBranch(dim, depth, heads, mlp_ratio, drop_path, num_classes, mix_hidden or max(1, dim // 2),
-                              assignment, gumbel_tau, assign_eps, attention) for m in self.branches})
+        self.branch = nn.ModuleDict(
+            {
+                m: ModalityBranch(
+                    dim,
+                    depth,
+                    heads,
+                    mlp_ratio,
+                    drop_path,
+                    num_classes,
+                    mix_hidden or max(1, dim // 2),
+                    assignment,
+                    gumbel_tau,
+                    assign_eps,
+                    attention,
+                )
+                for m in self.branches
+            }
+        )
         # Linear: trunc-normal std 0.02, LayerNorm: 1/0 (reference); the ResNets keep torchvision's
         # conv/BN init (or the loaded weights): they hold no Linear/LayerNorm besides the audio fc.
         self.token_classifier.apply(_init_linear)
@@ -465,13 +542,17 @@ def pick_input_mode(modality: str, store_views, requested: str = "auto") -> str:
         for mode in ("features", "raw"):
             if ok[mode]:
                 return mode
-        raise ValueError(f"CIGN {modality}: the store has views {sorted(have)}; it needs {list(FEATURE_VIEWS[modality])} "
-                         f"(input: features) or {list(RAW_VIEWS[modality])} (input: raw)")
+        raise ValueError(
+            f"CIGN {modality}: the store has views {sorted(have)}; it needs {list(FEATURE_VIEWS[modality])} "
+            f"(input: features) or {list(RAW_VIEWS[modality])} (input: raw)"
+        )
     if requested not in ok:
         raise ValueError(f"CIGN: input must be auto, features or raw, got {requested!r}")
     if not ok[requested]:
         views = (FEATURE_VIEWS if requested == "features" else RAW_VIEWS)[modality]
-        raise ValueError(f"CIGN {modality} with input: {requested} needs store views {list(views)}; the store has {sorted(have)}")
+        raise ValueError(
+            f"CIGN {modality} with input: {requested} needs store views {list(views)}; the store has {sorted(have)}"
+        )
     return requested
 
 
@@ -491,14 +572,29 @@ def build_cign(modality: str, store, num_classes: int, cfg: dict | None = None) 
         if modality != "audio" and not kw["visual_weights"] and not cfg.get("random_encoders"):
             # Offline-first: the reference's ImageNet ResNet-18 comes only from a user path; a random
             # visual encoder must be asked for explicitly, and is then recorded in the cell's config.
-            raise ValueError("CIGN raw mode: no ImageNet ResNet-18 weights (config visual_weights: a local torchvision state dict); "
-                             "give them, or pass --random-encoders to run with a random visual encoder")
+            raise ValueError(
+                "CIGN raw mode: no ImageNet ResNet-18 weights (config visual_weights: a local torchvision state dict); "
+                "give them, or pass --random-encoders to run with a random visual encoder"
+            )
         kw["spec_std"] = float(cfg.get("spec_std", 12.0))
         kw["flip"] = bool(cfg.get("flip", True))
     net = CIGNNet(
-        modality, mode, num_classes, dim=int(cfg.get("dim", 512)), depth=int(cfg.get("depth", 3)), heads=int(cfg.get("heads", 8)),
-        mlp_ratio=float(cfg.get("mlp_ratio", 4.0)), drop_path=float(cfg.get("drop_path", 0.1)), mix_hidden=cfg.get("mix_hidden"),
-        assignment=cfg.get("assignment", "hard"), gumbel_tau=float(cfg.get("gumbel_tau", 1.0)), assign_eps=float(cfg.get("assign_eps", 1.0)),
-        attention=cfg.get("attention", "full"), assign_scope=cfg.get("assign_scope", "all"),
-        normalize_tokens=bool(cfg.get("normalize_tokens", True)), freeze_old_tokens=bool(cfg.get("freeze_old_tokens", True)), **kw)
+        modality,
+        mode,
+        num_classes,
+        dim=int(cfg.get("dim", 512)),
+        depth=int(cfg.get("depth", 3)),
+        heads=int(cfg.get("heads", 8)),
+        mlp_ratio=float(cfg.get("mlp_ratio", 4.0)),
+        drop_path=float(cfg.get("drop_path", 0.1)),
+        mix_hidden=cfg.get("mix_hidden"),
+        assignment=cfg.get("assignment", "hard"),
+        gumbel_tau=float(cfg.get("gumbel_tau", 1.0)),
+        assign_eps=float(cfg.get("assign_eps", 1.0)),
+        attention=cfg.get("attention", "full"),
+        assign_scope=cfg.get("assign_scope", "all"),
+        normalize_tokens=bool(cfg.get("normalize_tokens", True)),
+        freeze_old_tokens=bool(cfg.get("freeze_old_tokens", True)),
+        **kw,
+    )
     return net

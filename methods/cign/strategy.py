@@ -9,6 +9,7 @@ C_old = classes of steps < t; teacher = the previous step's selected model, froz
 
 (see losses.py and README.md for every term).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,10 @@ class CIGN(StoreTemplate):
         if self.model.input_mode == "raw":
             self.cfg["model_init"] = dict(self.model.init_info)  # recorded with the cell's config
             if "random" in self.model.init_info.get("visual_encoder", ""):
-                log.warning("  cign: visual ResNet-18 randomly initialised (set visual_weights to a local ImageNet state dict "
-                            "to use one)")
+                log.warning(
+                    "  cign: visual ResNet-18 randomly initialised (set visual_weights to a local ImageNet state dict "
+                    "to use one)"
+                )
         self.loss_terms: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -74,10 +77,23 @@ class CIGN(StoreTemplate):
             with torch.no_grad(), self.autocast():
                 old = self.old_model(self.mb_x)
             n = len(self.branches)
-            feat = sum(L.class_token_feature_distillation(out[f"{m}_groups"], old[f"{m}_groups"]) for m in self.branches) / n
-            logit = sum(L.class_token_logit_distillation(out[f"{m}_logits"], old[f"{m}_logits"]) for m in self.branches) / n
+            feat = (
+                sum(L.class_token_feature_distillation(out[f"{m}_groups"], old[f"{m}_groups"]) for m in self.branches)
+                / n
+            )
+            logit = (
+                sum(L.class_token_logit_distillation(out[f"{m}_logits"], old[f"{m}_logits"]) for m in self.branches) / n
+            )
             blocks = self.old_model.assign_blocks
-            cg = sum(L.continual_grouping(out[f"{m}_assign_logits"], old[f"{m}_assign_logits"], blocks, cfg.get("cg_tau", 1.0)) for m in self.branches) / n
+            cg = (
+                sum(
+                    L.continual_grouping(
+                        out[f"{m}_assign_logits"], old[f"{m}_assign_logits"], blocks, cfg.get("cg_tau", 1.0)
+                    )
+                    for m in self.branches
+                )
+                / n
+            )
             terms.update(ctd_feature=feat, ctd_logit=logit, cg=cg)
             loss = loss + cfg["ctd_feature_weight"] * feat + cfg["ctd_logit_weight"] * logit + cfg["cg_weight"] * cg
         self.loss_terms = {k: float(v.detach()) for k, v in terms.items()} if cfg.get("log_terms", False) else {}

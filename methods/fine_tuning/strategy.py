@@ -1,4 +1,5 @@
 """Vanilla fine-tuning: CE over all seen-class logits, on new-class data only, no memory."""
+
 from benchmarks.suites.single_label import StoreTemplate
 
 

@@ -6,6 +6,7 @@ L2-normalised fused features, M // seen_classes per class. Classifier: NME (near
 exemplar features; herding and means recomputed before every val/test prediction, as the
 reference does every epoch) or FC (the softmax head; exemplars chosen once after the step).
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -23,5 +24,7 @@ class ICaRL(StoreTemplate):
             old_classes = self.step_bounds[0]
             with torch.no_grad():
                 old_logits = self.old_model(self.mb_x)["logits"]
-            loss = loss + self.cfg["distillation_weight"] * sigmoid_distillation(logits[:, :old_classes], old_logits[:, :old_classes])
+            loss = loss + self.cfg["distillation_weight"] * sigmoid_distillation(
+                logits[:, :old_classes], old_logits[:, :old_classes]
+            )
         return loss

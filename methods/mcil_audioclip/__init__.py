@@ -1,4 +1,5 @@
 """MCIL-AudioCLIP (Chen et al., ICASSP 2025), in two fidelity modes. See README.md."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,11 +26,20 @@ class MCILSpec(AVCILSpec):
     def config(self, dataset: str, modality: str, overrides: dict | None = None) -> dict:
         cfg = super().config(dataset, modality, overrides)
         mode = cfg["mode"]
-        return {k: (v[mode] if isinstance(v, dict) and set(v) <= set(MODES) and mode in v else v) for k, v in cfg.items()}
+        return {
+            k: (v[mode] if isinstance(v, dict) and set(v) <= set(MODES) and mode in v else v) for k, v in cfg.items()
+        }
 
 
 METHODS = [
-    MCILSpec(name, MCILStrategy, _HERE, modalities=("audio-visual",), options={"mode": mode},
-             model_builder=no_model, required_views=mcil_views)
+    MCILSpec(
+        name,
+        MCILStrategy,
+        _HERE,
+        modalities=("audio-visual",),
+        options={"mode": mode},
+        model_builder=no_model,
+        required_views=mcil_views,
+    )
     for name, mode in (("mcil_audioclip", "paper"), ("mcil_audioclip-code", "code"))
 ]

@@ -43,11 +43,12 @@ floating-point rounding:
   it normalises each forward's gradient, the hooks normalise the accumulated one;
 - framing uses `Tensor.unfold` instead of an index matrix (same frames).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,9 @@ class LinearFBSP(nn.Module):
         self.fb = nn.Parameter(torch.ones(out_features))
         self.fc = nn.Parameter(torch.arange(out_features, dtype=torch.float32))
 
-    def weights(self, in_features: int, dtype: torch.dtype | None = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def weights(
+        self, in_features: int, dtype: torch.dtype | None = None, device=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(real, imaginary) filterbank matrices, each (K, in_features)."""
         m, fb, fc = (_InfNormGrad.apply(p) for p in (self.m, self.fb, self.fc))
         dtype = dtype or m.dtype
@@ -110,8 +113,8 @@ class LinearFBSP(nn.Module):
         zero = arg == 0
         win = torch.where(zero, torch.ones_like(arg), torch.sin(arg) / torch.where(zero, torch.ones_like(arg), arg))
         # complex power of the real window: |w|^m * exp(i m arg(w)), arg(w) in {0, pi}
-        mag = (win ** 2) ** 0.5
-        amp = (mag ** 2) ** (0.5 * m)
+        mag = (win**2) ** 0.5
+        amp = (mag**2) ** (0.5 * m)
         phase = m * torch.where(win < 0, torch.full_like(win, math.pi), torch.zeros_like(win))
         win_re, win_im = amp * torch.cos(phase), amp * torch.sin(phase)
         ker_re, ker_im = torch.cos(fc * t), -torch.sin(fc * t)
@@ -119,7 +122,7 @@ class LinearFBSP(nn.Module):
         w_re = scale * (win_re * ker_re - win_im * ker_im)
         w_im = scale * (win_re * ker_im + win_im * ker_re)
         if self.normalized:
-            w_re, w_im = w_re / in_features ** 0.5, w_im / in_features ** 0.5
+            w_re, w_im = w_re / in_features**0.5, w_im / in_features**0.5
         return w_re, w_im
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,11 +137,18 @@ class Attention2d(nn.Module):
     """Attention gate: adaptive max-pool to the gated map's size, depthwise conv, pointwise conv,
     BatchNorm, sigmoid (reference `model/esresnet/attention.py`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_kernels: int, kernel_size: tuple[int, int],
-                 padding_size: tuple[int, int]):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_kernels: int,
+        kernel_size: tuple[int, int],
+        padding_size: tuple[int, int],
+    ):
         super().__init__()
-        self.conv_depth = nn.Conv2d(in_channels, in_channels * num_kernels, kernel_size=kernel_size,
-                                    padding=padding_size, groups=in_channels)
+        self.conv_depth = nn.Conv2d(
+            in_channels, in_channels * num_kernels, kernel_size=kernel_size, padding=padding_size, groups=in_channels
+        )
         self.conv_point = nn.Conv2d(in_channels * num_kernels, out_channels, kernel_size=(1, 1))
         self.bn = nn.BatchNorm2d(out_channels)
         self.activation = nn.Sigmoid()
@@ -153,12 +163,21 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+    ):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         if width < 1:
-            raise ValueError(f"bottleneck width {width} < 1 (planes={planes}, base_width={base_width}, groups={groups})")
+            raise ValueError(
+                f"bottleneck width {width} < 1 (planes={planes}, base_width={base_width}, groups={groups})"
+            )
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
@@ -189,11 +208,25 @@ class ESResNeXtFBSP(nn.Module):
     64) and `base_planes` (stage planes base_planes * (1, 2, 4, 8), 64) scale the network down.
     """
 
-    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
-                 stem_width: int = 64, base_planes: int = 64, num_classes: int = 1024, n_fft: int = 2048,
-                 hop_length: int | None = 561, win_length: int | None = 1654, window: str = "blackmanharris",
-                 normalized: bool = True, onesided: bool = True, spec_height: int = -1, spec_width: int = -1,
-                 apply_attention: bool = True, num_bands: int = 3):
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        groups: int = 32,
+        width_per_group: int = 4,
+        stem_width: int = 64,
+        base_planes: int = 64,
+        num_classes: int = 1024,
+        n_fft: int = 2048,
+        hop_length: int | None = 561,
+        win_length: int | None = 1654,
+        window: str = "blackmanharris",
+        normalized: bool = True,
+        onesided: bool = True,
+        spec_height: int = -1,
+        spec_width: int = -1,
+        apply_attention: bool = True,
+        num_bands: int = 3,
+    ):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"layers must have 4 entries, got {layers}")
@@ -218,7 +251,7 @@ class ESResNeXtFBSP(nn.Module):
         self._inplanes = stem_width
         for i, (blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
             in_ch = self._inplanes
-            planes = base_planes * 2 ** i
+            planes = base_planes * 2**i
             self.add_module(f"layer{i + 1}", self._make_layer(planes, blocks, stride))
             if apply_attention:
                 (k, p) = _ATTENTION_KERNELS[i]
@@ -237,8 +270,10 @@ class ESResNeXtFBSP(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self._inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(nn.Conv2d(self._inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes * Bottleneck.expansion))
+            downsample = nn.Sequential(
+                nn.Conv2d(self._inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
         mods = [Bottleneck(self._inplanes, planes, stride, downsample, self.groups, self.base_width)]
         self._inplanes = planes * Bottleneck.expansion
         mods += [Bottleneck(self._inplanes, planes, 1, None, self.groups, self.base_width) for _ in range(1, blocks)]
@@ -327,8 +362,8 @@ class ESResNeXtFBSP(nn.Module):
     def fbsp_norm_loss(self) -> torch.Tensor:
         """The reference's `loss_ttf`: MSE of the filterbank rows' L2 norms to 1 (normalized) or sqrt(n_fft)."""
         w_re, w_im = self.fbsp.weights(self.n_fft)
-        norms = torch.sqrt((w_re ** 2 + w_im ** 2).sum(-1))
-        return F.mse_loss(norms, torch.full_like(norms, 1.0 if self.normalized else self.n_fft ** 0.5))
+        norms = torch.sqrt((w_re**2 + w_im**2).sum(-1))
+        return F.mse_loss(norms, torch.full_like(norms, 1.0 if self.normalized else self.n_fft**0.5))
 
 
 @dataclass(frozen=True)
@@ -358,8 +393,17 @@ class ESResNeXtConfig:
 #: 3 bands of 43 bins); stages of 64/128/256/512 output channels, 4 groups of width 16.
 ESRESNEXT_PRESETS: dict[str, ESResNeXtConfig] = {
     "full": ESResNeXtConfig(),
-    "tiny": ESResNeXtConfig(layers=(1, 1, 1, 1), groups=4, width_per_group=16, stem_width=16, base_planes=16,
-                            num_classes=64, n_fft=256, hop_length=128, win_length=256),
+    "tiny": ESResNeXtConfig(
+        layers=(1, 1, 1, 1),
+        groups=4,
+        width_per_group=16,
+        stem_width=16,
+        base_planes=16,
+        num_classes=64,
+        n_fft=256,
+        hop_length=128,
+        win_length=256,
+    ),
 }
 
 

@@ -22,6 +22,7 @@ The reference MLP's BatchNorm layers are left out: with per-sample gating a BN w
 data-dependent subset of the batch, and the residual form keeps fused and unfused outputs
 on one scale.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,7 +59,7 @@ class AdaptiveFusion(nn.Module):
     def fuse(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The dynamic-fusion branch for every sample (B, D)."""
         tokens = torch.stack([self.w_v * v, self.w_a * a], dim=1)  # (B, 2, D)
-        alpha = torch.softmax(torch.einsum("bd,bmd->bm", v, tokens) / self.dim ** 0.5, dim=1)
+        alpha = torch.softmax(torch.einsum("bd,bmd->bm", v, tokens) / self.dim**0.5, dim=1)
         context = torch.einsum("bm,bmd->bd", alpha, tokens)
         return F.normalize(v + self.mlp(torch.cat([v, context], dim=1)), dim=1)
 

@@ -21,6 +21,7 @@ L_cwcl, "similarity-weighted" cross-entropy (the figure's L_WCCL, after CWCL, Sr
 
 MI(x, y) is the reference's softmax mutual information (benchmarks.metrics.mcil.softmax_mutual_information).
 """
+
 from __future__ import annotations
 
 import torch

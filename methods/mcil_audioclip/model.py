@@ -11,8 +11,8 @@ Forward pieces (the strategy composes them):
 - `logits(f, protos)`: scale * f protos^T, scale = exp(logit_scale) (`exp`) or the raw
   2.6593 init value the release multiplies by (`raw`).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,15 @@ RAW_LOGIT_SCALE = 2.6593  # ln(1/0.07): CLIP's logit_scale init, used un-exponen
 
 
 class MCILAudioCLIP(nn.Module):
-    def __init__(self, cfg: dict, class_names: list[str], task_of_class: list[int], num_tasks: int, pools: dict[str, list[str]],
-                 audio_samples: int = 16000):
+    def __init__(
+        self,
+        cfg: dict,
+        class_names: list[str],
+        task_of_class: list[int],
+        num_tasks: int,
+        pools: dict[str, list[str]],
+        audio_samples: int = 16000,
+    ):
         super().__init__()
         self.cfg = cfg
         n_routers = num_tasks if cfg["routers"] == "per-task" else 1
@@ -36,8 +43,16 @@ class MCILAudioCLIP(nn.Module):
         n_experts = max(n_experts, int(cfg["top_k"]))
 
         def factory(d_model: int) -> MoEAdapter:
-            return MoEAdapter(d_model, n_experts, int(cfg["top_k"]), n_routers, int(cfg["adapter_dim"]),
-                              float(cfg["adapter_scale"]), float(cfg["adapter_dropout"]), float(cfg["router_init_std"]))
+            return MoEAdapter(
+                d_model,
+                n_experts,
+                int(cfg["top_k"]),
+                n_routers,
+                int(cfg["adapter_dim"]),
+                float(cfg["adapter_scale"]),
+                float(cfg["adapter_dropout"]),
+                float(cfg["router_init_std"]),
+            )
 
         self.towers = build_towers(cfg["towers"], factory)
         self.weights_report = load_preset_weights(self.towers, cfg)
@@ -56,7 +71,11 @@ class MCILAudioCLIP(nn.Module):
         self.pools = {k: list(v) for k, v in pools.items()}
         for name, templates in self.pools.items():
             texts = [t.format(c) for c in self.class_names for t in templates]
-            self.register_buffer(f"tokens_{name}", self.towers.tokenizer(texts).view(len(self.class_names), len(templates), -1), persistent=False)
+            self.register_buffer(
+                f"tokens_{name}",
+                self.towers.tokenizer(texts).view(len(self.class_names), len(templates), -1),
+                persistent=False,
+            )
         self.set_trainable()
 
     # -- bookkeeping the shared template expects ------------------------------------------
@@ -102,7 +121,9 @@ class MCILAudioCLIP(nn.Module):
         return self
 
     # -- forward pieces ----------------------------------------------------------------
-    def image_features(self, images: torch.Tensor, route_tasks: torch.Tensor | None, adapters: bool = True) -> torch.Tensor:
+    def image_features(
+        self, images: torch.Tensor, route_tasks: torch.Tensor | None, adapters: bool = True
+    ) -> torch.Tensor:
         size = self.towers.image_size
         if images.shape[-1] != size:  # e.g. scaled-down towers on a 224-px store: resize, antialiased
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -161,15 +182,19 @@ class MCILAudioCLIP(nn.Module):
 
 
 @torch.no_grad()
-def calibrate_random_batchnorm(towers, audio_input_scale: float, audio_samples: int, batches: int = 4, seed: int = 0) -> None:
+def calibrate_random_batchnorm(
+    towers, audio_input_scale: float, audio_samples: int, batches: int = 4, seed: int = 0
+) -> None:
     """Random towers only: set the frozen BatchNorm statistics from seeded noise (N(0, 1) images,
     white-noise audio at 0.1 RMS), so activations stay normalised through the frozen random stack.
     Without it a random RN/ESResNeXt keeps BN's init statistics (mean 0, var 1), its activations
     grow stage by stage, and the small adapter outputs vanish next to them (on SynthAV the tiny RN
     tower then did not learn at all). Data-free and deterministic; pretrained towers are untouched."""
     g = torch.Generator().manual_seed(seed)
-    for tower, make in ((towers.clip.visual, lambda: torch.randn(32, 3, towers.image_size, towers.image_size, generator=g)),
-                        (towers.audio, lambda: 0.1 * torch.randn(16, audio_samples, generator=g) * audio_input_scale)):
+    for tower, make in (
+        (towers.clip.visual, lambda: torch.randn(32, 3, towers.image_size, towers.image_size, generator=g)),
+        (towers.audio, lambda: 0.1 * torch.randn(16, audio_samples, generator=g) * audio_input_scale),
+    ):
         norms = [m for m in tower.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
             continue

@@ -24,6 +24,7 @@ Ties among router logits (the zero-initialised router gives all-equal logits) ar
 by the lowest expert index (a stable sort), so runs are deterministic; the reference's
 `torch.topk` on tied values is implementation-defined (it picked index 2 on CPU once).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,17 @@ from torch import nn
 
 
 class MoEAdapter(nn.Module):
-    def __init__(self, d_model: int, n_experts: int = 5, top_k: int = 1, n_routers: int = 1, bottleneck: int = 64,
-                 scale: float = 0.1, dropout: float = 0.1, router_init_std: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_experts: int = 5,
+        top_k: int = 1,
+        n_routers: int = 1,
+        bottleneck: int = 64,
+        scale: float = 0.1,
+        dropout: float = 0.1,
+        router_init_std: float = 0.0,
+    ):
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ValueError(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
@@ -66,7 +76,11 @@ class MoEAdapter(nn.Module):
     def gates(self, router_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(expert indices (B, k), gate weights (B, k)) for each sample."""
         b = router_input.shape[0]
-        tasks = self.route_tasks if self.route_tasks is not None else torch.zeros(b, dtype=torch.long, device=router_input.device)
+        tasks = (
+            self.route_tasks
+            if self.route_tasks is not None
+            else torch.zeros(b, dtype=torch.long, device=router_input.device)
+        )
         if tasks.shape[0] != b:
             raise ValueError(f"route_tasks has {tasks.shape[0]} entries for a batch of {b}")
         w = pick(self.routers, tasks)  # (B, D, E)
@@ -74,8 +88,11 @@ class MoEAdapter(nn.Module):
         order = torch.sort(logits.detach(), dim=1, descending=True, stable=True).indices[:, : self.top_k]
         kept = logits.gather(1, order)
         if self.training:
-            self.usage.index_put_((tasks.repeat_interleave(self.top_k), order.reshape(-1)),
-                                  torch.ones(order.numel(), device=self.usage.device), accumulate=True)
+            self.usage.index_put_(
+                (tasks.repeat_interleave(self.top_k), order.reshape(-1)),
+                torch.ones(order.numel(), device=self.usage.device),
+                accumulate=True,
+            )
         return order, torch.softmax(kept.float(), dim=1).to(kept.dtype)
 
     def forward(self, x: torch.Tensor, router_input: torch.Tensor) -> torch.Tensor:
@@ -84,9 +101,15 @@ class MoEAdapter(nn.Module):
             return torch.zeros_like(x)
         idx, g = self.gates(router_input)
         dt = x.dtype
-        h = torch.einsum("bld,bkdr->bklr", x, pick(self.down_weight, idx).to(dt)) + pick(self.down_bias, idx).to(dt)[:, :, None]
+        h = (
+            torch.einsum("bld,bkdr->bklr", x, pick(self.down_weight, idx).to(dt))
+            + pick(self.down_bias, idx).to(dt)[:, :, None]
+        )
         h = self.dropout(torch.relu(h))
-        y = torch.einsum("bklr,bkrd->bkld", h, pick(self.up_weight, idx).to(dt)) + pick(self.up_bias, idx).to(dt)[:, :, None]
+        y = (
+            torch.einsum("bklr,bkrd->bkld", h, pick(self.up_weight, idx).to(dt))
+            + pick(self.up_bias, idx).to(dt)[:, :, None]
+        )
         return self.scale * torch.einsum("bk,bkld->bld", g.to(dt), y)
 
 

@@ -24,6 +24,7 @@ the seen classes' single-template text mean, the mean image feature and the NMIs
 whole test set (default) and over its last batch of `eval_batch_size` (the reference's form),
 plus how often fusion fired and, in paper mode, the task-selection accuracy.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,8 @@ from benchmarks.metrics.mcil import mcil_metrics, softmax_nmi
 from benchmarks.suites.single_label import StoreTemplate
 from datasets.pairing import AudioPairing
 from methods.mcil_audioclip.losses import mcil_loss
-from methods.mcil_audioclip.moe import moe_modules
 from methods.mcil_audioclip.model import MCILAudioCLIP
+from methods.mcil_audioclip.moe import moe_modules
 from methods.mcil_audioclip.templates import template_pools
 
 
@@ -59,18 +60,32 @@ class ExtraBatch:
 class MCILStrategy(StoreTemplate):
     exemplar_selection = None
 
-    def __init__(self, *, model_factory, store, stream, modality, config, device, seed, plugins=None, progress=True, views=None):
+    def __init__(
+        self, *, model_factory, store, stream, modality, config, device, seed, plugins=None, progress=True, views=None
+    ):
         protocol = stream.protocol
         names = store.meta.get("class_prompt_names") or [n.replace("_", " ") for n in store.class_names]
         class_names = [names[c] for c in protocol.class_order]
         task_of_class = [int(t) for t in protocol.step_of_position()]
         pools = template_pools(config, store)
-        model = MCILAudioCLIP(config, class_names, task_of_class, protocol.num_steps, pools, int(store.meta.get("clip_samples", 16000)))
+        model = MCILAudioCLIP(
+            config, class_names, task_of_class, protocol.num_steps, pools, int(store.meta.get("clip_samples", 16000))
+        )
         self.pairing = AudioPairing(store)
         self.centroids: dict[int, torch.Tensor] = {}
         self.train_fired = [0, 0]
-        super().__init__(model_factory=lambda n: model, store=store, stream=stream, modality=modality, config=config,
-                         device=device, seed=seed, plugins=plugins, progress=progress, views=["clip_image"])
+        super().__init__(
+            model_factory=lambda n: model,
+            store=store,
+            stream=stream,
+            modality=modality,
+            config=config,
+            device=device,
+            seed=seed,
+            plugins=plugins,
+            progress=progress,
+            views=["clip_image"],
+        )
 
     # ------------------------------------------------------------------ set-up per task
     def training_rows(self):
@@ -82,7 +97,9 @@ class MCILStrategy(StoreTemplate):
     def make_optimizer(self, **kwargs):
         """A fresh AdamW per task and its per-iteration schedule (avalanche builds the dataloader first)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"]))
+        self.optimizer = torch.optim.AdamW(
+            params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"])
+        )
         total = len(self.dataloader) * self.train_epochs
         warmup = int(self.cfg["warmup_iters"])
 
@@ -99,7 +116,9 @@ class MCILStrategy(StoreTemplate):
             self.dataloader = ExtraBatch(self.dataloader)
         rows = self.train_rows.numpy()
         # Every epoch's pairing is fixed up front from (seed, epoch), so the step's clips can be resident.
-        self.epoch_clips = [torch.from_numpy(self.pairing.clip_rows(rows, self.seed, e)).long() for e in range(self.train_epochs)]
+        self.epoch_clips = [
+            torch.from_numpy(self.pairing.clip_rows(rows, self.seed, e)).long() for e in range(self.train_epochs)
+        ]
         self.bank = ResidentViews(self.pairing.bank, ["waveform"], torch.cat(self.epoch_clips), self.device)
         self.audio_cache = self.embed_resident_clips() if self.model.audio_is_static else None
         self.clip_lookup = torch.full((len(self.store),), -1, dtype=torch.long, device=self.device)
@@ -130,7 +149,9 @@ class MCILStrategy(StoreTemplate):
         if self.cfg["train_pairing"] == "shuffled":
             clips = clips[torch.randperm(len(clips), device=clips.device)]
         self.mb_clips = clips  # the bank rows this batch trains with (tests check the pairing)
-        route = torch.full((len(rows),), self.step_index if self.model.n_routers > 1 else 0, dtype=torch.long, device=rows.device)
+        route = torch.full(
+            (len(rows),), self.step_index if self.model.n_routers > 1 else 0, dtype=torch.long, device=rows.device
+        )
         with self.autocast():
             v = self.model.image_features(self.mb_x["clip_image"], route)
             if self.audio_cache is not None:
@@ -189,7 +210,11 @@ class MCILStrategy(StoreTemplate):
         with self.autocast():
             protos = model.text_prototypes(torch.arange(seen), "eval", with_grad=False).float()
         tasks = self.step_index + 1
-        centroids = torch.stack([self.centroids[t] for t in range(tasks)]).to(self.device) if self.cfg["task_selection"] == "frozen-centroid" else None
+        centroids = (
+            torch.stack([self.centroids[t] for t in range(tasks)]).to(self.device)
+            if self.cfg["task_selection"] == "frozen-centroid"
+            else None
+        )
         preds, vs, as_, fs, fired, routed = [], [], [], [], [], []
         for chunk, views in self.eval_batches(rows):
             images = views["clip_image"]
@@ -211,7 +236,9 @@ class MCILStrategy(StoreTemplate):
         model.train(was_training)
         pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
         if targets is not None and vs:
-            self.last_report = self.metric_inputs(torch.cat(vs), torch.cat(as_), torch.cat(fs), torch.cat(fired), torch.cat(routed), targets)
+            self.last_report = self.metric_inputs(
+                torch.cat(vs), torch.cat(as_), torch.cat(fs), torch.cat(fired), torch.cat(routed), targets
+            )
         return pred
 
     @torch.no_grad()
@@ -226,11 +253,15 @@ class MCILStrategy(StoreTemplate):
             "text_mean": text_mean.tolist(),
             "image_mean": v.mean(0).tolist(),
             "image_mean_last_batch": v[last].mean(0).tolist(),
-            "nmi_vf": float(softmax_nmi(v, f)), "nmi_af": float(softmax_nmi(a, f)),
-            "nmi_vf_last_batch": float(softmax_nmi(v[last], f[last])), "nmi_af_last_batch": float(softmax_nmi(a[last], f[last])),
+            "nmi_vf": float(softmax_nmi(v, f)),
+            "nmi_af": float(softmax_nmi(a, f)),
+            "nmi_vf_last_batch": float(softmax_nmi(v[last], f[last])),
+            "nmi_af_last_batch": float(softmax_nmi(a[last], f[last])),
             "fusion_fired_test": float(fired.float().mean()),
             "fusion_fired_train": self.train_fired[0] / max(1, self.train_fired[1]),
-            "task_selection_acc": float(100.0 * (routed == true_task).float().mean()) if self.cfg["task_selection"] != "none" else None,
+            "task_selection_acc": float(100.0 * (routed == true_task).float().mean())
+            if self.cfg["task_selection"] != "none"
+            else None,
             "router_usage": self.router_usage(),
         }
         return report
@@ -252,8 +283,13 @@ class MCILStrategy(StoreTemplate):
         out = {}
         for variant, suffix in (("whole-set", ""), ("last-batch", "_last_batch")):
             out[variant] = mcil_metrics(
-                rows["R"], rows["A"], [r["text_mean"] for r in reports], [r[f"image_mean{suffix}"] for r in reports],
-                reports[-1][f"nmi_vf{suffix}"], reports[-1][f"nmi_af{suffix}"])
+                rows["R"],
+                rows["A"],
+                [r["text_mean"] for r in reports],
+                [r[f"image_mean{suffix}"] for r in reports],
+                reports[-1][f"nmi_vf{suffix}"],
+                reports[-1][f"nmi_af{suffix}"],
+            )
         out["fusion_fired_test"] = [r["fusion_fired_test"] for r in reports]
         out["fusion_fired_train"] = [r["fusion_fired_train"] for r in reports]
         out["task_selection_acc"] = [r["task_selection_acc"] for r in reports]
@@ -261,8 +297,13 @@ class MCILStrategy(StoreTemplate):
 
     def method_info(self) -> dict:
         m = self.model
-        return {"towers": self.cfg["towers"], "weights": m.weights_report, "experts": m.n_experts, "routers": m.n_routers,
-                "trainable_parameters": sum(p.numel() for p in m.parameters() if p.requires_grad)}
+        return {
+            "towers": self.cfg["towers"],
+            "weights": m.weights_report,
+            "experts": m.n_experts,
+            "routers": m.n_routers,
+            "trainable_parameters": sum(p.numel() for p in m.parameters() if p.requires_grad),
+        }
 
     def model_state(self) -> dict:
         """Only what training changes: the trainable tensors and every buffer (BN statistics drift in
@@ -276,7 +317,9 @@ class MCILStrategy(StoreTemplate):
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         if unexpected or trainable & set(missing):
-            raise ValueError(f"step checkpoint does not fit the model: unexpected {unexpected[:5]}, missing trainable {sorted(trainable & set(missing))[:5]}")
+            raise ValueError(
+                f"step checkpoint does not fit the model: unexpected {unexpected[:5]}, missing trainable {sorted(trainable & set(missing))[:5]}"
+            )
 
     def extra_state(self) -> dict:
         return {"centroids": {int(k): v for k, v in self.centroids.items()}}

@@ -9,6 +9,7 @@
 - `single`: always the dataset's single template; the task-similarity term of Metric 1 is
   defined on it (reference 4.2).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -32,11 +32,12 @@ frozen" with MoE) is one MoE after each residual stage layer1..layer4,
 held in `visual.moe[0..3]` (so the OpenAI `visual.layerK.*` key names are unchanged). Every MoE
 parameter has `.moe.` in its name; nothing else does.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from open_clip.model import CLIP
@@ -82,11 +83,16 @@ class TowerPreset:
 
     def summary(self) -> str:
         v = self.vision
-        img = (f"ModifiedResNet(layers={tuple(v['layers'])}, width={v['width']})" if self.is_resnet
-               else f"ViT(width={v['width']}, layers={v['layers']}, patch={v['patch_size']})")
+        img = (
+            f"ModifiedResNet(layers={tuple(v['layers'])}, width={v['width']})"
+            if self.is_resnet
+            else f"ViT(width={v['width']}, layers={v['layers']}, patch={v['patch_size']})"
+        )
         t = self.text
-        return (f"{img} @ {v['image_size']}px, text {t['layers']}x{t['width']} (ctx {t['context_length']}, "
-                f"vocab {t['vocab_size']}), embed_dim {self.embed_dim}")
+        return (
+            f"{img} @ {v['image_size']}px, text {t['layers']}x{t['width']} (ctx {t['context_length']}, "
+            f"vocab {t['vocab_size']}), embed_dim {self.embed_dim}"
+        )
 
 
 _TEXT_OPENAI = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12)
@@ -94,27 +100,45 @@ _TEXT_TINY = dict(context_length=77, vocab_size=49408, width=64, heads=2, layers
 
 PRESETS: dict[str, TowerPreset] = {
     "audioclip-rn50": TowerPreset(
-        "audioclip-rn50", 1024,
+        "audioclip-rn50",
+        1024,
         vision=dict(layers=(3, 4, 6, 3), width=64, patch_size=None, image_size=224),  # 32 attnpool heads
-        text=_TEXT_OPENAI, quick_gelu=True, audio=ESRESNEXT_PRESETS["full"],
+        text=_TEXT_OPENAI,
+        quick_gelu=True,
+        audio=ESRESNEXT_PRESETS["full"],
         description="paper: AudioCLIP (OpenAI RN50 CLIP + ESResNeXt-fbsp, 1024-d joint space)",
-        openai_file="RN50.pt / AudioCLIP-Full-Training.pt"),
+        openai_file="RN50.pt / AudioCLIP-Full-Training.pt",
+    ),
     "clip-vit-b16": TowerPreset(
-        "clip-vit-b16", 512,
+        "clip-vit-b16",
+        512,
         vision=dict(layers=12, width=768, patch_size=16, image_size=224),  # 12 heads
-        text=_TEXT_OPENAI, quick_gelu=True, audio=ESRESNEXT_PRESETS["full"],
+        text=_TEXT_OPENAI,
+        quick_gelu=True,
+        audio=ESRESNEXT_PRESETS["full"],
         description="released code: OpenAI CLIP ViT-B/16 (ViT-B-16-quickgelu) + ESResNeXt-fbsp (1024-d, projected by the method)",
-        openai_file="ViT-B-16.pt"),
+        openai_file="ViT-B-16.pt",
+    ),
     "tiny-rn": TowerPreset(
-        "tiny-rn", 64,
-        vision=dict(layers=(1, 1, 1, 1), width=8, head_width=64, patch_size=None, image_size=64),  # 256-d attnpool, 4 heads
-        text=_TEXT_TINY, quick_gelu=True, audio=ESRESNEXT_PRESETS["tiny"],
-        description="tests: scaled-down audioclip-rn50"),
+        "tiny-rn",
+        64,
+        vision=dict(
+            layers=(1, 1, 1, 1), width=8, head_width=64, patch_size=None, image_size=64
+        ),  # 256-d attnpool, 4 heads
+        text=_TEXT_TINY,
+        quick_gelu=True,
+        audio=ESRESNEXT_PRESETS["tiny"],
+        description="tests: scaled-down audioclip-rn50",
+    ),
     "tiny-vit": TowerPreset(
-        "tiny-vit", 64,
+        "tiny-vit",
+        64,
         vision=dict(layers=2, width=64, head_width=32, patch_size=16, image_size=64),  # 2 heads
-        text=_TEXT_TINY, quick_gelu=True, audio=ESRESNEXT_PRESETS["tiny"],
-        description="tests: scaled-down clip-vit-b16"),
+        text=_TEXT_TINY,
+        quick_gelu=True,
+        audio=ESRESNEXT_PRESETS["tiny"],
+        description="tests: scaled-down clip-vit-b16",
+    ),
 }
 
 
@@ -124,8 +148,13 @@ class MoEResidualAttentionBlock(ResidualAttentionBlock):
 
     moe: nn.Module
 
-    def forward(self, q_x: torch.Tensor, k_x: torch.Tensor | None = None, v_x: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None):
+    def forward(
+        self,
+        q_x: torch.Tensor,
+        k_x: torch.Tensor | None = None,
+        v_x: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ):
         k_x = self.ln_1_kv(k_x) if hasattr(self, "ln_1_kv") and k_x is not None else None
         v_x = self.ln_1_kv(v_x) if hasattr(self, "ln_1_kv") and v_x is not None else None
         x = q_x + self.ls_1(self.attention(q_x=self.ln_1(q_x), k_x=k_x, v_x=v_x, attn_mask=attn_mask))
@@ -202,7 +231,9 @@ def _tokenizer(bpe_path: str, context_length: int) -> SimpleTokenizer:
 
 def build_clip(preset: TowerPreset) -> CLIP:
     """An open_clip CLIP with random weights for `preset` (no download, no pretrained tag)."""
-    return CLIP(preset.embed_dim, vision_cfg=dict(preset.vision), text_cfg=dict(preset.text), quick_gelu=preset.quick_gelu)
+    return CLIP(
+        preset.embed_dim, vision_cfg=dict(preset.vision), text_cfg=dict(preset.text), quick_gelu=preset.quick_gelu
+    )
 
 
 class AudioCLIPTowers(nn.Module):

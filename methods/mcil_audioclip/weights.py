@@ -22,6 +22,7 @@ digits), loaded, missing, unexpected, ...}. MoE parameters (names containing `.m
 CLIP keys allowed to be missing (and BN `num_batches_tracked` counters, which torch fills in); an
 unexpected key or a shape mismatch is a WeightsError naming the file and the keys.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,9 @@ def checkpoint_file(path, option: str) -> Path:
         raise WeightsError(f"no checkpoint given: set {option} to {what} (nothing is downloaded)")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise WeightsError(f"{option}: checkpoint file {str(p)!r} not found; set {option} to {what} "
-                           "(nothing is downloaded)")
+        raise WeightsError(
+            f"{option}: checkpoint file {str(p)!r} not found; set {option} to {what} (nothing is downloaded)"
+        )
     return p
 
 
@@ -63,15 +65,18 @@ def describe_clip_state(sd: dict) -> str:
             grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
             img = f"ViT(width={w.shape[0]}, layers={layers}, patch={w.shape[-1]}) @ {w.shape[-1] * grid}px"
         elif "visual.layer1.0.conv1.weight" in sd:
-            counts = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{b}.")})
-                           for b in (1, 2, 3, 4))
+            counts = tuple(
+                len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{b}.")}) for b in (1, 2, 3, 4)
+            )
             out = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
             img = f"ModifiedResNet(layers={counts}, width={sd['visual.layer1.0.conv1.weight'].shape[0]}) @ {out * 32}px"
         else:
             img = "no recognised image tower"
         t_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
-        text = (f"text {t_layers}x{sd['ln_final.weight'].shape[0]} (ctx {sd['positional_embedding'].shape[0]}, "
-                f"vocab {sd['token_embedding.weight'].shape[0]})")
+        text = (
+            f"text {t_layers}x{sd['ln_final.weight'].shape[0]} (ctx {sd['positional_embedding'].shape[0]}, "
+            f"vocab {sd['token_embedding.weight'].shape[0]})"
+        )
         return f"{img}, {text}, embed_dim {sd['text_projection'].shape[1]}"
     except (KeyError, IndexError, AttributeError):
         return "an unrecognised CLIP layout"
@@ -94,25 +99,29 @@ def _load_clip_part(towers, sd: dict, path, fix: str) -> tuple[int, list[str]]:
     """Load OpenAI-layout CLIP tensors into towers.clip: only MoE parameters may be missing."""
     preset = towers.preset
     what = f"preset {preset.name!r} ({preset.summary()}); the file holds {describe_clip_state(sd)}"
-    missing, _ = check_keys(towers.clip.state_dict(), sd, path, what, fix,
-                            allow_missing=lambda k: _is_moe(k) or _tolerated_missing(k))
+    missing, _ = check_keys(
+        towers.clip.state_dict(), sd, path, what, fix, allow_missing=lambda k: _is_moe(k) or _tolerated_missing(k)
+    )
     towers.clip.load_state_dict(sd, strict=False)
     return len(sd), missing
 
 
-def _load_audio_part(audio, sd: dict, path, fix: str,
-                     allow_fc_mismatch: bool = False) -> tuple[int, list[str], list[str]]:
+def _load_audio_part(
+    audio, sd: dict, path, fix: str, allow_fc_mismatch: bool = False
+) -> tuple[int, list[str], list[str]]:
     """Load an ESResNeXtFBSP state dict: strict, except a missing `window` (the computed one equals
     scipy's) / `num_batches_tracked`, and (ESRNXFBSP.pt) an `fc` head of another size, which is skipped."""
     own = audio.state_dict()
     skipped = []
     if allow_fc_mismatch:
-        skipped = sorted(k for k in sd
-                         if k.startswith("fc.") and k in own and tuple(sd[k].shape) != tuple(own[k].shape))
+        skipped = sorted(
+            k for k in sd if k.startswith("fc.") and k in own and tuple(sd[k].shape) != tuple(own[k].shape)
+        )
         sd = {k: v for k, v in sd.items() if k not in skipped}
     what = f"the ESResNeXt-fbsp audio tower ({audio.num_classes}-d, n_fft {audio.n_fft})"
-    missing, _ = check_keys(own, sd, path, what, fix,
-                            allow_missing=lambda k: k == "window" or _tolerated_missing(k) or k in skipped)
+    missing, _ = check_keys(
+        own, sd, path, what, fix, allow_missing=lambda k: k == "window" or _tolerated_missing(k) or k in skipped
+    )
     audio.load_state_dict(sd, strict=not missing)
     return len(sd), missing, skipped
 
@@ -131,11 +140,13 @@ def load_audioclip(towers, path, option: str = "--audioclip-ckpt") -> dict:
     the report also holds the stored (log) `logit_scale_ai` / `logit_scale_at` values as floats (None if absent)."""
     file = checkpoint_file(path, option)
     sd = read_state_dict(file, "AudioCLIP")
-    audio_sd = {k[len("audio."):]: v for k, v in sd.items() if k.startswith("audio.")}
+    audio_sd = {k[len("audio.") :]: v for k, v in sd.items() if k.startswith("audio.")}
     if not audio_sd:
-        raise WeightsError(f"{file}: no 'audio.*' keys; not an AudioCLIP checkpoint "
-                           f"(for an OpenAI CLIP file use {next(iter(OPTION_FILES))}); "
-                           f"{_fix(option, '--audioclip-ckpt')}")
+        raise WeightsError(
+            f"{file}: no 'audio.*' keys; not an AudioCLIP checkpoint "
+            f"(for an OpenAI CLIP file use {next(iter(OPTION_FILES))}); "
+            f"{_fix(option, '--audioclip-ckpt')}"
+        )
     scales = {k: float(sd[k]) if k in sd else None for k in AUDIOCLIP_SCALE_KEYS}
     clip_sd = {k: v for k, v in sd.items() if not k.startswith("audio.") and k not in AUDIOCLIP_SCALE_KEYS}
     clip_sd = {k: v for k, v in clip_sd.items() if k not in OPENAI_EXTRA_KEYS}
@@ -152,9 +163,10 @@ def load_esresnext(towers, path, option: str = "--esrnx-ckpt") -> dict:
     sd = read_state_dict(file, "ESResNeXt-fbsp")
     for prefix in ("module.", "audio."):
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    loaded, missing, skipped = _load_audio_part(towers.audio, sd, file, _fix(option, "--esrnx-ckpt"),
-                                                allow_fc_mismatch=True)
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    loaded, missing, skipped = _load_audio_part(
+        towers.audio, sd, file, _fix(option, "--esrnx-ckpt"), allow_fc_mismatch=True
+    )
     return load_report(file, loaded, missing, [], skipped=skipped)
 
 
@@ -169,26 +181,31 @@ def load_torchvision_resnext(model, path, option: str = "--resnext-imagenet-ckpt
     ResNet-50 file) is a WeightsError; only `fc.*` may differ."""
     file = checkpoint_file(path, option)
     sd = read_state_dict(file, "torchvision resnext50_32x4d")
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
     own = model.state_dict()
     skipped = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in skipped if not k.startswith("fc.")]
     if bad:
-        raise WeightsError(f"{file}: not a torchvision resnext50_32x4d state dict for this ESResNeXt "
-                           f"(shape mismatches: {bad[:8]}{' ...' if len(bad) > 8 else ''}); "
-                           f"{_fix(option, '--resnext-imagenet-ckpt')}")
+        raise WeightsError(
+            f"{file}: not a torchvision resnext50_32x4d state dict for this ESResNeXt "
+            f"(shape mismatches: {bad[:8]}{' ...' if len(bad) > 8 else ''}); "
+            f"{_fix(option, '--resnext-imagenet-ckpt')}"
+        )
     take = {k: v for k, v in sd.items() if k in own and k not in skipped}
     if not any(k.startswith("layer") for k in take):
-        raise WeightsError(f"{file}: no ResNeXt backbone tensor matches the model (keys like {sorted(sd)[:5]}); "
-                           f"{_fix(option, '--resnext-imagenet-ckpt')}")
+        raise WeightsError(
+            f"{file}: no ResNeXt backbone tensor matches the model (keys like {sorted(sd)[:5]}); "
+            f"{_fix(option, '--resnext-imagenet-ckpt')}"
+        )
     with torch.no_grad():
         for k, v in take.items():
             own[k].copy_(v)
         for att in model.attention_blocks():
             att.bn.weight.fill_(1.0)
             att.bn.bias.fill_(1.0)
-    return load_report(file, len(take), [k for k in own if k not in take], [k for k in sd if k not in own],
-                       skipped=sorted(skipped))
+    return load_report(
+        file, len(take), [k for k in own if k not in take], [k for k in sd if k not in own], skipped=sorted(skipped)
+    )
 
 
 def load_resnext_imagenet(towers, path, option: str = "--resnext-imagenet-ckpt") -> dict:
@@ -216,14 +233,20 @@ def load_preset_weights(towers, cfg: dict) -> dict:
         if cfg.get("esresnext_ckpt"):
             report["esresnext"] = load_esresnext(towers, Path(cfg["esresnext_ckpt"]), option="esresnext_ckpt")
         elif cfg.get("resnext_imagenet_ckpt"):
-            report["resnext_imagenet"] = load_resnext_imagenet(towers, Path(cfg["resnext_imagenet_ckpt"]),
-                                                               option="resnext_imagenet_ckpt")
+            report["resnext_imagenet"] = load_resnext_imagenet(
+                towers, Path(cfg["resnext_imagenet_ckpt"]), option="resnext_imagenet_ckpt"
+            )
     if not report:
         if not cfg.get("random_encoders"):
-            need = "audioclip_ckpt (AudioCLIP-Full-Training.pt)" if preset == "audioclip-rn50" else \
-                "clip_ckpt (OpenAI ViT-B-16.pt) and resnext_imagenet_ckpt (torchvision resnext50_32x4d .pth)"
-            raise ConfigError(f"mcil_audioclip: towers {preset} need pretrained weights: set {need} with "
-                             "`run_all.py --set KEY=PATH` (nothing is downloaded), or pass --random-encoders to run "
-                             "with random towers (recorded as such)")
+            need = (
+                "audioclip_ckpt (AudioCLIP-Full-Training.pt)"
+                if preset == "audioclip-rn50"
+                else "clip_ckpt (OpenAI ViT-B-16.pt) and resnext_imagenet_ckpt (torchvision resnext50_32x4d .pth)"
+            )
+            raise ConfigError(
+                f"mcil_audioclip: towers {preset} need pretrained weights: set {need} with "
+                "`run_all.py --set KEY=PATH` (nothing is downloaded), or pass --random-encoders to run "
+                "with random towers (recorded as such)"
+            )
         report["init"] = f"random ({preset} with --random-encoders: NOT pretrained)"
     return report

@@ -4,6 +4,7 @@ The phase's file labels only its own classes; every other seen column is taken a
 (target 0), which is what plain fine-tuning on the new phase's data does, and what makes it
 forget: old-class outputs are pushed down on clips that may well contain them.
 """
+
 from benchmarks.suites.multilabel import MultiLabelTemplate, masked_bce
 
 

@@ -10,6 +10,7 @@ reference `main_audioset._train` of mulimani/CIL-ML-Audio). See README.md for ev
 One student forward per step gives both the logits and the block-6 features (the reference runs
 the student twice); the teacher (the frozen previous-phase model, eval mode) also runs once.
 """
+
 from benchmarks.suites.multilabel import MultiLabelTemplate, masked_bce
 from methods._cnn14.losses import adaptive_lambda, feature_cosine, kd_kl
 
@@ -22,7 +23,9 @@ class MLIndL(MultiLabelTemplate):
         if self.step_index > 0:
             teacher = self.teacher()
             c = self.cfg
-            terms["od"] = kd_kl(logits[:, :lo], teacher["logits"][:, :lo].float(), c["kd_temperature"], c["kd_reduction"])
+            terms["od"] = kd_kl(
+                logits[:, :lo], teacher["logits"][:, :lo].float(), c["kd_temperature"], c["kd_reduction"]
+            )
             terms["fd"] = feature_cosine(out["z"], teacher["z"], c["fd_mode"])
         return terms
 

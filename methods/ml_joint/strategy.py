@@ -5,6 +5,7 @@ class in a new-phase clip, which the reference's files do not label) are left ou
 (masked BCE), never taken as negatives. pos_weight: the reference's scalar, zeros / ones over
 the known entries of the joint label matrix.
 """
+
 from benchmarks.suites.multilabel import MultiLabelTemplate
 
 

@@ -6,6 +6,7 @@ logits for current data, old-class logits for exemplars, sample-count-weighted) 
 KD (T = 2, x T^2, summed over the old steps) on current and exemplar samples, teacher = the
 previous step's selected model. Exemplars: random, M // seen classes per class.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +20,9 @@ class SSIL(StoreTemplate):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if not self.separate_exemplar_batches:
-            raise ValueError(f"{type(self).__name__} needs `exemplar_batching: separate` (a current batch joined by an exemplar batch); got {self.cfg.get('exemplar_batching')!r}")
+            raise ValueError(
+                f"{type(self).__name__} needs `exemplar_batching: separate` (a current batch joined by an exemplar batch); got {self.cfg.get('exemplar_batching')!r}"
+            )
 
     @property
     def old_step_bounds(self) -> list[tuple[int, int]]:

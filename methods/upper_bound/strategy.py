@@ -1,5 +1,4 @@
 """Upper bound: at every step a fresh model is trained from scratch on all seen classes' data."""
-import torch
 
 from benchmarks.suites.single_label import StoreTemplate
 

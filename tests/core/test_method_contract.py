@@ -1,4 +1,5 @@
 """The method contract: config keys checked before anything trains, one place that builds a strategy."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,22 @@ def test_set_keys_must_belong_to_a_selected_method():
 
 
 def test_run_all_rejects_an_unknown_set_key_before_running(tmp_path, toy_registry, capsys):
-    argv = ["--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--no-leaderboard", "--no-progress",
-            "--datasets", "toy", "--methods", "lwf", "--epochs", "1", "--set", "kd_wieght=2"]
+    argv = [
+        "--data-root",
+        str(tmp_path),
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--no-leaderboard",
+        "--no-progress",
+        "--datasets",
+        "toy",
+        "--methods",
+        "lwf",
+        "--epochs",
+        "1",
+        "--set",
+        "kd_wieght=2",
+    ]
     assert run_all.main(argv) == 2
     err = capsys.readouterr().err
     assert "--set kd_wieght" in err and "kd_weight" in err
@@ -62,8 +77,15 @@ def test_build_is_the_one_constructor_and_checks_the_modality(toy_store, toy_pro
     spec = registry()["av_cil"]
     stream = build_stream(toy_store, toy_protocol)
     cfg = {**spec.config("toy", "audio-visual", {"epochs": 1}), "memory": 12, "batch_size": 8, "eval_batch_size": 8}
-    strategy = spec.build(modality="audio-visual", store=toy_store, stream=stream, cfg=cfg, device=torch.device("cpu"),
-                          seed=0, progress=False)
+    strategy = spec.build(
+        modality="audio-visual",
+        store=toy_store,
+        stream=stream,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        seed=0,
+        progress=False,
+    )
     assert strategy.views == ["audio", "visual"] and strategy.cfg is cfg and strategy.step_index == -1
     with pytest.raises(ConfigError, match="does not support modality audio"):
         spec.build(modality="audio", store=toy_store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0)

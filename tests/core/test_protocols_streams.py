@@ -1,4 +1,5 @@
 """Protocols never drop a remainder; streams are Avalanche benchmarks over ids with a stable hash."""
+
 import pytest
 import torch
 
@@ -34,7 +35,9 @@ def test_stream_steps_hold_their_classes_and_unequal_steps(toy_store):
             lo, hi = protocol.step_bounds(t)
             assert set(targets.tolist()) == set(range(lo, hi))
             # targets are class-order positions: position p is dataset class protocol.class_order[p]
-            assert (torch.as_tensor(toy_store.labels[rows.numpy()]) == torch.tensor(protocol.class_order)[targets]).all()
+            assert (
+                torch.as_tensor(toy_store.labels[rows.numpy()]) == torch.tensor(protocol.class_order)[targets]
+            ).all()
     assert stream.counts()["train"] == [36, 24, 12]
     assert [len(e.dataset) for e in stream.benchmark.train_stream] == [36, 24, 12]
 

@@ -4,6 +4,7 @@ Fixtures: pickled 0-d object arrays (np.save of a dict) for the three dict files
 audio dict; the visual features either as a pickled dict or as an HDF5 file with one
 dataset per vid. Dimensions are reduced (audio 12-d, visual 8*4 tokens x 6-d).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ PER_SPLIT = {"train": 3, "val": 2, "test": 2}
 A_DIM, T, P, V_DIM = 12, 8, 4, 6
 
 
-def make_source(root: Path, folder: str = "AVE", visual: str = "dict", seed: int = 0, n_tokens: int = T * P,
-                audio_scale: float = 1.0, drop=None) -> dict:
+def make_source(
+    root: Path,
+    folder: str = "AVE",
+    visual: str = "dict",
+    seed: int = 0,
+    n_tokens: int = T * P,
+    audio_scale: float = 1.0,
+    drop=None,
+) -> dict:
     """Write SRC/<folder>/ in the released layout; return the expected contents."""
     rng = np.random.default_rng(seed)
     d = root / folder
@@ -53,7 +61,9 @@ def make_source(root: Path, folder: str = "AVE", visual: str = "dict", seed: int
         np.save(d / f"{name}.npy", np.array(obj, dtype=object))
     np.save(d / av.AUDIO_FILE, np.array(audio, dtype=object))
     if visual in ("dict", "both"):
-        np.save(d / av.VISUAL_DICT, np.array({v: x + 100 if visual == "both" else x for v, x in vis.items()}, dtype=object))
+        np.save(
+            d / av.VISUAL_DICT, np.array({v: x + 100 if visual == "both" else x for v, x in vis.items()}, dtype=object)
+        )
     if visual in ("h5", "both"):
         with h5py.File(d / av.VISUAL_H5, "w") as f:
             for v, x in vis.items():
@@ -62,8 +72,20 @@ def make_source(root: Path, folder: str = "AVE", visual: str = "dict", seed: int
 
 
 def run(src: Path, data_root: Path, dataset: str = "ave", *extra: str) -> int:
-    return av.main(["import", "--src", str(src), "--dataset", dataset, "--data-root", str(data_root),
-                    "--trust-pickle", "--no-progress", *extra])
+    return av.main(
+        [
+            "import",
+            "--src",
+            str(src),
+            "--dataset",
+            dataset,
+            "--data-root",
+            str(data_root),
+            "--trust-pickle",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def expected_rows(cid: dict) -> list[tuple[str, int, str]]:
@@ -84,8 +106,10 @@ def check_store(store, fx: dict, grid=(T, P)) -> None:
     conv = store.meta["fp16_conversion"]
     for view, ref in (("audio", a), ("visual", x)):
         assert conv[view]["dtype"] == "float16" == store.views[view].dtype
-        assert conv[view]["max_abs_error"] == pytest.approx(float(np.abs(ref.astype(np.float16).astype(np.float32) - ref).max()))
-        assert 0 < conv[view]["max_rel_error"] <= 2.0 ** -11
+        assert conv[view]["max_abs_error"] == pytest.approx(
+            float(np.abs(ref.astype(np.float16).astype(np.float32) - ref).max())
+        )
+        assert 0 < conv[view]["max_rel_error"] <= 2.0**-11
 
 
 def test_import_pickled_visual_dict(tmp_path):
@@ -97,10 +121,14 @@ def test_import_pickled_visual_dict(tmp_path):
     assert store.path == av.store_path(tmp_path / "data", "ave") == tmp_path / "data/imported/ave"
     check_store(store, fx)
     m = store.meta
-    assert m["dataset"] == store.dataset == "ave" and m["source"] == "avcil-released-features" and m["pretrained"] is True
+    assert (
+        m["dataset"] == store.dataset == "ave" and m["source"] == "avcil-released-features" and m["pretrained"] is True
+    )
     assert m["encoders"] == {"audio": av.AUDIO_ENCODER, "visual": av.VISUAL_ENCODER}
     assert set(m["source_files"]) == {*av.DICT_FILES, av.AUDIO_FILE, av.VISUAL_DICT}
-    assert m["source_files"]["category_encode_dict.npy"]["sha256"] == av.file_sha256(fx["dir"] / "category_encode_dict.npy")
+    assert m["source_files"]["category_encode_dict.npy"]["sha256"] == av.file_sha256(
+        fx["dir"] / "category_encode_dict.npy"
+    )
     assert {"size", "mtime", "sha256_first_16MiB", "sha256_last_16MiB"} <= set(m["source_files"][av.AUDIO_FILE])
     assert not list(store.path.glob("import_stats_*"))  # bookkeeping does not leak into the store
 
@@ -123,14 +151,35 @@ def test_refuses_without_trust_pickle(tmp_path, capsys):
     make_source(tmp_path / "src")
     rc = av.main(["import", "--src", str(tmp_path / "src"), "--dataset", "ave", "--data-root", str(tmp_path / "data")])
     err = capsys.readouterr().err
-    assert rc != 0 and "pickle" in err and "execute arbitrary code" in err and "trusted source" in err and "--trust-pickle" in err
+    assert (
+        rc != 0
+        and "pickle" in err
+        and "execute arbitrary code" in err
+        and "trusted source" in err
+        and "--trust-pickle" in err
+    )
     assert not (tmp_path / "data").exists()
 
 
 def test_refusal_exit_code_subprocess(tmp_path):
     make_source(tmp_path / "src")
-    proc = subprocess.run([sys.executable, "-m", "datasets.adapters.avcil_features", "import", "--src", str(tmp_path / "src"),
-                           "--dataset", "ave", "--data-root", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datasets.adapters.avcil_features",
+            "import",
+            "--src",
+            str(tmp_path / "src"),
+            "--dataset",
+            "ave",
+            "--data-root",
+            str(tmp_path / "data"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "trusted source" in proc.stderr
 
 
@@ -139,7 +188,16 @@ def test_help_documents_every_option(capsys):
         av.main(["import", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--dataset", "--src", "--data-root", "--trust-pickle", "--grid", "--batch-rows", "--force", "--no-progress"):
+    for opt in (
+        "--dataset",
+        "--src",
+        "--data-root",
+        "--trust-pickle",
+        "--grid",
+        "--batch-rows",
+        "--force",
+        "--no-progress",
+    ):
         assert opt in out
 
 
@@ -187,7 +245,14 @@ def test_wrong_shape(tmp_path, capsys):
     vis = dict(fx["visual"])
     vis[vid] = vis[vid][:-1]
     np.save(fx["dir"] / av.VISUAL_DICT, np.array(vis, dtype=object))
-    expect_error(tmp_path, capsys, repr(vid), fx["dir"] / av.VISUAL_DICT, f"({T * P - 1}, {V_DIM})", f"expected ({T * P}, {V_DIM})")
+    expect_error(
+        tmp_path,
+        capsys,
+        repr(vid),
+        fx["dir"] / av.VISUAL_DICT,
+        f"({T * P - 1}, {V_DIM})",
+        f"expected ({T * P}, {V_DIM})",
+    )
 
 
 def test_truncated_h5(tmp_path, capsys):
@@ -201,6 +266,7 @@ def test_class_with_no_samples(tmp_path, capsys):
     def drop(cid, idc):
         for v in cid["val"].pop(1):
             del idc["val"][v]
+
     fx = make_source(tmp_path / "src", drop=drop)
     expect_error(tmp_path, capsys, fx["dir"] / "all_classId_vid_dict.npy", "'Apple'", "no val samples")
 
@@ -208,6 +274,7 @@ def test_class_with_no_samples(tmp_path, capsys):
 def test_inconsistent_category_dict(tmp_path, capsys):
     def relabel(cid, idc):
         idc["train"][cid["train"][0][1]] = "Mango"
+
     fx = make_source(tmp_path / "src", drop=relabel)
     expect_error(tmp_path, capsys, fx["dir"] / "all_id_category_dict.npy", repr(fx["cid"]["train"][0][1]), "'Mango'")
 
@@ -229,10 +296,16 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert not final.exists() and partial.is_dir()
     assert "interrupted" in av.ADAPTERS[0].availability(tmp_path / "data").message
     assert json.loads((partial / "progress.json").read_text()) == {"audio": 8, "visual": 0}
-    assert json.loads((partial / "import_stats_audio.json").read_text())["rows"] == 6  # stats lag: rows 6-7 get re-measured
+    assert (
+        json.loads((partial / "import_stats_audio.json").read_text())["rows"] == 6
+    )  # stats lag: rows 6-7 get re-measured
 
     calls.clear()
-    monkeypatch.setattr(StoreWriter, "write", lambda self, view, start, values: (calls.append((view, start)), original(self, view, start, values)))
+    monkeypatch.setattr(
+        StoreWriter,
+        "write",
+        lambda self, view, start, values: (calls.append((view, start)), original(self, view, start, values)),
+    )
     assert run(tmp_path / "src", tmp_path / "data", "ave", "--batch-rows", "2") == 0
     assert calls[0] == ("audio", 8)  # continued, did not start over
     check_store(av.ADAPTERS[0].open(tmp_path / "data"), fx)  # includes the fp16 error over every row
@@ -258,7 +331,11 @@ def test_grid_override_and_non_divisible(tmp_path, capsys):
     assert run(tmp_path / "src", tmp_path / "data", "ave", "--grid", "5,5", "--force") == 1
     err = capsys.readouterr().err
     assert "--grid 5,5 gives 25 tokens" in err and "T*P = 32" in err
-    assert av.ADAPTERS[0].open(tmp_path / "data").views["visual"].shape == (4, 8, V_DIM)  # a failed re-import keeps the old store
+    assert av.ADAPTERS[0].open(tmp_path / "data").views["visual"].shape == (
+        4,
+        8,
+        V_DIM,
+    )  # a failed re-import keeps the old store
 
     fx = make_source(tmp_path / "src2", visual="h5", n_tokens=30)
     assert run(tmp_path / "src2", tmp_path / "data2") == 1
@@ -282,8 +359,15 @@ def test_availability_messages(tmp_path):
     adapter = av.ADAPTERS[0]
     missing = adapter.availability(tmp_path / "data")
     assert not missing.present
-    for f in ("python -m datasets.adapters.avcil_features import --dataset ave", "--trust-pickle", "wiberg/AV-CIL_features",
-              "AVE_features.zip", "category_encode_dict.npy", "data/AVE/", "Concatenate".lower()):
+    for f in (
+        "python -m datasets.adapters.avcil_features import --dataset ave",
+        "--trust-pickle",
+        "wiberg/AV-CIL_features",
+        "AVE_features.zip",
+        "category_encode_dict.npy",
+        "data/AVE/",
+        "Concatenate".lower(),
+    ):
         assert f in missing.message, f
     with pytest.raises(DatasetError, match="python -m datasets.adapters.avcil_features import --dataset ave"):
         adapter.open(tmp_path / "data")
@@ -293,14 +377,25 @@ def test_availability_messages(tmp_path):
     found = adapter.availability(tmp_path / "data")
     assert not found.present and "not imported" in found.message
     assert av.import_command("ave", tmp_path / "data" / "avcil_features", tmp_path / "data") in found.message
-    assert av.main(["import", "--dataset", "ave", "--data-root", str(tmp_path / "data"), "--trust-pickle", "--no-progress"]) == 0
+    assert (
+        av.main(
+            ["import", "--dataset", "ave", "--data-root", str(tmp_path / "data"), "--trust-pickle", "--no-progress"]
+        )
+        == 0
+    )
     assert adapter.availability(tmp_path / "data").present
 
 
 def test_registry_and_protocols():
     reg = datasets.registry()
-    got = {n: (reg[n].title, reg[n].suites, [(p.name, p.classes_per_step, p.memory, p.class_order) for p in reg[n].protocols()])
-           for n in ("ave", "ksounds", "vggsound100")}
+    got = {
+        n: (
+            reg[n].title,
+            reg[n].suites,
+            [(p.name, p.classes_per_step, p.memory, p.class_order) for p in reg[n].protocols()],
+        )
+        for n in ("ave", "ksounds", "vggsound100")
+    }
     assert got == {
         "ave": ("AVE", ("audio-visual",), [("4x7", (7, 7, 7, 7), 340, None)]),
         "ksounds": ("Kinetics-Sounds", ("audio-visual",), [("5x6", (6,) * 5, 500, None)]),

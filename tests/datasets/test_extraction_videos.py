@@ -5,6 +5,7 @@ tiny real MP4 per vid (H.264 + AAC, 2 s, 80 x 96 px, 10 fps), written with datas
 Encoders run reduced (random weights, 2 layers, width 32, 64 px frames); checkpoint loading is
 checked on fake state dicts with the real key layout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,17 @@ def raw(tmp_path_factory):
 
 
 def extract(data_root: Path, raw: dict, **kw):
-    opts = dict(videos=raw["videos"], dicts=raw["src"], trust_pickle=True, random_encoders=True, batch=4, workers=0,
-                progress=False, audio_config=ex.TINY_AUDIO, video_config=ex.TINY_VIDEO)
+    opts = dict(
+        videos=raw["videos"],
+        dicts=raw["src"],
+        trust_pickle=True,
+        random_encoders=True,
+        batch=4,
+        workers=0,
+        progress=False,
+        audio_config=ex.TINY_AUDIO,
+        video_config=ex.TINY_VIDEO,
+    )
     opts.update(kw)
     return ex.extract_features("ave", data_root, **opts)
 
@@ -117,7 +127,9 @@ def test_fbank_pad_crop_and_normalisation():
     assert x.shape == (1024, 128) and x.dtype == torch.float32 and (x[-1] != 0).any()  # 12 s: cropped
     short = fbank(long[:11430], 11430)
     assert short.shape == (1024, 128) and (short[200:] == 0).all()  # 1 s: ~98 frames, zero-padded
-    np.testing.assert_allclose(fbank(long, 11430, norm="audioset"), (x - AUDIOSET_MEAN) / (2 * AUDIOSET_STD), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fbank(long, 11430, norm="audioset"), (x - AUDIOSET_MEAN) / (2 * AUDIOSET_STD), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(fbank(long + 0.5, 11430), x, atol=1e-3)  # the waveform mean is removed first
     with pytest.raises(ValueError, match="shorter than one 25 ms"):
         fbank(long[:100], 11430)
@@ -135,7 +147,10 @@ def test_audiomae_shapes_and_positional_table():
     with torch.no_grad():
         out = enc(torch.randn(3, 1024, 128))
     assert out.shape == (3, 32)
-    assert torch.equal(AudioMAEEncoder(ex.TINY_AUDIO).state_dict()["blocks.0.attn.qkv.weight"], enc.state_dict()["blocks.0.attn.qkv.weight"])
+    assert torch.equal(
+        AudioMAEEncoder(ex.TINY_AUDIO).state_dict()["blocks.0.attn.qkv.weight"],
+        enc.state_dict()["blocks.0.attn.qkv.weight"],
+    )
 
 
 def test_audiomae_equals_timm_vit_with_global_average_pool():
@@ -146,8 +161,19 @@ def test_audiomae_equals_timm_vit_with_global_average_pool():
     with torch.no_grad():
         for p in mine.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # non-trivial norms and biases
-    ref = VisionTransformer(img_size=(1024, 128), patch_size=16, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4,
-                            qkv_bias=True, global_pool="avg", fc_norm=True, num_classes=0).eval()
+    ref = VisionTransformer(
+        img_size=(1024, 128),
+        patch_size=16,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=4,
+        qkv_bias=True,
+        global_pool="avg",
+        fc_norm=True,
+        num_classes=0,
+    ).eval()
     ref.load_state_dict(mine.state_dict(), strict=True)  # same parameter names, nothing left over
     x = torch.randn(2, 1024, 128)
     with torch.no_grad():
@@ -157,15 +183,30 @@ def test_audiomae_equals_timm_vit_with_global_average_pool():
 def fake_audiomae_checkpoint(path: Path, extra: dict | None = None, drop: str | None = None) -> dict:
     """An MAE-style checkpoint with the official key layout: encoder + norm + decoder + mask_token, no fc_norm."""
     cfg = ex.TINY_AUDIO
-    sd = {k: torch.randn_like(v) for k, v in AudioMAEEncoder(cfg, seed=5).state_dict().items() if not k.startswith("fc_norm.")}
-    sd.update({"norm.weight": torch.ones(cfg.dim), "norm.bias": torch.zeros(cfg.dim), "mask_token": torch.zeros(1, 1, 16),
-               "decoder_embed.weight": torch.zeros(16, cfg.dim), "decoder_pos_embed": torch.zeros(1, 513, 16),
-               "decoder_blocks.0.attn.qkv.weight": torch.zeros(48, 16), "decoder_blocks.1.attn.qkv.weight": torch.zeros(48, 16),
-               "decoder_norm.weight": torch.ones(16), "decoder_pred.weight": torch.zeros(256, 16)})
+    sd = {
+        k: torch.randn_like(v)
+        for k, v in AudioMAEEncoder(cfg, seed=5).state_dict().items()
+        if not k.startswith("fc_norm.")
+    }
+    sd.update(
+        {
+            "norm.weight": torch.ones(cfg.dim),
+            "norm.bias": torch.zeros(cfg.dim),
+            "mask_token": torch.zeros(1, 1, 16),
+            "decoder_embed.weight": torch.zeros(16, cfg.dim),
+            "decoder_pos_embed": torch.zeros(1, 513, 16),
+            "decoder_blocks.0.attn.qkv.weight": torch.zeros(48, 16),
+            "decoder_blocks.1.attn.qkv.weight": torch.zeros(48, 16),
+            "decoder_norm.weight": torch.ones(16),
+            "decoder_pred.weight": torch.zeros(256, 16),
+        }
+    )
     sd.update(extra or {})
     if drop:
         del sd[drop]
-    torch.save({"model": sd, "epoch": 32, "args": argparse.Namespace(model="mae_vit_base_patch16", norm_pix_loss=False)}, path)
+    torch.save(
+        {"model": sd, "epoch": 32, "args": argparse.Namespace(model="mae_vit_base_patch16", norm_pix_loss=False)}, path
+    )
     return sd
 
 
@@ -178,7 +219,12 @@ def test_audiomae_checkpoint_with_the_real_layout_is_accepted_and_logged(tmp_pat
     assert report["file"] == str(tmp_path / "pretrained.pth") and len(report["sha256"]) == 16 and report["loaded"] > 0
     assert report["missing"] == ["fc_norm.bias", "fc_norm.weight"]
     assert {"norm.weight", "norm.bias", "mask_token", "decoder_embed.weight"} <= set(report["unexpected"])
-    assert "missing keys (2" in out and "fc_norm.bias" in out and "decoder_blocks.*.attn.qkv.weight (x2)" in out and "mask_token" in out
+    assert (
+        "missing keys (2" in out
+        and "fc_norm.bias" in out
+        and "decoder_blocks.*.attn.qkv.weight (x2)" in out
+        and "mask_token" in out
+    )
     own = enc.state_dict()
     for k in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.1.mlp.fc2.bias"):
         assert torch.equal(own[k], sd[k])
@@ -203,7 +249,9 @@ def test_videomae_preprocessing():
     frames = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (16, 80, 96, 3), dtype=np.uint8))
     out = resize_crop(frames, 64)
     assert out.shape == (16, 64, 64, 3) and out.dtype == torch.uint8
-    assert torch.equal(resize_crop(frames[:, :64], 64), frames[:, :64, 16:80])  # short side already 64: centre crop only
+    assert torch.equal(
+        resize_crop(frames[:, :64], 64), frames[:, :64, 16:80]
+    )  # short side already 64: centre crop only
     flat = torch.full((2, 90, 120, 3), 77, dtype=torch.uint8)
     assert (resize_crop(flat, 64) == 77).all()  # 90x120 -> 64x85 -> crop
     mean = torch.tensor([0.485, 0.456, 0.406]) * 255
@@ -215,13 +263,19 @@ def test_videomae_preprocessing_matches_the_transformers_processor():
     """VideoMAEImageProcessor configured in code as videomae-base's (no network): same geometry, pixels within 1 level."""
     from transformers import VideoMAEImageProcessor
 
-    proc = VideoMAEImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                                  size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    proc = VideoMAEImageProcessor(
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+    )
     rng = np.random.default_rng(1)
     for h, w in ((360, 640), (480, 270)):
         coarse = torch.from_numpy(rng.uniform(0, 255, (16, 3, h // 8, w // 8)).astype(np.float32))
         frames = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear").permute(0, 2, 3, 1)
-        frames = (frames + 20 * torch.randn_like(frames)).clamp(0, 255).round().to(torch.uint8)  # smooth content + noise
+        frames = (
+            (frames + 20 * torch.randn_like(frames)).clamp(0, 255).round().to(torch.uint8)
+        )  # smooth content + noise
         ref = proc([list(frames.numpy())], return_tensors="pt")["pixel_values"]
         mine = pixel_values(resize_crop(frames, 224)[None])
         levels = (ref - mine).abs() * torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1) * 255
@@ -243,7 +297,11 @@ def test_videomae_grid_is_t_major():
         # change frames 2-3 only (the second tubelet): only grid row t = 1 of the patch embeddings moves
         y = x.clone()
         y[:, 2:4] += 1
-        diff = (tokens_to_grid(enc.model.embeddings(y, None), spec) - tokens_to_grid(enc.model.embeddings(x, None), spec)).abs().amax(dim=(0, 2, 3))
+        diff = (
+            (tokens_to_grid(enc.model.embeddings(y, None), spec) - tokens_to_grid(enc.model.embeddings(x, None), spec))
+            .abs()
+            .amax(dim=(0, 2, 3))
+        )
     assert diff[1] > 0 and (diff[[0, 2, 3, 4, 5, 6, 7]] == 0).all()
     assert VideoMAESpec().grid == (8, 196)
 
@@ -254,7 +312,12 @@ def _pretraining_state_dict(legacy: bool) -> tuple[dict, dict]:
 
     torch.manual_seed(3)
     cfg = ex.TINY_VIDEO.hf_config()
-    cfg.decoder_hidden_size, cfg.decoder_num_hidden_layers, cfg.decoder_num_attention_heads, cfg.decoder_intermediate_size = 16, 1, 2, 32
+    (
+        cfg.decoder_hidden_size,
+        cfg.decoder_num_hidden_layers,
+        cfg.decoder_num_attention_heads,
+        cfg.decoder_intermediate_size,
+    ) = 16, 1, 2, 32
     sd = {k: torch.randn_like(v) for k, v in VideoMAEForPreTraining(cfg).state_dict().items()}
     if legacy:
         for k in [k for k in sd if k.endswith("attention.attention.query.bias")]:
@@ -277,14 +340,19 @@ def test_videomae_weights_from_a_legacy_snapshot_dir_and_a_state_dict_file(tmp_p
         report = load_videomae_weights(enc, snap)
     out = caplog.text
     assert report["legacy_qv_bias"] and report["missing"] == [] and "legacy q_bias/v_bias converted" in out
-    assert all(k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")) for k in report["unexpected"]) and report["unexpected"]
+    assert (
+        all(k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")) for k in report["unexpected"])
+        and report["unexpected"]
+    )
     own = enc.model.state_dict()
     p = "encoder.layer.1.attention.attention."
-    assert torch.equal(own[p + "query.bias"], sd["videomae." + p + "q_bias"]) and torch.equal(own[p + "value.bias"], sd["videomae." + p + "v_bias"])
+    assert torch.equal(own[p + "query.bias"], sd["videomae." + p + "q_bias"]) and torch.equal(
+        own[p + "value.bias"], sd["videomae." + p + "v_bias"]
+    )
     assert (own[p + "key.bias"] == 0).all() and torch.equal(own["layernorm.weight"], sd["videomae.layernorm.weight"])
 
     new, _ = _pretraining_state_dict(legacy=False)  # transformers 5 layout, one state-dict file
-    torch.save({k[len("videomae."):]: v for k, v in new.items() if k.startswith("videomae.")}, tmp_path / "w.pth")
+    torch.save({k[len("videomae.") :]: v for k, v in new.items() if k.startswith("videomae.")}, tmp_path / "w.pth")
     enc2 = VideoMAEEncoder(ex.TINY_VIDEO, seed=9)
     report = load_videomae_weights(enc2, tmp_path / "w.pth")
     assert (report["missing"], report["unexpected"], report["legacy_qv_bias"]) == ([], [], False)
@@ -306,25 +374,55 @@ def test_extracted_store_has_the_import_layout(raw, baseline, tmp_path):
     root, store = baseline
     assert store.path == av.store_path(root, "ave") == root / "imported" / "ave"
     assert store.views["audio"].shape == (32,) and store.views["visual"].shape == (T_TINY, P_TINY, 32)
-    assert av.main(["import", "--src", str(raw["src"]), "--dataset", "ave", "--data-root", str(tmp_path), "--trust-pickle", "--no-progress"]) == 0
+    assert (
+        av.main(
+            [
+                "import",
+                "--src",
+                str(raw["src"]),
+                "--dataset",
+                "ave",
+                "--data-root",
+                str(tmp_path),
+                "--trust-pickle",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     imported = datasets.get_adapter("ave").open(tmp_path)
     assert store.ids == imported.ids == raw["vids"]
     assert np.array_equal(store.labels, imported.labels) and np.array_equal(store.splits, imported.splits)
     assert store.class_names == imported.class_names and store.dataset == imported.dataset == "ave"
     assert list(store.views) == list(imported.views) == ["audio", "visual"]
-    assert {k: (v.dtype, len(v.shape)) for k, v in store.views.items()} == {k: (v.dtype, len(v.shape)) for k, v in imported.views.items()}
+    assert {k: (v.dtype, len(v.shape)) for k, v in store.views.items()} == {
+        k: (v.dtype, len(v.shape)) for k, v in imported.views.items()
+    }
     assert datasets.get_adapter("ave").open(root).fingerprint == store.fingerprint  # training opens it like an import
     m = store.meta
-    assert m["source"] == "extracted" and m["pretrained"] is False and m["audio_rate"] == 11430 and m["fbank_norm"] == "none"
-    assert m["checkpoints"] == {"audio": None, "visual": None} and m["precision"] == "fp32" and m["excluded_clips"] == []
+    assert (
+        m["source"] == "extracted"
+        and m["pretrained"] is False
+        and m["audio_rate"] == 11430
+        and m["fbank_norm"] == "none"
+    )
+    assert (
+        m["checkpoints"] == {"audio": None, "visual": None} and m["precision"] == "fp32" and m["excluded_clips"] == []
+    )
     assert m["encoder_configs"] == {"audio": ex.TINY_AUDIO.to_json(), "visual": ex.TINY_VIDEO.to_json()}
     assert m["visual_grid"] == {"T": T_TINY, "P": P_TINY, "token_order": "t-major (token = t * P + p)"}
-    assert m["source_files"]["category_encode_dict.npy"]["sha256"] == imported.meta["source_files"]["category_encode_dict.npy"]["sha256"]
+    assert (
+        m["source_files"]["category_encode_dict.npy"]["sha256"]
+        == imported.meta["source_files"]["category_encode_dict.npy"]["sha256"]
+    )
     a = arrays(store)
     assert np.isfinite(a["audio"]).all() and a["audio"].std(axis=0).mean() > 0.01  # clips differ
     report = json.loads((root / "imported" / "ave.extract-report.json").read_text())
     assert report["excluded_count"] == 0 and report["extracted"] == 21
-    assert sorted(p.name for p in (root / "imported").iterdir()) == ["ave", "ave.extract-report.json"]  # no staging left
+    assert sorted(p.name for p in (root / "imported").iterdir()) == [
+        "ave",
+        "ave.extract-report.json",
+    ]  # no staging left
 
 
 def test_interrupted_extraction_resumes_to_the_same_store(raw, baseline, tmp_path, monkeypatch):
@@ -343,7 +441,11 @@ def test_interrupted_extraction_resumes_to_the_same_store(raw, baseline, tmp_pat
     partial = tmp_path / "imported" / "ave.extract.partial"
     assert not final.exists() and json.loads((partial / "progress.json").read_text()) == {"audio": 8, "visual": 4}
     calls.clear()
-    monkeypatch.setattr(StoreWriter, "write", lambda self, view, start, values: (calls.append((view, start)), original(self, view, start, values)))
+    monkeypatch.setattr(
+        StoreWriter,
+        "write",
+        lambda self, view, start, values: (calls.append((view, start)), original(self, view, start, values)),
+    )
     store = extract(tmp_path, raw)
     assert calls[:2] == [("visual", 4), ("audio", 8)]  # continued after the last written rows
     base = arrays(baseline[1])
@@ -386,16 +488,32 @@ def test_skip_bad_excludes_the_clips_and_reports_them(raw, baseline, tmp_path):
     assert store.meta["excluded_clips"] == sorted([corrupt, missing])
     report = json.loads((tmp_path / "imported" / "ave.extract-report.json").read_text())
     assert report["excluded_count"] == 2 and report["extracted"] == 19 and set(report["excluded"]) == {corrupt, missing}
-    assert str(videos / f"{corrupt}.mp4") in report["excluded"][corrupt]["reason"] and report["excluded"][corrupt]["split"] == "train"
+    assert (
+        str(videos / f"{corrupt}.mp4") in report["excluded"][corrupt]["reason"]
+        and report["excluded"][corrupt]["split"] == "train"
+    )
     assert "missing" in report["excluded"][missing]["reason"]
-    assert not (tmp_path / "imported" / "ave.extract").exists() and not (tmp_path / "imported" / "ave.extract.partial").exists()
+    assert (
+        not (tmp_path / "imported" / "ave.extract").exists()
+        and not (tmp_path / "imported" / "ave.extract.partial").exists()
+    )
     base, rows = arrays(baseline[1]), [baseline[1].ids.index(v) for v in store.ids]
     for view, values in arrays(store).items():  # decoding in 2 processes gives the same features
         np.testing.assert_allclose(values.astype(np.float32), base[view][rows].astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
 def test_refusals(raw, tmp_path, capsys):
-    common = ["--dataset", "ave", "--data-root", str(tmp_path), "--videos", str(raw["videos"]), "--dicts", str(raw["src"]), "--no-progress"]
+    common = [
+        "--dataset",
+        "ave",
+        "--data-root",
+        str(tmp_path),
+        "--videos",
+        str(raw["videos"]),
+        "--dicts",
+        str(raw["src"]),
+        "--no-progress",
+    ]
     assert ex.main(common + ["--trust-pickle"]) == 2  # a ConfigError: an option is missing
     err = capsys.readouterr().err
     assert "without pretrained encoders" in err and "--audio-ckpt" in err and "--random-encoders" in err
@@ -403,10 +521,18 @@ def test_refusals(raw, tmp_path, capsys):
     assert "execute arbitrary code" in capsys.readouterr().err
     assert ex.main(common + ["--trust-pickle", "--random-encoders", "--audio-ckpt", str(tmp_path / "x.pth")]) == 2
     assert "exclude each other" in capsys.readouterr().err
-    assert ex.main(common + ["--trust-pickle", "--audio-ckpt", str(tmp_path / "x.pth"), "--visual-ckpt", str(tmp_path)]) == 1
+    assert (
+        ex.main(common + ["--trust-pickle", "--audio-ckpt", str(tmp_path / "x.pth"), "--visual-ckpt", str(tmp_path)])
+        == 1
+    )
     assert "x.pth: AudioMAE checkpoint not found" in capsys.readouterr().err
-    assert ex.main(common + ["--trust-pickle", "--tiny-encoders", "--audio-ckpt", str(tmp_path), "--visual-ckpt",
-                             str(tmp_path)]) == 2
+    assert (
+        ex.main(
+            common
+            + ["--trust-pickle", "--tiny-encoders", "--audio-ckpt", str(tmp_path), "--visual-ckpt", str(tmp_path)]
+        )
+        == 2
+    )
     assert "need --random-encoders" in capsys.readouterr().err
     assert ex.main(common + ["--trust-pickle", "--random-encoders", "--precision", "bf16", "--device", "cpu"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
@@ -418,6 +544,23 @@ def test_help_documents_every_option(capsys):
         ex.main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--dataset", "--videos", "--dicts", "--data-root", "--audio-ckpt", "--visual-ckpt", "--trust-pickle", "--random-encoders",
-                "--audio-rate", "--fbank-norm", "--batch", "--device", "--precision", "--workers", "--skip-bad", "--force", "--tiny-encoders"):
+    for opt in (
+        "--dataset",
+        "--videos",
+        "--dicts",
+        "--data-root",
+        "--audio-ckpt",
+        "--visual-ckpt",
+        "--trust-pickle",
+        "--random-encoders",
+        "--audio-rate",
+        "--fbank-norm",
+        "--batch",
+        "--device",
+        "--precision",
+        "--workers",
+        "--skip-bad",
+        "--force",
+        "--tiny-encoders",
+    ):
         assert opt in out

@@ -1,12 +1,13 @@
 """The reference's log-mel front-end: shape, mel filter bank, log, resampling, padding."""
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import torchaudio
 
-from datasets.errors import DatasetError
 from datasets.encoders.logmel import EPS, LogMel, LogMelConfig, load_wave
+from datasets.errors import DatasetError
 
 
 def test_ten_seconds_give_1001_by_64():
@@ -19,7 +20,12 @@ def test_ten_seconds_give_1001_by_64():
 def test_htk_mel_no_norm_natural_log_of_power():
     cfg = LogMelConfig(seconds=0.5)
     x = torch.randn(1, cfg.samples) * 0.1
-    spec = torch.stft(x, 1024, 320, 1024, torch.hann_window(1024), center=True, pad_mode="reflect", return_complex=True).abs() ** 2
+    spec = (
+        torch.stft(
+            x, 1024, 320, 1024, torch.hann_window(1024), center=True, pad_mode="reflect", return_complex=True
+        ).abs()
+        ** 2
+    )
     fb = torchaudio.functional.melscale_fbanks(513, 20.0, 14000.0, 64, 32000, norm=None, mel_scale="htk")  # (513, 64)
     want = torch.log(spec.transpose(1, 2) @ fb + EPS)  # (1, frames, 64)
     assert torch.allclose(LogMel(cfg)(x), want, atol=1e-4)

@@ -3,6 +3,7 @@
 Every tree here is made of real files (JPEG/PNG through PIL, WAV/FLAC through soundfile), tiny:
 images of a few dozen pixels stored at S = 16 or 32, clips of a fraction of a second at 8 kHz.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,9 @@ def write_audio(path: Path, seed: int, seconds=0.3, rate=RATE, channels=1, subty
     return path
 
 
-def make_generic(root: Path, classes=("alpha", "beta", "gamma_ray"), train=(12, 3, 4), test=2, val=None, audio="split") -> Path:
+def make_generic(
+    root: Path, classes=("alpha", "beta", "gamma_ray"), train=(12, 3, 4), test=2, val=None, audio="split"
+) -> Path:
     """image/{train,test}/<c>/ (JPEG and PNG, several sizes), audio per `audio` ("split": 2-3 train + 1 test clip per class,
     mixed formats/rates/channels; "per-class": one audio/<c>.wav)."""
     n = 0
@@ -62,11 +65,17 @@ def make_generic(root: Path, classes=("alpha", "beta", "gamma_ray"), train=(12, 
         for split, k in counts.items():
             for i in range(k):
                 ext = ".png" if (i + c_i) % 3 == 0 else ".jpg"
-                write_image(root / "image" / split / c / f"img{i:02d}{ext}", n, size=(16 + 3 * (i % 4), 12 + 5 * (i % 3)))
+                write_image(
+                    root / "image" / split / c / f"img{i:02d}{ext}", n, size=(16 + 3 * (i % 4), 12 + 5 * (i % 3))
+                )
                 n += 1
         if audio == "split":
-            write_audio(root / "audio" / "train" / c / "a0.wav", n, seconds=0.4, rate=44100, channels=2)  # stereo 44.1 kHz
-            write_audio(root / "audio" / "train" / c / "a1.flac", n + 1, seconds=0.2, rate=RATE)  # FLAC, shorter: padded
+            write_audio(
+                root / "audio" / "train" / c / "a0.wav", n, seconds=0.4, rate=44100, channels=2
+            )  # stereo 44.1 kHz
+            write_audio(
+                root / "audio" / "train" / c / "a1.flac", n + 1, seconds=0.2, rate=RATE
+            )  # FLAC, shorter: padded
             if c_i == 0:
                 write_audio(root / "audio" / "train" / c / "a2.wav", n + 2, seconds=1.0, rate=16000)  # 1-second clip
             write_audio(root / "audio" / "test" / c / "t0.wav", n + 3, seconds=0.3)
@@ -87,8 +96,17 @@ def generic(tmp_path_factory):
     """A generic tree with protocol.yaml, opened once (2 workers: exercises the pool)."""
     data = tmp_path_factory.mktemp("paired")
     root = make_generic(data / "mydata")
-    (root / "protocol.yaml").write_text(yaml.safe_dump({"initial": 1, "per_step": 2, "class_order": ["gamma_ray", "alpha", "beta"],
-                                                        "memory": 9, "prompt_template": "a picture of a {}."}))
+    (root / "protocol.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "initial": 1,
+                "per_step": 2,
+                "class_order": ["gamma_ray", "alpha", "beta"],
+                "memory": 9,
+                "prompt_template": "a picture of a {}.",
+            }
+        )
+    )
     adapter = adapter_for(root, workers=2)
     return adapter, adapter.open(data, progress=False), data, root
 
@@ -114,8 +132,14 @@ def test_image_resize_crop_normalise_matches_clip_eval_transform(tmp_path):
     np.testing.assert_allclose(y, np.broadcast_to(((128 / 255 - MEAN) / STD)[:, None, None], (3, 16, 16)), atol=0.02)
     # Random images of odd sizes: identical to torchvision's Resize(S, bicubic) + CenterCrop(S) + ToTensor + Normalize.
     T = pytest.importorskip("torchvision.transforms")
-    tf = T.Compose([T.Resize(24, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(24), T.ToTensor(),
-                    T.Normalize(media.CLIP_MEAN, media.CLIP_STD)])
+    tf = T.Compose(
+        [
+            T.Resize(24, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(24),
+            T.ToTensor(),
+            T.Normalize(media.CLIP_MEAN, media.CLIP_STD),
+        ]
+    )
     for k, size in enumerate([(53, 31), (31, 77), (24, 24), (10, 13)]):
         path = write_image(tmp_path / f"r{k}.png", k, size=size)
         ref = tf(Image.open(path).convert("RGB")).numpy()
@@ -166,8 +190,19 @@ def test_generic_store_shapes_meta_and_val_carve_out(generic):
     assert store.views["clip_image"].shape == (3, 32, 32) and store.views["clip_image"].dtype == "float16"
     assert "audio_clip" not in store.views
     m = store.meta
-    for key in ("dataset", "audio_bank", "pairing", "sample_rate", "clip_samples", "image_size", "image_mean", "image_std",
-                "prompt_template", "class_prompt_names", "skipped"):
+    for key in (
+        "dataset",
+        "audio_bank",
+        "pairing",
+        "sample_rate",
+        "clip_samples",
+        "image_size",
+        "image_mean",
+        "image_std",
+        "prompt_template",
+        "class_prompt_names",
+        "skipped",
+    ):
         assert key in m, key
     assert m["pairing"] == "class" and m["sample_rate"] == RATE and m["clip_samples"] == 2000 and m["image_size"] == 32
     assert m["prompt_template"] == "a picture of a {}." and m["class_prompt_names"] == ["alpha", "beta", "gamma ray"]
@@ -186,8 +221,9 @@ def test_generic_store_shapes_meta_and_val_carve_out(generic):
     np.testing.assert_allclose(w[i_1s], expect.astype(np.float16))
     # Image rows are exactly load_image of their file, as float16.
     for rid in ("image/train/alpha/img00.png", "image/test/gamma_ray/img01.png"):
-        np.testing.assert_array_equal(store.array("clip_image")[store.ids.index(rid)],
-                                      media.load_image(root / rid, 32).astype(np.float16))
+        np.testing.assert_array_equal(
+            store.array("clip_image")[store.ids.index(rid)], media.load_image(root / rid, 32).astype(np.float16)
+        )
     # val carved from train: alpha has 12 -> position 9; beta 3 and gamma 4 -> their last image.
     t = store.table()
     val = sorted(i for i, s in zip(t.ids, t.splits) if s == "val")
@@ -202,7 +238,10 @@ def test_val_folder_is_used_when_present(tmp_path):
     root = make_generic(tmp_path / "d", classes=("a", "b"), train=(2, 2), test=1, val=1)
     store = adapter_for(root).open(tmp_path, progress=False)
     t = store.table()
-    assert sorted(i for i, s in zip(t.ids, t.splits) if s == "val") == ["image/val/a/img00.png", "image/val/b/img00.jpg"]
+    assert sorted(i for i, s in zip(t.ids, t.splits) if s == "val") == [
+        "image/val/a/img00.png",
+        "image/val/b/img00.jpg",
+    ]
     assert store.meta["val_split"] == "folder"
     # val images draw from bank train clips (the bank has no val)
     pairing = AudioPairing(store)
@@ -227,7 +266,9 @@ def test_audio_pairing_labels_determinism_epochs_and_eval(generic):
     np.testing.assert_array_equal(pairing.clip_rows(rows, 3, 2), pairing.clip_rows(rows, 3, 2))
     np.testing.assert_array_equal(pairing.clip_rows(rows[::-1], 3, 2), pairing.clip_rows(rows, 3, 2)[::-1])
     train = store.rows("train")
-    assert not np.array_equal(pairing.clip_rows(train, 3, 0), pairing.clip_rows(train, 3, 1))  # classes have 2-3 train clips
+    assert not np.array_equal(
+        pairing.clip_rows(train, 3, 0), pairing.clip_rows(train, 3, 1)
+    )  # classes have 2-3 train clips
     assert not np.array_equal(pairing.clip_rows(train, 3, 0), pairing.clip_rows(train, 4, 0))
     # over many epochs every train clip of a class gets used
     alpha = train[store.labels[train] == 0]
@@ -245,8 +286,9 @@ def test_pairing_hash_is_deterministic_and_mixes():
     assert h.dtype == np.uint64 and np.array_equal(h, pairing.pair_hash(0, 0, rows))
     assert len(np.unique(h % 7)) == 7 and (pairing.pair_hash(0, 1, rows) != h).mean() > 0.99
     assert (pairing.pair_hash(1, 0, rows) != h).mean() > 0.99
-    assert np.array_equal(pairing.splitmix64(np.array([0], dtype=np.uint64)),
-                          np.array([0xE220A8397B1DCDAF], dtype=np.uint64))
+    assert np.array_equal(
+        pairing.splitmix64(np.array([0], dtype=np.uint64)), np.array([0xE220A8397B1DCDAF], dtype=np.uint64)
+    )
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -255,24 +297,38 @@ def test_pairing_hash_is_deterministic_and_mixes():
 def test_protocol_yaml_and_class_order(generic, tmp_path):
     adapter, _, _, root = generic
     (spec,) = adapter.protocols()
-    assert spec.name == "1+2x1" and spec.classes_per_step == (1, 2) and spec.memory == 9 and spec.class_order == (2, 0, 1)
+    assert (
+        spec.name == "1+2x1" and spec.classes_per_step == (1, 2) and spec.memory == 9 and spec.class_order == (2, 0, 1)
+    )
     assert adapter.prompt_template == "a picture of a {}."
     names = ["a", "b", "c", "d", "e", "f", "g"]
     spec, template = parse_protocol({"initial": 4, "per_step": 3}, names, "p.yaml")
-    assert (spec.name, spec.classes_per_step, spec.memory, spec.class_order, template) == ("4+3x1", (4, 3), 105, tuple(range(7)), "a photo of a {}.")
+    assert (spec.name, spec.classes_per_step, spec.memory, spec.class_order, template) == (
+        "4+3x1",
+        (4, 3),
+        105,
+        tuple(range(7)),
+        "a photo of a {}.",
+    )
     (tmp_path / "orders.yaml").write_text("[g, f, e, d, c, b, a]\n")
-    spec, _ = parse_protocol({"initial": 1, "per_step": 2, "class_order_file": "orders.yaml", "name": "mine"}, names,
-                             "p.yaml", tmp_path)
+    spec, _ = parse_protocol(
+        {"initial": 1, "per_step": 2, "class_order_file": "orders.yaml", "name": "mine"}, names, "p.yaml", tmp_path
+    )
     assert spec.name == "mine" and spec.class_order == (6, 5, 4, 3, 2, 1, 0) and spec.classes_per_step == (1, 2, 2, 2)
     spec, _ = parse_protocol({"initial": 3, "per_step": 2, "class_order": [6, 5, 4, 3, 2, 1, 0]}, names, "p.yaml")
     assert spec.class_order == (6, 5, 4, 3, 2, 1, 0)
-    for bad, msg in (({"initial": 4, "per_step": 2}, r"7 classes .* initial step of 4 .* steps of 2: 3 classes remain .* not a multiple of 2"),
-                     ({"initial": 9, "per_step": 1}, "only 7"),
-                     ({"initial": 1}, "missing"),
-                     ({"initial": 1, "per_step": 2, "colour": 1}, "unknown key"),
-                     ({"initial": 1, "per_step": 2, "class_order": ["a", "zz"]}, "zz"),
-                     ({"initial": 1, "per_step": 2, "class_order": ["a"] * 7}, "more than once"),
-                     ({"initial": 1, "per_step": 2, "prompt_template": "no slot"}, "prompt_template")):
+    for bad, msg in (
+        (
+            {"initial": 4, "per_step": 2},
+            r"7 classes .* initial step of 4 .* steps of 2: 3 classes remain .* not a multiple of 2",
+        ),
+        ({"initial": 9, "per_step": 1}, "only 7"),
+        ({"initial": 1}, "missing"),
+        ({"initial": 1, "per_step": 2, "colour": 1}, "unknown key"),
+        ({"initial": 1, "per_step": 2, "class_order": ["a", "zz"]}, "zz"),
+        ({"initial": 1, "per_step": 2, "class_order": ["a"] * 7}, "more than once"),
+        ({"initial": 1, "per_step": 2, "prompt_template": "no slot"}, "prompt_template"),
+    ):
         with pytest.raises(DatasetError, match=msg):
             parse_protocol(bad, names, "p.yaml")
     # A bad protocol.yaml: the dataset is reported missing with the numbers; --list does not crash.
@@ -282,7 +338,12 @@ def test_protocol_yaml_and_class_order(generic, tmp_path):
     (bad_root / "protocol.yaml").write_text("initial: 2\nper_step: 2\n")
     a = adapter_for(bad_root, "badproto")
     status = a.availability(tmp_path)
-    assert not status.present and "protocol.yaml" in status.message and "3 classes" in status.message and "1 classes remain" in status.message
+    assert (
+        not status.present
+        and "protocol.yaml" in status.message
+        and "3 classes" in status.message
+        and "1 classes remain" in status.message
+    )
     assert a.protocols() == []
     (bad_root / "protocol.yaml").unlink()
     status = a.availability(tmp_path)
@@ -316,10 +377,15 @@ def test_bad_files_raise_naming_them_or_are_skipped(tmp_path, monkeypatch):
     monkeypatch.setenv("PAIRED_SKIP_BAD", "1")
     store = adapter_for(root).open(tmp_path, progress=False)
     skipped = {d["file"]: d["reason"] for d in store.meta["skipped"]}
-    assert set(skipped) == {"image/train/a/img01.jpg", "audio/train/b/a0.wav"} and "empty" in skipped["audio/train/b/a0.wav"]
+    assert (
+        set(skipped) == {"image/train/a/img01.jpg", "audio/train/b/a0.wav"}
+        and "empty" in skipped["audio/train/b/a0.wav"]
+    )
     assert "image/train/a/img01.jpg" not in store.ids and len(store) == 7
     bank = AudioPairing(store).bank
-    assert "audio/train/b/a0.wav" not in bank.ids and [d["file"] for d in bank.meta["skipped"]] == ["audio/train/b/a0.wav"]
+    assert "audio/train/b/a0.wav" not in bank.ids and [d["file"] for d in bank.meta["skipped"]] == [
+        "audio/train/b/a0.wav"
+    ]
     monkeypatch.delenv("PAIRED_SKIP_BAD")
     # the constructor flag wins over the environment; the store hash covers the skip list: fixing the file rebuilds
     write_image(corrupt, 99)
@@ -434,7 +500,12 @@ def test_imagenet_esc19_both_layouts(tmp_path, layout):
     assert store.class_names == wnids == sorted(wnids) and len(wnids) == 19
     assert store.meta["class_prompt_names"][:5] == ["cock", "hen", "chickadee", "tree frog", "Otterhound"]
     assert store.meta["class_prompt_names"][8] == "pig" and store.meta["prompt_template"] == "a bad photo of a {}."
-    assert store.meta["esc50"][0] == {"wnid": "n01514668", "imagenet": "cock", "esc50_class": "rooster", "esc50_target": 1}
+    assert store.meta["esc50"][0] == {
+        "wnid": "n01514668",
+        "imagenet": "cock",
+        "esc50_class": "rooster",
+        "esc50_target": 1,
+    }
     assert store.views["clip_image"].shape == (3, 16, 16) and len(store) == 19 * 3
     pairing = AudioPairing(store)
     assert pairing.bank.views["waveform"].shape == (800,)
@@ -442,7 +513,9 @@ def test_imagenet_esc19_both_layouts(tmp_path, layout):
     for e in range(3):
         np.testing.assert_array_equal(pairing.bank.labels[pairing.clip_rows(rows, 0, e)], store.labels)
     if layout == "readme":
-        assert store.meta["audio_layout"] == "split" and len(pairing.bank) == 38 and store.meta["pairing_fallback"] == []
+        assert (
+            store.meta["audio_layout"] == "split" and len(pairing.bank) == 38 and store.meta["pairing_fallback"] == []
+        )
         test = store.rows("test")
         assert np.all(pairing.bank.splits[pairing.eval_clip_rows(test)] == 2)
     else:  # one clip per class serves every split
@@ -467,7 +540,9 @@ def test_imagenet_esc_folder_errors(tmp_path):
     write_image(root / "image/test/n01514668/t.JPEG", 4)
     shutil.rmtree(root / "audio")
     (root / "audio/misc").mkdir(parents=True)
-    with pytest.raises(DatasetError, match=r"no audio found; expected .*audio/\{train,test\}/<class>/.* or one .*audio/<class>\.wav"):
+    with pytest.raises(
+        DatasetError, match=r"no audio found; expected .*audio/\{train,test\}/<class>/.* or one .*audio/<class>\.wav"
+    ):
         a.open(tmp_path, progress=False)
     assert not E.ImageNetESC(27).availability(tmp_path).present
     readme = make_imagenet_esc(tmp_path / "r" / "imagenet19", 19, "readme")
@@ -491,21 +566,38 @@ def test_imagenet_esc_protocols_reproduce_reference_tasks():
     a19, a27 = reg["imagenet_esc19"], reg["imagenet_esc27"]
     assert (a19.title, a27.title, a19.suites) == ("ImageNet-ESC-19", "ImageNet-ESC-27", ("audio-visual",))
     p19 = {p.name: p for p in a19.protocols()}
-    assert {k: (p.classes_per_step, p.memory) for k, p in p19.items()} == {"7+6x2": ((7, 6, 6), 285), "4+3x5": ((4, 3, 3, 3, 3, 3), 285)}
+    assert {k: (p.classes_per_step, p.memory) for k, p in p19.items()} == {
+        "7+6x2": ((7, 6, 6), 285),
+        "4+3x5": ((4, 3, 3, 3, 3, 3), 285),
+    }
     names19 = a19.class_prompt_names
     steps = _steps(p19["4+3x5"], names19)
-    assert [set(s) for s in steps] == [{"chainsaw", "chickadee", "Otterhound", "cock"}, {"vacuum cleaner", "bullet train", "pig"},
-                                       {"computer mouse", "Egyptian cat", "big-horn sheep"}, {"digital clock", "wall clock", "cricket"},
-                                       {"fly", "hen", "tree frog"}, {"computer keyboard", "airliner", "washing machine"}]
+    assert [set(s) for s in steps] == [
+        {"chainsaw", "chickadee", "Otterhound", "cock"},
+        {"vacuum cleaner", "bullet train", "pig"},
+        {"computer mouse", "Egyptian cat", "big-horn sheep"},
+        {"digital clock", "wall clock", "cricket"},
+        {"fly", "hen", "tree frog"},
+        {"computer keyboard", "airliner", "washing machine"},
+    ]
     merged = _steps(p19["7+6x2"], names19)
     assert merged[0] == steps[0] + steps[1] and merged[1] == steps[2] + steps[3] and merged[2] == steps[4] + steps[5]
     p27 = {p.name: p for p in a27.protocols()}
-    assert {k: (p.classes_per_step, p.memory) for k, p in p27.items()} == {"7+5x4": ((7, 5, 5, 5, 5), 405), "6+3x7": ((6,) + (3,) * 7, 405)}
+    assert {k: (p.classes_per_step, p.memory) for k, p in p27.items()} == {
+        "7+5x4": ((7, 5, 5, 5, 5), 405),
+        "6+3x7": ((6,) + (3,) * 7, 405),
+    }
     steps27 = _steps(p27["6+3x7"], a27.class_prompt_names)
     assert [set(s) for s in steps27] == [
-        {"fly", "chainsaw", "big-horn sheep", "computer mouse", "wall clock", "vacuum cleaner"}, {"water jug", "chickadee", "washing machine"},
-        {"hen", "church", "bullet train"}, {"tree frog", "airliner", "pig"}, {"toilet seat", "Otterhound", "water bottle"},
-        {"Egyptian cat", "can opener", "cricket"}, {"washbasin", "fire screen", "cock"}, {"digital clock", "sandbar", "computer keyboard"}]
+        {"fly", "chainsaw", "big-horn sheep", "computer mouse", "wall clock", "vacuum cleaner"},
+        {"water jug", "chickadee", "washing machine"},
+        {"hen", "church", "bullet train"},
+        {"tree frog", "airliner", "pig"},
+        {"toilet seat", "Otterhound", "water bottle"},
+        {"Egyptian cat", "can opener", "cricket"},
+        {"washbasin", "fire screen", "cock"},
+        {"digital clock", "sandbar", "computer keyboard"},
+    ]
     flat = [c for s in steps27 for c in s]
     assert _steps(p27["7+5x4"], a27.class_prompt_names) == [flat[:7]] + [flat[7 + 5 * i : 12 + 5 * i] for i in range(4)]
     assert len(E.PAIRS) == 27 and sum(p[5] for p in E.PAIRS) == 19 and len({p[4] for p in E.PAIRS}) == 27
@@ -536,7 +628,11 @@ def test_mini_aric_pairing_rule_and_store(tmp_path):
     a = M.MiniARIC(image_size=16, sample_rate=RATE, clip_seconds=0.1, workers=1)
     store = a.open(tmp_path, progress=False)
     assert store.class_names == list(M.CLASSES) and len(M.CLASSES) == 33
-    assert store.meta["pairing"] == "fixed" and store.views["audio_clip"].shape == () and store.views["audio_clip"].dtype == "int32"
+    assert (
+        store.meta["pairing"] == "fixed"
+        and store.views["audio_clip"].shape == ()
+        and store.views["audio_clip"].dtype == "int32"
+    )
     assert store.meta["class_prompt_names"][1] == "blackboard_wiping"
     assert store.meta["prompt_template"] == "a photo of a person who is {} in a classroom."
     pairing = AudioPairing(store)
@@ -560,14 +656,32 @@ def test_mini_aric_pairing_rule_and_store(tmp_path):
     assert {bank.class_names[bank.labels[bank.ids.index(i)]] for i in shared} == {"analyzing", "yawning"}
     names = a.class_prompt_names
     p = {x.name: x for x in a.protocols()}
-    assert {k: (v.classes_per_step, v.memory) for k, v in p.items()} == {"13+10x2": ((13, 10, 10), 495), "13+5x4": ((13, 5, 5, 5, 5), 495)}
+    assert {k: (v.classes_per_step, v.memory) for k, v in p.items()} == {
+        "13+10x2": ((13, 10, 10), 495),
+        "13+5x4": ((13, 5, 5, 5, 5), 495),
+    }
     steps = _steps(p["13+5x4"], names)
-    assert steps[0] == ["unknown", "listening", "reading", "using_phone", "using_pad", "using_computers", "scratching_head", "writing",
-                        "talking", "standing", "sleeping", "teaching", "yawning"]
-    assert steps[1:] == [["walking", "relaxing", "analyzing", "taking_bottle", "gathering_up_bag"],
-                         ["drinking", "taking_photos", "listening_to_music", "discussing", "setting_equipment"],
-                         ["taking_bag", "blackboard_writing", "blackboard_wiping", "taking_off", "student_demonstrating"],
-                         ["eating", "reviewing", "handsup", "speaking", "picking_up_computers"]]
+    assert steps[0] == [
+        "unknown",
+        "listening",
+        "reading",
+        "using_phone",
+        "using_pad",
+        "using_computers",
+        "scratching_head",
+        "writing",
+        "talking",
+        "standing",
+        "sleeping",
+        "teaching",
+        "yawning",
+    ]
+    assert steps[1:] == [
+        ["walking", "relaxing", "analyzing", "taking_bottle", "gathering_up_bag"],
+        ["drinking", "taking_photos", "listening_to_music", "discussing", "setting_equipment"],
+        ["taking_bag", "blackboard_writing", "blackboard_wiping", "taking_off", "student_demonstrating"],
+        ["eating", "reviewing", "handsup", "speaking", "picking_up_computers"],
+    ]
 
 
 def test_mini_aric_missing_partner(tmp_path):
@@ -582,8 +696,12 @@ def test_mini_aric_missing_partner(tmp_path):
         a.open(tmp_path, progress=False)
     msg = str(e.value)
     assert f"image/train/drinking/{missing}" in msg and "audio/wav_drinking_0.wav" in msg and "--skip-bad" in msg
-    store = M.MiniARIC(image_size=16, sample_rate=RATE, clip_seconds=0.1, workers=1, skip_bad=True).open(tmp_path, progress=False)
-    assert store.meta["skipped"] == [{"file": f"image/train/drinking/{missing}", "reason": "its audio partner audio/wav_drinking_0.wav is missing"}]
+    store = M.MiniARIC(image_size=16, sample_rate=RATE, clip_seconds=0.1, workers=1, skip_bad=True).open(
+        tmp_path, progress=False
+    )
+    assert store.meta["skipped"] == [
+        {"file": f"image/train/drinking/{missing}", "reason": "its audio partner audio/wav_drinking_0.wav is missing"}
+    ]
     assert f"image/train/drinking/{missing}" not in store.ids
 
 
@@ -596,7 +714,9 @@ def test_register_paired_folder_and_run_all_options(generic, monkeypatch, capsys
     _, _, data, root = generic
     monkeypatch.setattr(datasets, "_RUNTIME", {})
     try:
-        assert run_all.main(["--data-root", str(data), "--paired-folder", f"{root}=my_pairs", "--skip-bad", "--list"]) == 0
+        assert (
+            run_all.main(["--data-root", str(data), "--paired-folder", f"{root}=my_pairs", "--skip-bad", "--list"]) == 0
+        )
         out = capsys.readouterr().out
         assert "my_pairs" in out and "[present]" in out.split("my_pairs")[1][:20] and "1+2x1" in out
         a = datasets.get_adapter("my_pairs")
@@ -604,7 +724,10 @@ def test_register_paired_folder_and_run_all_options(generic, monkeypatch, capsys
         bare = data / "bare"
         shutil.copytree(root / "image", bare / "image")
         shutil.copytree(root / "audio", bare / "audio")
-        assert run_all.main(["--data-root", str(data), "--paired-folder", str(bare), "--paired-protocol", "3,1", "--list"]) == 0
+        assert (
+            run_all.main(["--data-root", str(data), "--paired-folder", str(bare), "--paired-protocol", "3,1", "--list"])
+            == 0
+        )
         b = datasets.get_adapter("bare")
         assert b.protocols()[0].classes_per_step == (3,) and not b.skip_bad
         capsys.readouterr()
@@ -631,14 +754,29 @@ def test_synth_av_raw_views_and_self_pairing(tmp_path):
     assert a.EXTRACT_VERSION == 3 and set(a.views) == {"audio", "visual", "clip_image", "waveform"}
     assert store.views["clip_image"].shape == (3, 64, 64) and store.views["waveform"].shape == (16000,)
     m = store.meta
-    assert (m["audio_bank"], m["pairing"], m["sample_rate"], m["clip_samples"], m["image_size"]) == ("self", "self", 16000, 16000, 64)
-    assert m["prompt_template"] == a.prompt_template == "a video of {}." and m["class_prompt_names"] == a.class_prompt_names
-    assert a.class_prompt_names[0] == "a low buzzing hum with a red ball sliding sideways" and len(set(a.class_prompt_names)) == 4
+    assert (m["audio_bank"], m["pairing"], m["sample_rate"], m["clip_samples"], m["image_size"]) == (
+        "self",
+        "self",
+        16000,
+        16000,
+        64,
+    )
+    assert (
+        m["prompt_template"] == a.prompt_template == "a video of {}."
+        and m["class_prompt_names"] == a.class_prompt_names
+    )
+    assert (
+        a.class_prompt_names[0] == "a low buzzing hum with a red ball sliding sideways"
+        and len(set(a.class_prompt_names)) == 4
+    )
     pairing = AudioPairing(store)
     rows = np.arange(len(store))
     assert pairing.bank is store and np.array_equal(pairing.clip_rows(rows, 3, 4), rows)
     # The raw views are the decoded media; the feature views are the encoders on the same decode (unchanged path).
-    decoded = [media.decode_video(a.raw_dir(tmp_path) / "videos" / f"{i}.mp4", num_frames=8, sample_rate=16000, duration=1.0) for i in store.ids]
+    decoded = [
+        media.decode_video(a.raw_dir(tmp_path) / "videos" / f"{i}.mp4", num_frames=8, sample_rate=16000, duration=1.0)
+        for i in store.ids
+    ]
     frames, waves = np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded])
     img = ((frames[:, 4].astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(store.array("clip_image"), img.astype(np.float16))
@@ -646,4 +784,6 @@ def test_synth_av_raw_views_and_self_pairing(tmp_path):
     audio_enc, visual_enc = a.encoders()
     with torch.no_grad():
         fa = audio_enc(torch.from_numpy(waves)).numpy()
-    np.testing.assert_array_equal(store.array("audio"), fa.astype(np.float16))  # one batch, same order: the same computation
+    np.testing.assert_array_equal(
+        store.array("audio"), fa.astype(np.float16)
+    )  # one batch, same order: the same computation

@@ -6,6 +6,7 @@ CLIP-normalised images, 0.5 s clips at 44.1 kHz, "class" pairing with several im
 behind a minimal adapter that finds its features store the way the paired adapters do.
 Encoders run reduced with random weights (`tiny_encoders`).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,17 @@ def write_raw(data_root: Path) -> Path:
                 splits.append(split)
     bank_table = SampleTable(ids, np.array(labels), np.array(splits), list(CLASSES))
     t = np.arange(CLIP) / RATE
-    waves = np.stack([0.4 * np.sin(2 * np.pi * (150 + 90 * i) * t) + 0.05 * rng.standard_normal(CLIP) for i in range(len(ids))])
-    w = StoreWriter(folder / "tiny_paired-bank-0", bank_table, [ViewSpec("waveform", (CLIP,))],
-                    {"dataset": "tiny_paired:audio_bank", "sample_rate": RATE, "clip_samples": CLIP}, "bank", required_splits=("train", "test"))
+    waves = np.stack(
+        [0.4 * np.sin(2 * np.pi * (150 + 90 * i) * t) + 0.05 * rng.standard_normal(CLIP) for i in range(len(ids))]
+    )
+    w = StoreWriter(
+        folder / "tiny_paired-bank-0",
+        bank_table,
+        [ViewSpec("waveform", (CLIP,))],
+        {"dataset": "tiny_paired:audio_bank", "sample_rate": RATE, "clip_samples": CLIP},
+        "bank",
+        required_splits=("train", "test"),
+    )
     w.write("waveform", 0, waves)
     w.finalize()
     ids, labels, splits = [], [], []
@@ -58,9 +67,20 @@ def write_raw(data_root: Path) -> Path:
                 splits.append(split)
     table = SampleTable(ids, np.array(labels), np.array(splits), list(CLASSES))
     images = rng.standard_normal((len(ids), 3, S, S)).astype(np.float32)
-    meta = {"dataset": "tiny_paired", "audio_bank": "tiny_paired-bank-0", "pairing": "class", "sample_rate": RATE, "clip_samples": CLIP,
-            "image_size": S, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "prompt_template": "a photo of a {}.",
-            "class_prompt_names": [c.replace("_", " ") for c in CLASSES], "skipped": [], "pretrained": None}
+    meta = {
+        "dataset": "tiny_paired",
+        "audio_bank": "tiny_paired-bank-0",
+        "pairing": "class",
+        "sample_rate": RATE,
+        "clip_samples": CLIP,
+        "image_size": S,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "prompt_template": "a photo of a {}.",
+        "class_prompt_names": [c.replace("_", " ") for c in CLASSES],
+        "skipped": [],
+        "pretrained": None,
+    }
     w = StoreWriter(folder / "tiny_paired-0", table, [ViewSpec(ps.RAW_IMAGE_VIEW, (3, S, S))], meta, "images")
     w.write(ps.RAW_IMAGE_VIEW, 0, images)
     return w.finalize().path
@@ -126,7 +146,9 @@ def arrays(store) -> dict:
 
 def test_features_store_shapes_links_and_meta(extracted):
     store, raw = extracted["store"], extracted["raw"]
-    assert store.path.parent == extracted["root"] / "cache" / "store" and store.path.name.startswith("tiny_paired-features-")
+    assert store.path.parent == extracted["root"] / "cache" / "store" and store.path.name.startswith(
+        "tiny_paired-features-"
+    )
     assert store.views["audio"].shape == (pf.TINY_AUDIO.dim,) and store.views["visual"].shape == (1, (S // 16) ** 2, 64)
     assert store.table().digest() == raw.table().digest()
     assert set(store.views) == {"audio", "visual", ps.RAW_IMAGE_VIEW}
@@ -138,7 +160,11 @@ def test_features_store_shapes_links_and_meta(extracted):
         assert store.meta[k] == raw.meta[k]
     meta = store.meta
     assert meta["pretrained"] is False and meta["checkpoints"] == {"audio": None, "visual": None}
-    assert meta["raw_fingerprint"] == raw.fingerprint and meta["visual_grid"]["T"] == 1 and "ln_post" in meta["pooling"]["visual"]
+    assert (
+        meta["raw_fingerprint"] == raw.fingerprint
+        and meta["visual_grid"]["T"] == 1
+        and "ln_post" in meta["pooling"]["visual"]
+    )
     # the copied audio_bank still resolves: the features store pairs exactly as the raw store
     a, b = AudioPairing(store), AudioPairing(raw)
     assert a.bank.path.resolve() == b.bank.path.resolve()
@@ -161,8 +187,9 @@ def test_each_distinct_clip_is_encoded_once_and_shared_by_its_images(extracted):
 
 def test_features_match_a_direct_encoding(extracted):
     store, raw = extracted["store"], extracted["raw"]
-    enc = pf.PairedEncoders(pf.TINY_AUDIO, clip_enc.ClipConfig.tiny(S), torch.device("cpu"), "fp32", 16000, "none",
-                            seed=0)
+    enc = pf.PairedEncoders(
+        pf.TINY_AUDIO, clip_enc.ClipConfig.tiny(S), torch.device("cpu"), "fp32", 16000, "none", seed=0
+    )
     pairing = AudioPairing(raw)
     clip = int(pairing.eval_clip_rows(np.array([7]))[0])
     wave = pairing.bank.gather("waveform", [clip], dtype=torch.float32).numpy()
@@ -183,7 +210,9 @@ def test_adapter_finds_the_store_and_a_second_run_reuses_it(extracted, monkeypat
     assert adapter.open(root).path == store.path  # open() now returns the features store
     assert set(adapter.available_views(root)) == {ps.RAW_IMAGE_VIEW, "waveform", "audio", "visual"}
     monkeypatch.setattr(pf.PairedEncoders, "encode_audio", lambda *a: pytest.fail("encoded again"))
-    assert run(root).path == store.path  # opened through the features store: traced back to the raw store, nothing to do
+    assert (
+        run(root).path == store.path
+    )  # opened through the features store: traced back to the raw store, nothing to do
 
     # a newer `<name>-<hash>` raw store (the folder was edited): without `raw`, its features are looked for, and do not exist
     newer = _plain(root / "cache" / "store" / "tiny_paired-0123456789abcdef", _table())
@@ -230,7 +259,10 @@ def test_argument_errors():
 
 def test_extraction_command_names_the_dataset():
     cmd = ps.extraction_command(TinyPaired(), "data")
-    assert cmd.startswith("python -m datasets.extraction.paired --dataset tiny_paired --audio-ckpt ") and "--clip-ckpt" in cmd
+    assert (
+        cmd.startswith("python -m datasets.extraction.paired --dataset tiny_paired --audio-ckpt ")
+        and "--clip-ckpt" in cmd
+    )
 
 
 # ----------------------------------------------------------------------------- grid
@@ -247,8 +279,11 @@ def test_grid_skips_feature_methods_until_the_features_exist(tmp_path, monkeypat
     grid = grid_module.build_grid(suite, tmp_path, methods=["fine_tuning"], seeds=(0,))
     cells, missing, skipped = grid.cells, grid.missing, grid.not_applicable
     assert cells == [] and not missing
-    assert any("fine_tuning (audio) does not run on Tiny paired" in s and "python -m datasets.extraction.paired --dataset tiny_paired"
-               in s for s in skipped), skipped
+    assert any(
+        "fine_tuning (audio) does not run on Tiny paired" in s
+        and "python -m datasets.extraction.paired --dataset tiny_paired" in s
+        for s in skipped
+    ), skipped
     run(tmp_path)
     grid = grid_module.build_grid(suite, tmp_path, methods=["fine_tuning"], seeds=(0,))
     cells, skipped = grid.cells, grid.not_applicable
@@ -271,7 +306,9 @@ def _plain(path: Path, table: SampleTable, value: float = 1.0) -> FeatureStore:
 def test_linked_views_read_the_target_and_resolve_chains(tmp_path):
     raw = _plain(tmp_path / "raw", _table())
     plain_fp = raw.fingerprint
-    w = StoreWriter(tmp_path / "mid", _table(), [ViewSpec("feat", (1,))], {"dataset": "t"}, "t", links={"raw": (raw.path, "raw")})
+    w = StoreWriter(
+        tmp_path / "mid", _table(), [ViewSpec("feat", (1,))], {"dataset": "t"}, "t", links={"raw": (raw.path, "raw")}
+    )
     w.write("feat", 0, np.ones((6, 1)))
     mid = w.finalize()
     manifest = json.loads((mid.path / "manifest.json").read_text())
@@ -288,12 +325,25 @@ def test_linked_views_read_the_target_and_resolve_chains(tmp_path):
 def test_linked_view_table_mismatch_and_missing_target_are_clear_errors(tmp_path):
     raw = _plain(tmp_path / "raw", _table())
     with pytest.raises(DatasetError, match="different sample tables"):
-        StoreWriter(tmp_path / "bad", _table(("a", "b", "c", "d", "e", "z")), [], {"dataset": "t"}, "t", links={"raw": (raw.path, "raw")})
-    derived = StoreWriter(tmp_path / "der", _table(), [], {"dataset": "t"}, "t", links={"raw": (raw.path, "raw")}).finalize()
+        StoreWriter(
+            tmp_path / "bad",
+            _table(("a", "b", "c", "d", "e", "z")),
+            [],
+            {"dataset": "t"},
+            "t",
+            links={"raw": (raw.path, "raw")},
+        )
+    derived = StoreWriter(
+        tmp_path / "der", _table(), [], {"dataset": "t"}, "t", links={"raw": (raw.path, "raw")}
+    ).finalize()
     _plain(tmp_path / "raw", _table(("a", "b", "c", "d", "e", "z")))  # the raw store is rebuilt over another table
     with pytest.raises(DatasetError) as e:
         FeatureStore(derived.path)
-    assert str(derived.path) in str(e.value) and str(tmp_path / "raw") in str(e.value) and "derive it again" in str(e.value)
+    assert (
+        str(derived.path) in str(e.value)
+        and str(tmp_path / "raw") in str(e.value)
+        and "derive it again" in str(e.value)
+    )
     shutil.rmtree(tmp_path / "raw")
     with pytest.raises(DatasetError, match="missing or incomplete"):
         FeatureStore(derived.path)
@@ -323,8 +373,11 @@ def save_fake_openai(path: Path, sd: dict) -> Path:
 
 def openai_like(cfg: clip_enc.ClipConfig, seed: int) -> dict:
     sd = dict(clip_enc.build_clip(cfg, seed=seed).state_dict())
-    sd.update(input_resolution=torch.tensor(cfg.image_size), context_length=torch.tensor(cfg.context_length),
-              vocab_size=torch.tensor(cfg.vocab_size))
+    sd.update(
+        input_resolution=torch.tensor(cfg.image_size),
+        context_length=torch.tensor(cfg.context_length),
+        vocab_size=torch.tensor(cfg.vocab_size),
+    )
     return sd
 
 
@@ -367,16 +420,25 @@ def _grey_videos(videos: Path, vids: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def mcil_extracted(tmp_path_factory):
-    from datasets.extraction import videos as ex
     from datasets.base import SPLITS
+    from datasets.extraction import videos as ex
     from tests.datasets.test_avcil_features import make_source
 
     root = tmp_path_factory.mktemp("mcil")
     fx = make_source(root / "src")
     vids = [v for s in SPLITS for c in sorted(fx["cid"][s]) for v in sorted(fx["cid"][s][c])]
     _grey_videos(root / "videos", vids)
-    opts = dict(videos=root / "videos", dicts=root / "src", trust_pickle=True, random_encoders=True, batch=8, workers=0,
-                progress=False, audio_config=ex.TINY_AUDIO, video_config=ex.TINY_VIDEO)
+    opts = dict(
+        videos=root / "videos",
+        dicts=root / "src",
+        trust_pickle=True,
+        random_encoders=True,
+        batch=8,
+        workers=0,
+        progress=False,
+        audio_config=ex.TINY_AUDIO,
+        video_config=ex.TINY_VIDEO,
+    )
     with_views = ex.extract_features("ave", root / "with", mcil_views=True, **opts)
     without = ex.extract_features("ave", root / "without", **opts)
     return with_views, without
@@ -386,13 +448,25 @@ def test_mcil_views_shapes_meta_and_unchanged_features(mcil_extracted):
     from datasets.extraction import videos as ex
 
     store, plain = mcil_extracted
-    assert store.views["clip_image"] == ViewSpec("clip_image", (3, 224, 224)) and store.views["waveform"] == ViewSpec("waveform", (220500,))
+    assert store.views["clip_image"] == ViewSpec("clip_image", (3, 224, 224)) and store.views["waveform"] == ViewSpec(
+        "waveform", (220500,)
+    )
     assert set(plain.views) == {"audio", "visual"}
     for view in ("audio", "visual"):  # the flag adds views, it does not change the features
         np.testing.assert_array_equal(np.asarray(store.array(view)), np.asarray(plain.array(view)))
     meta = store.meta
-    assert (meta["audio_bank"], meta["pairing"], meta["sample_rate"], meta["clip_samples"], meta["image_size"]) == ("self", "self", 44100, 220500, 224)
-    assert meta["image_mean"] == list(CLIP_MEAN) and meta["image_std"] == list(CLIP_STD) and meta["prompt_template"] == "a video of {}."
+    assert (meta["audio_bank"], meta["pairing"], meta["sample_rate"], meta["clip_samples"], meta["image_size"]) == (
+        "self",
+        "self",
+        44100,
+        220500,
+        224,
+    )
+    assert (
+        meta["image_mean"] == list(CLIP_MEAN)
+        and meta["image_std"] == list(CLIP_STD)
+        and meta["prompt_template"] == "a video of {}."
+    )
     assert meta["class_prompt_names"] == [c.replace("_", " ") for c in store.class_names]
     assert ex.MCIL_SAMPLES * 2 + 3 * 224 * 224 * 2 == 742056  # the documented ~0.74 MB per clip
     pairing = AudioPairing(store)  # each row is its own clip
@@ -406,7 +480,7 @@ def test_mcil_image_is_the_middle_frame_and_waveform_the_centred_clip(mcil_extra
     np.testing.assert_allclose(pixels * 255, 100, atol=2.5)  # 20 frames decoded at 10 fps: frame 10, grey 100
     wave = np.asarray(store.array("waveform")[0], dtype=np.float32)
     pad = (220500 - 88200) // 2  # 2 s at 44.1 kHz, centred in 5 s
-    assert not wave[: pad - 2000].any() and not wave[-(pad - 2000):].any()
+    assert not wave[: pad - 2000].any() and not wave[-(pad - 2000) :].any()
     body = wave[pad + 4000 : pad + 84000]
     spectrum = np.abs(np.fft.rfft(body))
     freq = np.fft.rfftfreq(len(body), 1 / 44100)[np.argmax(spectrum)]

@@ -1,14 +1,22 @@
 """Multi-label datasets: the phase-file parser, audio resolution, bad input, the CSV manifest, SynthTags files."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from datasets.adapters.audio_multilabel import (CsvManifest, PhaseFileAdapter, format_record, parse_phase_file, phase_file_names,
-                                       cumulative_test_file, train_phase_file)
-from datasets.errors import DatasetError
+from datasets.adapters.audio_multilabel import (
+    CsvManifest,
+    PhaseFileAdapter,
+    cumulative_test_file,
+    format_record,
+    parse_phase_file,
+    phase_file_names,
+    train_phase_file,
+)
 from datasets.encoders.logmel import LogMelConfig
+from datasets.errors import DatasetError
 
 SIZES = (2, 1, 1)  # a 2 + 1 x 2 protocol keeps the fixtures small
 NAMES = ("alpha", "beta", "gamma", "delta")
@@ -30,8 +38,14 @@ def make_dataset(root, prefix="wav/", wav_root=None, extra=None):
     """Phase files for TinyPhases under root/tiny_ml/phases; wavs under wav_root (default: the dataset folder)."""
     folder = root / "tiny_ml"
     wav_root = wav_root or folder
-    clips = {"tr0": [("a0", [1, 0]), ("a1", [1, 1]), ("a2", [0, 1])], "tr1": [("b0", [1])], "tr2": [("c0", [1])],
-             "te0": [("t0", [1, 0]), ("t1", [0, 1])], "te1": [("t2", [0, 0, 1])], "te2": [("t3", [1, 0, 0, 1])]}
+    clips = {
+        "tr0": [("a0", [1, 0]), ("a1", [1, 1]), ("a2", [0, 1])],
+        "tr1": [("b0", [1])],
+        "tr2": [("c0", [1])],
+        "te0": [("t0", [1, 0]), ("t1", [0, 1])],
+        "te1": [("t2", [0, 0, 1])],
+        "te2": [("t3", [1, 0, 0, 1])],
+    }
     for recs in clips.values():
         for cid, _ in recs:
             write_wav(wav_root / "wav" / f"{cid}.wav", seed=hash(cid) % 1000)
@@ -42,7 +56,9 @@ def make_dataset(root, prefix="wav/", wav_root=None, extra=None):
         (folder / "phases").mkdir(parents=True, exist_ok=True)
         (folder / "phases" / train_phase_file(t)).write_text("\n".join(lines) + "\n")
         test = [(cid, (y + [0] * seen)[:seen]) for g in range(t + 1) for cid, y in clips[f"te{g}"]]
-        (folder / "phases" / cumulative_test_file(t)).write_text("\n".join(format_record(f"{prefix}{cid}.wav", y) for cid, y in test) + "\n")
+        (folder / "phases" / cumulative_test_file(t)).write_text(
+            "\n".join(format_record(f"{prefix}{cid}.wav", y) for cid, y in test) + "\n"
+        )
     return folder
 
 
@@ -61,8 +77,11 @@ def test_wrapped_records_and_the_last_record_are_kept(tmp_path):
     f = tmp_path / "train_phase_0.txt"
     f.write_text(WRAPPED)
     recs, skipped = parse_phase_file(f, 30)
-    assert [r.path for r in recs] == ["/scratch/project_2003370/as/train/Ya_1000.wav", "/scratch/project_2003370/as/train/Yb_2000.wav",
-                                      "/data/elsewhere/Yc_3000.wav"]
+    assert [r.path for r in recs] == [
+        "/scratch/project_2003370/as/train/Ya_1000.wav",
+        "/scratch/project_2003370/as/train/Yb_2000.wav",
+        "/data/elsewhere/Yc_3000.wav",
+    ]
     assert recs[0].labels.tolist() == [0, 0, 1] + [0] * 25 + [1, 0] and recs[1].labels[[0, 29]].tolist() == [1, 1]
     assert recs[2].labels.sum() == 0 and skipped == []
     assert recs[1].where == f"{f}:3"
@@ -79,16 +98,19 @@ def test_format_record_is_numpy_printing_and_round_trips(tmp_path):
     assert a.labels.tolist() == y.astype(int).tolist() and b.labels.tolist() == [1] * 5
 
 
-@pytest.mark.parametrize("content,line,what", [
-    ("a.wav_[0. 1.]\nb.wav_[1. 0. 1.]\n", 2, "has 3 entries, expected 2"),
-    ("a.wav_[0. 1.]\nb.wav_[1. 2.]\n", 2, "multi-hot"),
-    ("a.wav_[0. 1.]\nb.wav_[1. x]\n", 2, "not a number"),
-    ("a.wav_[0. 1.\nb.wav_[1. 0.]\n", 1, "not terminated"),
-    ("a.wav_[0. 1.]\nb.wav_[1. 0.\n", 2, "not terminated"),
-    (" 0. 1.]\na.wav_[0. 1.]\n", 1, "continuation line"),
-    ("a.wav_[0. 1.]\nno vector here\n", 2, "not a record"),
-    ("a.wav_[0. 1.]\na.wav_[1. 0.]\n", 2, "listed twice"),
-])
+@pytest.mark.parametrize(
+    "content,line,what",
+    [
+        ("a.wav_[0. 1.]\nb.wav_[1. 0. 1.]\n", 2, "has 3 entries, expected 2"),
+        ("a.wav_[0. 1.]\nb.wav_[1. 2.]\n", 2, "multi-hot"),
+        ("a.wav_[0. 1.]\nb.wav_[1. x]\n", 2, "not a number"),
+        ("a.wav_[0. 1.\nb.wav_[1. 0.]\n", 1, "not terminated"),
+        ("a.wav_[0. 1.]\nb.wav_[1. 0.\n", 2, "not terminated"),
+        (" 0. 1.]\na.wav_[0. 1.]\n", 1, "continuation line"),
+        ("a.wav_[0. 1.]\nno vector here\n", 2, "not a record"),
+        ("a.wav_[0. 1.]\na.wav_[1. 0.]\n", 2, "listed twice"),
+    ],
+)
 def test_bad_records_name_file_and_line_or_are_skipped(tmp_path, content, line, what):
     f = tmp_path / "train_phase_0.txt"
     f.write_text(content)
@@ -115,14 +137,19 @@ def test_adapter_reads_phases_and_reports_missing_files(tmp_path):
     assert a.availability(tmp_path).present
     ps, files = a.phase_set(tmp_path)
     assert [len(r) for r in ps.train] == [3, 1, 1] and [len(r) for r in ps.test] == [2, 3, 4]
-    assert ps.test[2][-1].labels.tolist() == [1, 0, 0, 1] and files["wav/a0.wav"] == tmp_path / "tiny_ml" / "wav" / "a0.wav"
+    assert (
+        ps.test[2][-1].labels.tolist() == [1, 0, 0, 1]
+        and files["wav/a0.wav"] == tmp_path / "tiny_ml" / "wav" / "a0.wav"
+    )
 
 
 def test_audio_root_reroots_absolute_paths_from_another_machine(tmp_path):
     elsewhere = tmp_path / "moved"
     # records name /scratch/project_2003370/user/audioset/wav/<id>.wav; the wavs lie in moved/wav/<id>.wav
     make_dataset(tmp_path, prefix="/scratch/project_2003370/user/audioset/wav/", wav_root=elsewhere)
-    with pytest.raises(DatasetError, match=r"train_phase_0.txt:1: audio file /scratch/.*a0.wav not found.*--audio-root"):
+    with pytest.raises(
+        DatasetError, match=r"train_phase_0.txt:1: audio file /scratch/.*a0.wav not found.*--audio-root"
+    ):
         TinyPhases().phase_set(tmp_path)
     a = TinyPhases()
     a.configure(audio_root=str(elsewhere / "wav"))  # the directory common to all records is replaced
@@ -131,7 +158,9 @@ def test_audio_root_reroots_absolute_paths_from_another_machine(tmp_path):
     # dataset.yaml, with an explicit prefix: the rest of the path (audioset/wav/<id>.wav) is kept under the root
     (elsewhere / "audioset").mkdir()
     (elsewhere / "wav").rename(elsewhere / "audioset" / "wav")
-    (tmp_path / "tiny_ml" / "dataset.yaml").write_text(f"audio_root: {elsewhere}\npath_prefix: /scratch/project_2003370/user\n")
+    (tmp_path / "tiny_ml" / "dataset.yaml").write_text(
+        f"audio_root: {elsewhere}\npath_prefix: /scratch/project_2003370/user\n"
+    )
     _, files = TinyPhases().phase_set(tmp_path)
     assert files["/scratch/project_2003370/user/audioset/wav/t3.wav"] == elsewhere / "audioset" / "wav" / "t3.wav"
 
@@ -177,8 +206,16 @@ def test_csv_manifest_builds_reference_like_phases(tmp_path):
     d.mkdir()
     (d / "classes.txt").write_text("\n".join(NAMES) + "\n")
     (d / "dataset.yaml").write_text("base_classes: 2\nclasses_per_phase: 1\n")
-    rows = ["path,labels,split", "wav/a0.wav,alpha;gamma,train", "wav/a1.wav,beta,train", "wav/b0.wav,delta,train",
-            "wav/v0.wav,alpha,val", "wav/t0.wav,alpha,test", "wav/t1.wav,gamma,test", "wav/t2.wav,delta;beta,test"]
+    rows = [
+        "path,labels,split",
+        "wav/a0.wav,alpha;gamma,train",
+        "wav/a1.wav,beta,train",
+        "wav/b0.wav,delta,train",
+        "wav/v0.wav,alpha,val",
+        "wav/t0.wav,alpha,test",
+        "wav/t1.wav,gamma,test",
+        "wav/t2.wav,delta;beta,test",
+    ]
     (d / "manifest.csv").write_text("\n".join(rows) + "\n")
     for cid in ("a0", "a1", "b0", "t0", "t1", "t2"):
         write_wav(d / "wav" / f"{cid}.wav")

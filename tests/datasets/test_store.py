@@ -1,4 +1,5 @@
 """The feature store: vectorised gather in request order, resumable writes, atomic publication."""
+
 import json
 
 import numpy as np
@@ -11,7 +12,9 @@ from datasets.store import FeatureStore, StoreWriter, ViewSpec
 
 
 def table(n=6):
-    return SampleTable([f"id{i}" for i in range(n)], np.arange(n) % 2, ["train", "train", "val", "val", "test", "test"][:n], ["a", "b"])
+    return SampleTable(
+        [f"id{i}" for i in range(n)], np.arange(n) % 2, ["train", "train", "val", "val", "test", "test"][:n], ["a", "b"]
+    )
 
 
 def test_gather_returns_rows_in_the_requested_order(tmp_path):
@@ -69,6 +72,8 @@ def test_wrong_shapes_and_corrupt_stores_are_clear_errors(tmp_path):
 
 def test_sample_table_validation_names_the_source():
     with pytest.raises(DatasetError, match="src.csv: class\\(es\\) \\['b'\\] have no val samples"):
-        SampleTable(["x", "y", "z", "w"], [0, 0, 0, 1], ["train", "val", "test", "train"], ["a", "b"]).validate("src.csv")
+        SampleTable(["x", "y", "z", "w"], [0, 0, 0, 1], ["train", "val", "test", "train"], ["a", "b"]).validate(
+            "src.csv"
+        )
     with pytest.raises(DatasetError, match="appears more than once"):
         SampleTable(["x", "x"], [0, 0], ["train", "val"], ["a"]).validate("src.csv")

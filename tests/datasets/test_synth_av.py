@@ -3,6 +3,7 @@
 Uses a small config (4 classes, 5 clips each) so the file runs in seconds; the default
 20-class config is only checked structurally (families, names, protocol).
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,8 @@ import datasets
 from datasets import media
 from datasets.adapters import synth_av as S
 from datasets.base import SPLITS
-from datasets.errors import DatasetError
 from datasets.encoders.synthetic import AudioEncoder, VisualEncoder
+from datasets.errors import DatasetError
 
 SMALL = S.SynthConfig(num_classes=4, train=3, val=1, test=1, seed=7)
 N_CLIPS = SMALL.num_classes * SMALL.per_class
@@ -236,7 +237,12 @@ def test_interrupted_extraction_resumes(built, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fresh.open(tmp_path, progress=False)
     partial = fresh.store_path(tmp_path).with_name(fresh.store_path(tmp_path).name + ".partial")
-    assert json.loads((partial / "progress.json").read_text()) == {"audio": 8, "visual": 8, "clip_image": 8, "waveform": 8}
+    assert json.loads((partial / "progress.json").read_text()) == {
+        "audio": 8,
+        "visual": 8,
+        "clip_image": 8,
+        "waveform": 8,
+    }
     assert not fresh.store_path(tmp_path).exists()
     calls["n"] = -100  # no more failures
     resumed = fresh.open(tmp_path, progress=False)

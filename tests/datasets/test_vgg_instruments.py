@@ -1,4 +1,5 @@
 """VGG-Instruments adapter on a tiny tree in the reference format (generated WAV + JPEG files)."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,12 @@ TRAIN_PER_CLASS = 2  # val and test: 1 per class
 
 def _write_clip(root, vid, seed, seconds=3.5, rate=RATE, size=(40, 30)):
     rng = np.random.default_rng(seed)
-    sf.write(root / "audio" / f"{vid}.wav", (0.1 * rng.standard_normal((int(seconds * rate), 2))).astype(np.float32), rate)
-    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(root / "frames" / f"{vid}.jpg", quality=90)
+    sf.write(
+        root / "audio" / f"{vid}.wav", (0.1 * rng.standard_normal((int(seconds * rate), 2))).astype(np.float32), rate
+    )
+    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(
+        root / "frames" / f"{vid}.jpg", quality=90
+    )
 
 
 def make_tree(data_root, malformed=True):
@@ -69,7 +74,17 @@ def test_registered_with_raw_views_only():
 
 def test_class_order_and_groups():
     assert len(V.CLASSES) == 36 and len(set(V.CLASSES)) == 36 and "djembe" not in V.CLASSES
-    assert V.CLASSES[:9] == ("flute", "cello", "bass_guitar", "accordion", "tabla", "erhu", "cornet", "electronic_organ", "timbales")
+    assert V.CLASSES[:9] == (
+        "flute",
+        "cello",
+        "bass_guitar",
+        "accordion",
+        "tabla",
+        "erhu",
+        "cornet",
+        "electronic_organ",
+        "timbales",
+    )
     assert V.CLASSES[9] == "acoustic_guitar" and V.CLASSES[17] == "zither"
     assert V.CLASSES[18] == "cymbal" and V.CLASSES[26] == "guiro"
     assert V.CLASSES[27] == "saxophone" and V.CLASSES[35] == "congas"
@@ -141,7 +156,10 @@ def test_store_views_and_preprocessing(built, tree):
     img = store.array("image")[0].astype(np.float32)
     assert -2.2 < img.min() and img.max() < 2.7
     with Image.open(tree / "vgg_instruments" / "frames" / f"{store.ids[0]}.jpg") as im:
-        ref = np.asarray(im.convert("RGB").resize((299, 224), Image.BICUBIC).crop((37, 0, 261, 224)), dtype=np.float32) / 255
+        ref = (
+            np.asarray(im.convert("RGB").resize((299, 224), Image.BICUBIC).crop((37, 0, 261, 224)), dtype=np.float32)
+            / 255
+        )
     ref = (ref - np.array(V.IMAGENET_MEAN)) / np.array(V.IMAGENET_STD)
     np.testing.assert_allclose(img, ref.transpose(2, 0, 1), atol=1e-2)
     # a second open is a cheap read of the same store
@@ -204,4 +222,6 @@ def test_interrupted_build_resumes(tmp_path, monkeypatch):
     full = V.VGGInstruments(workers=1, batch_size=32)
     other = tmp_path / "again"
     shutil.copytree(tmp_path / "vgg_instruments", other / "vgg_instruments")
-    np.testing.assert_array_equal(np.asarray(full.open(other, progress=False).array("image")), np.asarray(store.array("image")))
+    np.testing.assert_array_equal(
+        np.asarray(full.open(other, progress=False).array("image")), np.asarray(store.array("image"))
+    )

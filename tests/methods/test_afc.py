@@ -1,5 +1,6 @@
 """AFC (`afc-nme`, `afc-lsc`): LSC, NCA, imprinting, frozen old proxies, importance-weighted
 distillation on tensors checked by hand, then the strategy on the toy stream."""
+
 import math
 
 import pytest
@@ -119,7 +120,9 @@ def test_feature_distillation_by_hand_and_zero_when_student_is_teacher():
     assert got.item() == pytest.approx(0.25 * math.sqrt(2) / 2 + 0.5 * math.sqrt(2) / 2, rel=1e-6)
     # student == teacher: zero, with finite gradients
     f = torch.randn(4, 3, requires_grad=True)
-    z = feature_distillation([f, f], [f.detach().clone(), f.detach().clone()], importance_weights([torch.randn(4, 3), torch.randn(4, 3)]))
+    z = feature_distillation(
+        [f, f], [f.detach().clone(), f.detach().clone()], importance_weights([torch.randn(4, 3), torch.randn(4, 3)])
+    )
     z.backward()
     assert z.item() == 0.0 and torch.isfinite(f.grad).all()
 

@@ -1,4 +1,5 @@
 """Loss terms, herding and the AV-CIL network on small tensors checked by hand."""
+
 import math
 
 import pytest
@@ -39,7 +40,9 @@ def test_taskwise_kd_softmax_is_within_block():
 def test_sigmoid_distillation_single_sigmoid_by_hand():
     # new logit 0 -> p = 1/2; old logit ln 3 -> target q = 3/4.
     # BCE = -(q ln p + (1-q) ln(1-p)) = -ln(1/2) = ln 2, whatever q is, because p = 1/2.
-    assert sigmoid_distillation(torch.tensor([[0.0]]), torch.tensor([[math.log(3)]])).item() == pytest.approx(math.log(2))
+    assert sigmoid_distillation(torch.tensor([[0.0]]), torch.tensor([[math.log(3)]])).item() == pytest.approx(
+        math.log(2)
+    )
     # new logit ln 3 -> p = 3/4; old logit 0 -> q = 1/2: BCE = -(1/2 ln 3/4 + 1/2 ln 1/4) = ln 4 - 1/2 ln 3.
     got = sigmoid_distillation(torch.tensor([[math.log(3)]]), torch.tensor([[0.0]]))
     assert got.item() == pytest.approx(math.log(4) - 0.5 * math.log(3), rel=1e-6)

@@ -1,4 +1,5 @@
 """CIGN: token growth/freezing, assignment, loss terms by hand, the AV product rule, training, raw mode."""
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,9 @@ def strategy(store, stream, modality, **over):
     spec = registry()["cign"]
     cfg = spec.config("toy", modality, {"epochs": over.pop("epochs", 2)})
     cfg.update(batch_size=8, eval_batch_size=16, memory=0, log_terms=True, **over)
-    return spec.build(modality=modality, store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
+    return spec.build(
+        modality=modality, store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False
+    )
 
 
 # ----------------------------------------------------------------------------- growth and freezing
@@ -202,7 +205,9 @@ def test_trains_class_incrementally(modality, toy_store, toy_protocol):
         if t > 0:
             assert s.old_model.num_classes == 2 * t and not any(p.requires_grad for p in s.old_model.parameters())
             # the shared network keeps training (it is carried over, not re-initialised)
-            assert not torch.allclose(s.model.branch[s.model.branches[0]].head.weight, before[f"branch.{s.model.branches[0]}.head.weight"])
+            assert not torch.allclose(
+                s.model.branch[s.model.branches[0]].head.weight, before[f"branch.{s.model.branches[0]}.head.weight"]
+            )
         snapshots.append(s.model.tokens[t].detach().clone())
         terms.append(dict(s.loss_terms))
         pred, targets = s.predict_split("test")
@@ -245,7 +250,10 @@ def test_resume_rebuilds_the_token_blocks(toy_store, toy_protocol):
 def test_required_views_follow_the_input_mode():
     spec = registry()["cign"]
     assert spec.required_views("audio-visual", spec.config("synth_av", "audio-visual")) == ("audio", "visual")
-    assert spec.required_views("audio-visual", spec.config("vgg_instruments", "audio-visual")) == ("spectrogram", "image")
+    assert spec.required_views("audio-visual", spec.config("vgg_instruments", "audio-visual")) == (
+        "spectrogram",
+        "image",
+    )
     assert spec.required_views("visual", {"input": "raw"}) == ("image",)
     assert pick_input_mode("audio", {"audio": 1, "spectrogram": 1}) == "features"
     assert pick_input_mode("audio", {"spectrogram": 1}) == "raw"
@@ -264,7 +272,13 @@ def raw_store(path, n_classes=4, per_split=(6, 2, 2), size=32, freq=32, frames=2
     ids, labels = table.ids, table.labels
     image = rng.normal(size=(len(ids), 3, size, size)) + labels[:, None, None, None]
     spec = rng.normal(size=(len(ids), freq, frames)) * 3 - 10 + 4 * labels[:, None, None]
-    w = StoreWriter(path, table, [ViewSpec("spectrogram", (freq, frames)), ViewSpec("image", (3, size, size))], {"dataset": "raw-toy"}, "raw-toy")
+    w = StoreWriter(
+        path,
+        table,
+        [ViewSpec("spectrogram", (freq, frames)), ViewSpec("image", (3, size, size))],
+        {"dataset": "raw-toy"},
+        "raw-toy",
+    )
     w.write("spectrogram", 0, spec)
     w.write("image", 0, image)
     return w.finalize()
@@ -286,7 +300,12 @@ def test_raw_mode_on_tiny_tensors(tmp_path):
     out["logits"].sum().backward()
     assert net.encoders["visual"].body[0].weight.grad is not None and net.encoders["audio"].body[0].weight.shape[1] == 1
     # 64x64 frames -> a 2x2 map -> 4 visual tokens
-    assert net.eval()({"spectrogram": torch.randn(1, 32, 24), "image": torch.randn(1, 3, 64, 64)})["visual_tokens"].shape[1] == 4
+    assert (
+        net.eval()({"spectrogram": torch.randn(1, 32, 24), "image": torch.randn(1, 3, 64, 64)})["visual_tokens"].shape[
+            1
+        ]
+        == 4
+    )
 
     protocol = Protocol("2x2", (0, 1, 2, 3), (2, 2), memory=0)
     stream = build_stream(store, protocol)
@@ -311,5 +330,7 @@ def test_raw_mode_loads_local_imagenet_weights_only(tmp_path):
     with pytest.raises(WeightsError, match="not found.*nothing is downloaded"):
         build_cign("visual", store, 2, {**TINY, "input": "raw", "visual_weights": str(tmp_path / "absent.pth")})
     torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(WeightsError, match="does not fit visual_weights \\(torchvision ResNet-18\\); unexpected \\['foo'\\]"):
+    with pytest.raises(
+        WeightsError, match="does not fit visual_weights \\(torchvision ResNet-18\\); unexpected \\['foo'\\]"
+    ):
         build_cign("visual", store, 2, {**TINY, "input": "raw", "visual_weights": str(tmp_path / "bad.pth")})

@@ -1,4 +1,5 @@
 """CNN14 (shapes, growth, pretrained weights), the BN/GN/CN variants' train/eval behaviour, and every loss term by hand."""
+
 import math
 from types import SimpleNamespace
 
@@ -50,14 +51,24 @@ def test_groups():
 def test_pretrained_weights_report_missing_and_unexpected_keys(tmp_path):
     src = CNN14(527, widths=SMALL)
     state = {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}
-    state.update({"fc1.weight": torch.zeros(128, 128), "fc_audioset.weight": torch.zeros(527, 128),
-                  "spectrogram_extractor.stft.conv_real.weight": torch.zeros(513, 1, 1024), "bn0.weight": torch.full((64,), 2.0)})
+    state.update(
+        {
+            "fc1.weight": torch.zeros(128, 128),
+            "fc_audioset.weight": torch.zeros(527, 128),
+            "spectrogram_extractor.stft.conv_real.weight": torch.zeros(513, 1, 1024),
+            "bn0.weight": torch.full((64,), 2.0),
+        }
+    )
     torch.save({"model": state, "iteration": 100}, tmp_path / "panns.pth")
     m = CNN14(30, widths=SMALL)
     report = load_pretrained(m, str(tmp_path / "panns.pth"))
     assert report["missing"] == ["fc.bias", "fc.weight"]
-    assert {"fc1.weight", "fc_audioset.weight", "spectrogram_extractor.stft.conv_real.weight"} <= set(report["unexpected"])
-    assert torch.equal(m.bn0.weight, torch.full((64,), 2.0)) and torch.equal(m.conv_block3.conv2.weight, src.conv_block3.conv2.weight)
+    assert {"fc1.weight", "fc_audioset.weight", "spectrogram_extractor.stft.conv_real.weight"} <= set(
+        report["unexpected"]
+    )
+    assert torch.equal(m.bn0.weight, torch.full((64,), 2.0)) and torch.equal(
+        m.conv_block3.conv2.weight, src.conv_block3.conv2.weight
+    )
     cn = CNN14(30, widths=SMALL, norm="cn")
     r = load_pretrained(cn, str(tmp_path / "panns.pth"))
     assert "conv_block1.bn1.bn.weight" in r["missing"] and "conv_block1.bn1.weight" in r["unexpected"]
@@ -87,7 +98,9 @@ def test_norm_variants_train_and_eval(norm):
         assert not torch.allclose(y_train, y_eval, atol=1e-4)  # batch statistics vs running statistics
         snap = running[1].running_var.clone()
         blk(x)
-        assert torch.equal(snap, running[1].running_var) and int(running[0].num_batches_tracked) == 1  # eval leaves them alone
+        assert (
+            torch.equal(snap, running[1].running_var) and int(running[0].num_batches_tracked) == 1
+        )  # eval leaves them alone
 
 
 def test_continual_norm_is_groupnorm_without_affine_then_batchnorm():
@@ -142,8 +155,17 @@ def test_adaptive_lambda_matches_the_reference_values():
 
 def _indl(step, cfg_over=None):
     s = object.__new__(MLIndL)  # the loss needs only these attributes
-    s.cfg = {"w_cls": 1.0, "w_kd": 1.0, "w_fd": 1.0, "kd_temperature": 2.0, "kd_lambda_base": 5.0, "kd_lambda_power": 0.66,
-             "kd_reduction": "batchmean", "fd_mode": "per_sample", **(cfg_over or {})}
+    s.cfg = {
+        "w_cls": 1.0,
+        "w_kd": 1.0,
+        "w_fd": 1.0,
+        "kd_temperature": 2.0,
+        "kd_lambda_base": 5.0,
+        "kd_lambda_power": 0.66,
+        "kd_reduction": "batchmean",
+        "fd_mode": "per_sample",
+        **(cfg_over or {}),
+    }
     s.stream = SimpleNamespace(protocol=Protocol("p", tuple(range(40)), (30, 5, 5)), seen=lambda t: (30, 35, 40)[t])
     s.step_index, s.pos_weight = step, 2.0
     return s
@@ -159,23 +181,34 @@ def test_indl_total_loss_is_the_sum_of_its_terms():
     s._teacher = teacher
     total = s.loss_fn(out, y, None)
     lam = 5.0 * (35 / 5) ** 0.66
-    want = (masked_bce(out["logits"][:, 30:], y[:, 30:], 2.0) + feature_cosine(out["z"], teacher["z"])
-            + lam * kd_kl(out["logits"][:, :30], teacher["logits"], 2.0))
+    want = (
+        masked_bce(out["logits"][:, 30:], y[:, 30:], 2.0)
+        + feature_cosine(out["z"], teacher["z"])
+        + lam * kd_kl(out["logits"][:, :30], teacher["logits"], 2.0)
+    )
     assert torch.allclose(total, want)
     # independent learning: the old outputs get no BCE gradient, only distillation
     logits = out["logits"].clone().requires_grad_(True)
-    s._teacher = {"logits": logits.detach()[:, :30].clone(), "z": out["z"]}  # teacher = student: KD and FD gradients vanish
+    s._teacher = {
+        "logits": logits.detach()[:, :30].clone(),
+        "z": out["z"],
+    }  # teacher = student: KD and FD gradients vanish
     s.loss_fn({"logits": logits, "z": out["z"]}, y, None).backward()
     assert logits.grad[:, :30].abs().max() < 1e-6 and logits.grad[:, 30:].abs().max() > 0
     # phase 0: BCE over the 30 base outputs only
     s0 = _indl(0)
     y0 = (torch.rand(4, 30) > 0.8).float()
-    assert torch.allclose(s0.loss_fn({"logits": out["logits"][:, :30]}, y0, None), masked_bce(out["logits"][:, :30], y0, 2.0))
+    assert torch.allclose(
+        s0.loss_fn({"logits": out["logits"][:, :30]}, y0, None), masked_bce(out["logits"][:, :30], y0, 2.0)
+    )
     # the reference's reductions are selectable
     ref = _indl(1, {"kd_reduction": "mean", "fd_mode": "batch"})
     ref._teacher = teacher
-    want = (masked_bce(out["logits"][:, 30:], y[:, 30:], 2.0) + feature_cosine(out["z"], teacher["z"], "batch")
-            + lam * kd_kl(out["logits"][:, :30], teacher["logits"], 2.0, "mean"))
+    want = (
+        masked_bce(out["logits"][:, 30:], y[:, 30:], 2.0)
+        + feature_cosine(out["z"], teacher["z"], "batch")
+        + lam * kd_kl(out["logits"][:, :30], teacher["logits"], 2.0, "mean")
+    )
     assert torch.allclose(ref.loss_fn(out, y, None), want)
 
 

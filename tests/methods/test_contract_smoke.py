@@ -1,22 +1,28 @@
 """Every method x modality trains on a tiny stream; method-specific behaviour is checked directly."""
+
 import pytest
 import torch
 
-from benchmarks.core.template import IndexBatches
 from benchmarks.core.streams import build_stream
+from benchmarks.core.template import IndexBatches
 from methods import registry
-from methods._avcil.model import build_model
 
 
 def make_strategy(name, modality, store, stream, **cfg_overrides):
     spec = registry()[name]
     cfg = spec.config("toy", modality, {"epochs": cfg_overrides.pop("epochs", 3)})
     cfg.update(batch_size=8, eval_batch_size=16, memory=12, **cfg_overrides)
-    return spec.build(modality=modality, store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
+    return spec.build(
+        modality=modality, store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False
+    )
 
 
-FEATURE_CELLS = [(n, m) for n, s in sorted(registry().items()) for m in s.modalities
-                 if set(s.required_views(m, s.config("toy", m))) <= {"audio", "visual"}]  # raw-media methods: own tests
+FEATURE_CELLS = [
+    (n, m)
+    for n, s in sorted(registry().items())
+    for m in s.modalities
+    if set(s.required_views(m, s.config("toy", m))) <= {"audio", "visual"}
+]  # raw-media methods: own tests
 
 
 @pytest.mark.parametrize("name,modality", FEATURE_CELLS)
@@ -85,10 +91,14 @@ def test_lwf_uses_the_previous_model_as_frozen_teacher(toy_store, toy_protocol):
 
 def test_index_batches_are_tensors_and_cover_the_data():
     rows, targets = torch.arange(10, 30), torch.arange(20) % 3
-    batches = IndexBatches(rows, targets, 8, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0), device="cpu")
+    batches = IndexBatches(
+        rows, targets, 8, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0), device="cpu"
+    )
     got = list(batches)
     assert len(got) == 2 and all(b[0].shape == (8,) for b in got)
-    allb = list(IndexBatches(rows, targets, 8, shuffle=False, drop_last=False, generator=torch.Generator(), device="cpu"))
+    allb = list(
+        IndexBatches(rows, targets, 8, shuffle=False, drop_last=False, generator=torch.Generator(), device="cpu")
+    )
     assert torch.cat([b[0] for b in allb]).tolist() == rows.tolist()
     # fewer samples than one batch: one batch of all, never zero batches
     assert len(list(IndexBatches(rows[:5], targets[:5], 8, True, True, torch.Generator(), "cpu"))) == 1
@@ -103,12 +113,16 @@ def test_best_val_state_is_restored(toy_store, toy_protocol):
 
 def test_separate_exemplar_batches_cycle_the_first_pass():
     g = torch.Generator().manual_seed(0)
-    ex = IndexBatches(torch.arange(100, 110), torch.zeros(10, dtype=torch.long), 4, True, True, g, "cpu")  # 2 batches per pass
+    ex = IndexBatches(
+        torch.arange(100, 110), torch.zeros(10, dtype=torch.long), 4, True, True, g, "cpu"
+    )  # 2 batches per pass
     cur = IndexBatches(torch.arange(20), torch.ones(20, dtype=torch.long), 4, True, True, g, "cpu", exemplars=ex)
     batches = list(cur)
     assert len(batches) == 5  # the epoch length is the current loader's
-    for rows, targets, task, is_ex in batches:
+    for rows, targets, _task, is_ex in batches:
         assert rows.shape == (8,) and is_ex.tolist() == [False] * 4 + [True] * 4
         assert (rows[is_ex] >= 100).all() and (targets[is_ex] == 0).all() and (targets[~is_ex] == 1).all()
     ex_batches = [b[0][b[3]].tolist() for b in batches]
-    assert ex_batches[2] == ex_batches[0] and ex_batches[3] == ex_batches[1]  # replayed, not reshuffled, within an epoch
+    assert (
+        ex_batches[2] == ex_batches[0] and ex_batches[3] == ex_batches[1]
+    )  # replayed, not reshuffled, within an epoch

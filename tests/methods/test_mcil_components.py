@@ -1,4 +1,5 @@
 """MCIL-AudioCLIP components on small tensors: MoE routing, the fusion gate and branch, the loss."""
+
 import math
 
 import pytest
@@ -19,7 +20,9 @@ def _make_experts_nonzero(moe: MoEAdapter, seed: int = 0) -> None:
 
 def test_moe_outputs_zero_at_init_and_matches_hand_computed_mixture():
     torch.manual_seed(0)
-    moe = MoEAdapter(8, n_experts=3, top_k=2, n_routers=1, bottleneck=4, scale=0.5, dropout=0.0, router_init_std=0.5).eval()
+    moe = MoEAdapter(
+        8, n_experts=3, top_k=2, n_routers=1, bottleneck=4, scale=0.5, dropout=0.0, router_init_std=0.5
+    ).eval()
     x, r = torch.randn(2, 5, 8), torch.randn(2, 8)
     assert torch.equal(moe(x, r), torch.zeros_like(x))  # zero-initialised up projections
     _make_experts_nonzero(moe)
@@ -124,8 +127,14 @@ def test_weighted_cwcl_by_hand_and_effective():
     lp = torch.log_softmax(logits, 1)
     # sample 0 (class 0): target (1, 2w)/(1+2w); samples 1, 2 (class 1): (w, 1+w)/(1+2w)
     z = 1 + 2 * w
-    want = -((lp[0, 0] + 2 * w * lp[0, 1]) / z + (w * lp[1, 0] + (1 + w) * lp[1, 1]) / z
-             + (w * lp[2, 0] + (1 + w) * lp[2, 1]) / z) / 3
+    want = (
+        -(
+            (lp[0, 0] + 2 * w * lp[0, 1]) / z
+            + (w * lp[1, 0] + (1 + w) * lp[1, 1]) / z
+            + (w * lp[2, 0] + (1 + w) * lp[2, 1]) / z
+        )
+        / 3
+    )
     torch.testing.assert_close(cwcl(logits, y, v, kappa), want)
     assert not torch.isclose(cwcl(logits, y, v, kappa), F.cross_entropy(logits, y))  # the weighting changes the loss
     torch.testing.assert_close(similarity_weights(v, kappa).diagonal(), torch.ones(3))

@@ -1,4 +1,5 @@
 """MCIL-AudioCLIP end to end on a tiny paired store, in both fidelity modes (scaled-down towers)."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,16 +22,29 @@ def make(name, store, stream, **overrides):
     spec = registry()[name]
     cfg = spec.config("synth_av", "audio-visual", {"epochs": overrides.pop("epochs", 2)})  # synth_av: the tiny towers
     cfg.update(batch_size=8, eval_batch_size=8, **overrides)
-    return spec.build(modality="audio-visual", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
+    return spec.build(
+        modality="audio-visual", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False
+    )
 
 
 def test_modes_resolve_to_their_values():
     paper = registry()["mcil_audioclip"].config("imagenet_esc19", "audio-visual")
     code = registry()["mcil_audioclip-code"].config("imagenet_esc19", "audio-visual")
-    assert (paper["towers"], paper["top_k"], paper["routers"], paper["cwcl"], paper["train_pairing"]) == \
-        ("audioclip-rn50", 2, "per-task", "weighted", "paired")
-    assert (code["towers"], code["top_k"], code["routers"], code["cwcl"], code["train_pairing"], code["fusion_tau"]) == \
-        ("clip-vit-b16", 1, "single", "released", "shuffled", 0.8)
+    assert (paper["towers"], paper["top_k"], paper["routers"], paper["cwcl"], paper["train_pairing"]) == (
+        "audioclip-rn50",
+        2,
+        "per-task",
+        "weighted",
+        "paired",
+    )
+    assert (
+        code["towers"],
+        code["top_k"],
+        code["routers"],
+        code["cwcl"],
+        code["train_pairing"],
+        code["fusion_tau"],
+    ) == ("clip-vit-b16", 1, "single", "released", "shuffled", 0.8)
     assert registry()["mcil_audioclip"].config("mini_aric", "audio-visual")["batch_size"] == 16
 
 
@@ -72,7 +86,8 @@ def test_training_pairs_share_the_label_when_paired_and_not_when_shuffled(paired
         s = make(name, store, stream, epochs=3)
         pairs = []
         s._after_forward = lambda s=s, pairs=pairs, **kw: pairs.append(
-            (store.labels[s.mb_rows.numpy()], s.pairing.bank.labels[s.mb_clips.numpy()]))
+            (store.labels[s.mb_rows.numpy()], s.pairing.bank.labels[s.mb_clips.numpy()])
+        )
         s.train(next(iter(stream.benchmark.train_stream)), eval_streams=[])
         seen[name] = np.concatenate([a == b for a, b in pairs])
     assert len(seen["mcil_audioclip"]) >= 16 and seen["mcil_audioclip"].all()  # paper: every pair shares its label
@@ -84,7 +99,15 @@ def test_real_towers_need_weights_or_random_encoders(paired):
     spec = registry()["mcil_audioclip"]
     cfg = spec.config("imagenet_esc19", "audio-visual")
     with pytest.raises(ConfigError, match="audioclip_ckpt"):
-        spec.build(modality="audio-visual", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
+        spec.build(
+            modality="audio-visual",
+            store=store,
+            stream=stream,
+            cfg=cfg,
+            device=torch.device("cpu"),
+            seed=0,
+            progress=False,
+        )
 
 
 def test_class_pairing_through_a_clip_bank(tmp_path):

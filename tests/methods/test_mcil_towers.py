@@ -5,6 +5,7 @@ Expected key layouts are written out here from the reference sources (AndreyGuzh
 the implementation, and compared with the models' state dicts. Fake checkpoint files use the real
 layouts: a TorchScript archive with OpenAI CLIP names, an AudioCLIP-style plain state dict.
 """
+
 from __future__ import annotations
 
 import copy
@@ -106,8 +107,9 @@ def expected_esresnext_layout(num_classes=1024, n_fft=2048, win=1654):
     return exp
 
 
-def expected_openai_clip_layout(embed, vision, text=dict(context_length=77, vocab_size=49408, width=512, layers=12)):
+def expected_openai_clip_layout(embed, vision, text=None):
     """OpenAI CLIP state-dict names and shapes (AudioCLIP model/clip/model.py = openai/CLIP model.py)."""
+    text = text or dict(context_length=77, vocab_size=49408, width=512, layers=12)
     exp = {}
 
     def resblock(p, d):
@@ -238,10 +240,13 @@ def test_tokenizer_is_offline(monkeypatch):
     assert ids[0, 0] == tok.sot_token_id and tok.eot_token_id in ids[0].tolist() and tok.vocab_size == 49408
 
 
-@pytest.mark.parametrize("preset,layout", [
-    ("clip-vit-b16", dict(embed=512, vision=dict(width=768, layers=12, patch_size=16, image_size=224))),
-    ("audioclip-rn50", dict(embed=1024, vision=dict(width=64, layers=(3, 4, 6, 3), image_size=224))),
-])
+@pytest.mark.parametrize(
+    "preset,layout",
+    [
+        ("clip-vit-b16", dict(embed=512, vision=dict(width=768, layers=12, patch_size=16, image_size=224))),
+        ("audioclip-rn50", dict(embed=1024, vision=dict(width=64, layers=(3, 4, 6, 3), image_size=224))),
+    ],
+)
 def test_full_presets_match_openai_and_audioclip_layouts(preset, layout):
     with torch.device("meta"):
         towers = tw.build_towers(preset, zero_factory)
@@ -251,8 +256,11 @@ def test_full_presets_match_openai_and_audioclip_layouts(preset, layout):
     n_blocks = 24 if preset == "clip-vit-b16" else 12 + 4
     assert towers.n_moe == n_blocks
     summary = wt.describe_clip_state(towers.clip.state_dict())
-    want = ("ViT(width=768, layers=12, patch=16) @ 224px" if preset == "clip-vit-b16"
-            else "ModifiedResNet(layers=(3, 4, 6, 3), width=64) @ 224px")
+    want = (
+        "ViT(width=768, layers=12, patch=16) @ 224px"
+        if preset == "clip-vit-b16"
+        else "ModifiedResNet(layers=(3, 4, 6, 3), width=64) @ 224px"
+    )
     assert summary == f"{want}, text 12x512 (ctx 77, vocab 49408), embed_dim {layout['embed']}"
     blocks = tw._transformer_blocks(towers.clip)
     assert blocks and all(b.attn.batch_first for b in blocks)  # open_clip 3.x: (B, L, D)
@@ -310,8 +318,10 @@ def test_router_input_is_the_first_token_of_the_post_attention_stream():
     tok = tw.build_towers("tiny-vit").tokenize(["a dog barking", "an orchestra tuning up before a concert"])
     captured = {}
     vblock, tblock = clip.visual.transformer.resblocks[0], clip.transformer.resblocks[0]
-    hooks = [b.register_forward_pre_hook(lambda m, args, kw, key=key: captured.__setitem__(key, args[0]), with_kwargs=True)
-             for key, b in (("v", vblock), ("t", tblock))]
+    hooks = [
+        b.register_forward_pre_hook(lambda m, args, kw, key=key: captured.__setitem__(key, args[0]), with_kwargs=True)
+        for key, b in (("v", vblock), ("t", tblock))
+    ]
     with torch.no_grad():
         clip.encode_image(img)
         clip.encode_text(tok)
@@ -389,17 +399,29 @@ def test_torchvision_resnext_init(tmp_path):
     import torchvision
 
     # a torchvision ResNeXt of reduced depth with the same naming; the ESResNeXt scaled to match
-    tv = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=16)
+    tv = torchvision.models.resnet.ResNet(
+        torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=16
+    )
     path = tmp_path / "resnext.pth"
     torch.save(tv.state_dict(), path)
-    model = esx.ESResNeXtFBSP(layers=(1, 1, 1, 1), groups=4, width_per_group=16, num_classes=64, n_fft=256,
-                              hop_length=128, win_length=256)
+    model = esx.ESResNeXtFBSP(
+        layers=(1, 1, 1, 1), groups=4, width_per_group=16, num_classes=64, n_fft=256, hop_length=128, win_length=256
+    )
     report = wt.load_torchvision_resnext(model, path)
     assert report["skipped"] == ["fc.bias", "fc.weight"] and report["unexpected"] == []
     assert torch.equal(model.layer3[0].conv2.weight, tv.layer3[0].conv2.weight)
     assert torch.equal(model.bn1.running_var, tv.bn1.running_var)
     assert all(torch.all(a.bn.weight == 1) and torch.all(a.bn.bias == 1) for a in model.attention_blocks())
-    assert {k.split(".")[0] for k in report["missing"]} == {"window", "att1", "att2", "att3", "att4", "att5", "fc", "fbsp"}
+    assert {k.split(".")[0] for k in report["missing"]} == {
+        "window",
+        "att1",
+        "att2",
+        "att3",
+        "att4",
+        "att5",
+        "fc",
+        "fbsp",
+    }
     assert len(report["sha256"]) == 16 and report["loaded"] == len(tv.state_dict()) - 2
     plain = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 1, 1, 1])  # not grouped
     torch.save(plain.state_dict(), tmp_path / "resnet.pth")
@@ -427,7 +449,9 @@ def test_load_openai_torchscript_archive(tmp_path):
             assert torch.equal(own[k], v.to(own[k].dtype)), k
     # a plain state-dict file of the same tensors loads the same way
     torch.save({k: v for k, v in sd.items()}, tmp_path / "plain.pt")
-    assert wt.load_openai_clip(tw.build_towers("tiny-vit", zero_factory), tmp_path / "plain.pt")["loaded"] == len(sd) - 3
+    assert (
+        wt.load_openai_clip(tw.build_towers("tiny-vit", zero_factory), tmp_path / "plain.pt")["loaded"] == len(sd) - 3
+    )
 
 
 def test_load_audioclip_plain_state_dict_splits_keys(tmp_path):
@@ -479,13 +503,15 @@ def test_loader_errors(tmp_path):
     # a ViT file into an RN preset: both layouts named
     vit = openai_style_state(tw.build_clip(tw.PRESETS["tiny-vit"]), 64)
     save_torchscript_state(vit, tmp_path / "vit.pt")
-    with pytest.raises(WeightsError,
-                       match=r"preset 'tiny-rn' \(ModifiedResNet.*the file holds ViT\(width=64, layers=2, patch=16\)"):
+    with pytest.raises(
+        WeightsError, match=r"preset 'tiny-rn' \(ModifiedResNet.*the file holds ViT\(width=64, layers=2, patch=16\)"
+    ):
         wt.load_openai_clip(towers, tmp_path / "vit.pt")
     # a shape mismatch (other width / context)
     torch.save({**good, "positional_embedding": torch.zeros(40, 64)}, tmp_path / "ctx40.pt")
-    with pytest.raises(WeightsError,
-                       match=r"shape mismatches: \['positional_embedding: file \(40, 64\) vs model \(77, 64\)'\]"):
+    with pytest.raises(
+        WeightsError, match=r"shape mismatches: \['positional_embedding: file \(40, 64\) vs model \(77, 64\)'\]"
+    ):
         wt.load_openai_clip(towers, tmp_path / "ctx40.pt")
     # an AudioCLIP file without audio keys, an audio key of the wrong shape
     with pytest.raises(WeightsError, match="no 'audio.*--audioclip-ckpt"):

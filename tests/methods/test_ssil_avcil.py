@@ -1,17 +1,18 @@
 """SS-IL and AV-CIL: every loss term on small tensors checked by hand, the exemplar-only VAD,
 and end-to-end training on the toy stream."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.errors import ConfigError
 from benchmarks.core.streams import build_stream
+from datasets.errors import ConfigError
 from methods import registry
-from methods.av_cil.strategy import AVCIL
 from methods._avcil.losses import attention_kl_sum, class_infonce, instance_infonce, separated_softmax_ce
 from methods._avcil.model import AVCILNet
+from methods.av_cil.strategy import AVCIL
 from tests.methods.test_contract_smoke import make_strategy
 
 LN2, LN3 = math.log(2), math.log(3)
@@ -20,11 +21,18 @@ LN2, LN3 = math.log(2), math.log(3)
 # ------------------------------------------------------------------ separated-softmax CE
 def test_separated_softmax_ce_two_current_one_exemplar_by_hand():
     # 2 old classes (0, 1), 2 new classes (2, 3). Rows 0-1 current, row 2 exemplar.
-    logits = torch.tensor([
-        [9.0, 9.0, 0.0, 0.0],   # current, y=2: new block (0, 0) -> p = 1/2 -> ln 2 (the big old logits are ignored)
-        [0.0, 0.0, LN3, 0.0],   # current, y=3: new block (ln 3, 0) -> p(3) = 1/4 -> ln 4
-        [0.0, LN3, 7.0, 7.0],   # exemplar, y=0: old block (0, ln 3) -> p(0) = 1/4 -> ln 4 (the big new logits are ignored)
-    ])
+    logits = torch.tensor(
+        [
+            [9.0, 9.0, 0.0, 0.0],  # current, y=2: new block (0, 0) -> p = 1/2 -> ln 2 (the big old logits are ignored)
+            [0.0, 0.0, LN3, 0.0],  # current, y=3: new block (ln 3, 0) -> p(3) = 1/4 -> ln 4
+            [
+                0.0,
+                LN3,
+                7.0,
+                7.0,
+            ],  # exemplar, y=0: old block (0, ln 3) -> p(0) = 1/4 -> ln 4 (the big new logits are ignored)
+        ]
+    )
     y = torch.tensor([2, 3, 0])
     is_old = torch.tensor([False, False, True])
     # CE_cur = (ln 2 + ln 4) / 2 = 1.5 ln 2, CE_ex = ln 4 = 2 ln 2;
@@ -43,7 +51,9 @@ def test_separated_softmax_ce_gradients_stay_in_their_block_and_labels_are_check
     y, is_old = torch.tensor([2, 3, 1]), torch.tensor([False, False, True])
     separated_softmax_ce(logits, y, is_old, 2).backward()
     g = logits.grad
-    assert (g[:2, :2] == 0).all() and (g[2, 2:] == 0).all()  # current rows never touch old logits, exemplars never new ones
+    assert (g[:2, :2] == 0).all() and (
+        g[2, 2:] == 0
+    ).all()  # current rows never touch old logits, exemplars never new ones
     assert (g[:2, 2:] != 0).all() and (g[2, :2] != 0).all()
     with pytest.raises(RuntimeError):  # an exemplar carrying a new-class label
         separated_softmax_ce(torch.zeros(2, 4), torch.tensor([2, 3]), torch.tensor([False, True]), 2)
@@ -132,8 +142,18 @@ def test_attention_kl_sum_matches_the_reference_layout():
     torch.manual_seed(0)
     alpha_new, alpha_old = torch.softmax(torch.randn(3, 2, 5, 4), 2), torch.softmax(torch.randn(3, 2, 5, 4), 2)
     beta_new, beta_old = torch.softmax(torch.randn(3, 2, 4), 1), torch.softmax(torch.randn(3, 2, 4), 1)
-    ref_s = F.kl_div(alpha_new.transpose(2, 3).reshape(-1, 5).log(), alpha_old.transpose(2, 3).reshape(-1, 5), reduction="sum") / 3
-    ref_t = F.kl_div(beta_new.transpose(1, 2).reshape(-1, 2).log(), beta_old.transpose(1, 2).reshape(-1, 2), reduction="sum") / 3
+    ref_s = (
+        F.kl_div(
+            alpha_new.transpose(2, 3).reshape(-1, 5).log(), alpha_old.transpose(2, 3).reshape(-1, 5), reduction="sum"
+        )
+        / 3
+    )
+    ref_t = (
+        F.kl_div(
+            beta_new.transpose(1, 2).reshape(-1, 2).log(), beta_old.transpose(1, 2).reshape(-1, 2), reduction="sum"
+        )
+        / 3
+    )
     torch.testing.assert_close(attention_kl_sum(alpha_new, alpha_old), ref_s)
     torch.testing.assert_close(attention_kl_sum(beta_new, beta_old), ref_t)
 
@@ -161,7 +181,9 @@ def test_vad_uses_exemplar_rows_only():
     torch.testing.assert_close(spatial, attention_kl_sum(ex_out["spatial_attention"], ex_old["spatial_attention"]))
     torch.testing.assert_close(temporal, attention_kl_sum(ex_out["temporal_attention"], ex_old["temporal_attention"]))
     # changing the current rows' attention changes nothing; changing an exemplar row does
-    moved = dict(out, spatial_attention=out["spatial_attention"].clone(), temporal_attention=out["temporal_attention"].clone())
+    moved = dict(
+        out, spatial_attention=out["spatial_attention"].clone(), temporal_attention=out["temporal_attention"].clone()
+    )
     moved["spatial_attention"][:3] = torch.softmax(torch.randn(3, 2, 6, 4), 2)
     moved["temporal_attention"][:3] = torch.softmax(torch.randn(3, 2, 4), 1)
     s2, t2 = AVCIL.vad_terms(moved, old_out, is_ex)
@@ -190,7 +212,9 @@ def _record_batches(s):
     return seen
 
 
-@pytest.mark.parametrize("name,modality", [("ssil", "audio"), ("ssil", "visual"), ("ssil", "audio-visual"), ("av_cil", "audio-visual")])
+@pytest.mark.parametrize(
+    "name,modality", [("ssil", "audio"), ("ssil", "visual"), ("ssil", "audio-visual"), ("av_cil", "audio-visual")]
+)
 def test_ssil_and_avcil_train_with_exemplar_batches(name, modality, toy_store, toy_protocol):
     stream = build_stream(toy_store, toy_protocol)
     s = make_strategy(name, modality, toy_store, stream, epochs=2)

@@ -3,6 +3,7 @@
 Every expected value below is worked out in the comments, so a change of formula (e.g. BWT
 against the best-so-far instead of R[j][j], or an unweighted A_t) fails here.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,9 @@ def test_negative_forgetting_when_old_accuracy_rises():
 def test_summarize_4x4():
     s = M.summarize(R4, A4)
     assert list(s) == [m.key for m in M.METRICS]  # the registry entries, in their order
-    assert s == pytest.approx({"avg_inc_acc": 68.125, "last_acc": 60.0, "avg_forgetting": 50 / 9,
-                               "final_forgetting": 50 / 3, "bwt": -10.0})
+    assert s == pytest.approx(
+        {"avg_inc_acc": 68.125, "last_acc": 60.0, "avg_forgetting": 50 / 9, "final_forgetting": 50 / 3, "bwt": -10.0}
+    )
 
 
 # ---------------------------------------------------------------- T = 1
@@ -103,14 +105,23 @@ def test_single_step_forgetting_is_none():
     assert M.final_forgetting(R) is None
     assert M.backward_transfer(R) is None
     assert M.pooled_accuracy(R, [7]) == [70.0]
-    assert M.summarize(R, [70.0]) == {"avg_inc_acc": 70.0, "last_acc": 70.0, "avg_forgetting": None,
-                                      "final_forgetting": None, "bwt": None}
+    assert M.summarize(R, [70.0]) == {
+        "avg_inc_acc": 70.0,
+        "last_acc": 70.0,
+        "avg_forgetting": None,
+        "final_forgetting": None,
+        "bwt": None,
+    }
 
 
 # ---------------------------------------------------------------- input shapes
 def test_none_or_junk_above_diagonal_is_ignored():
-    square_none = [[60.0, None, None, None], [80.0, 90.0, None, None], [70.0, 60.0, 70.0, None],
-                   [75.0, 65.0, 50.0, 60.0]]
+    square_none = [
+        [60.0, None, None, None],
+        [80.0, 90.0, None, None],
+        [70.0, 60.0, 70.0, None],
+        [75.0, 65.0, 50.0, 60.0],
+    ]
     square_junk = [[60.0, 1.0, 2.0, 3.0], [80.0, 90.0, 4.0, 5.0], [70.0, 60.0, 70.0, 6.0], [75.0, 65.0, 50.0, 60.0]]
     for R in (square_none, square_junk, np.array(square_junk)):
         assert M.summarize(R, A4) == pytest.approx(M.summarize(R4, A4))
@@ -154,8 +165,9 @@ def test_accuracy_matrix_from_predictions():
 
 def test_accuracy_matrix_from_predictions_step_zero():
     # t = 0: only step 0's samples; 1 of 3 right.
-    row, a, counts = M.accuracy_matrix_from_predictions(np.array([1, 1, 0]), np.array([0, 1, 1]), np.array([0, 0, 0]),
-                                                        t=0)
+    row, a, counts = M.accuracy_matrix_from_predictions(
+        np.array([1, 1, 0]), np.array([0, 1, 1]), np.array([0, 0, 0]), t=0
+    )
     assert row == pytest.approx([100 / 3])
     assert a == pytest.approx(100 / 3)
     assert counts == [3]

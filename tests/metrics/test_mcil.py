@@ -4,6 +4,7 @@ continuum-1.2.7 forgetting / BWT / FWT, the softmax "MI"/"NMI" of the MCIL code,
 similarity and Metrics 1 and 2. Every expected value is worked out in the comments, so a change
 of index range, normalisation, scale or grouping fails here. All accuracies are in percent.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Multi-label metrics against hand-computed values, including undefined cases (never NaN)."""
+
 import math
 
 import numpy as np
@@ -45,7 +46,10 @@ def test_micro_and_macro_f1_by_hand():
     s2 = s.copy()
     s2[0, 2] = 0.9
     assert MM.f1_per_class(y, s2)[2] == 0.0 and MM.macro_f1(y, s2) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
-    assert MM.micro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None and MM.macro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None
+    assert (
+        MM.micro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None
+        and MM.macro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None
+    )
     assert MM.binarize([[0.5, 0.51]]).tolist() == [[0, 1]]  # strictly greater than the threshold
 
 
@@ -81,17 +85,55 @@ def test_phase_metrics_base_columns_and_summary():
     pm = MM.phase_metrics(y, s, base=2)
     assert pm["ap"][2] is None and pm["classes_without_positives"] == [2] and not math.isnan(pm["mAP"])
 
-    phases = [{"mAP": 50.0, "base_mAP": 50.0, "micro_f1": 40.0, "base_micro_f1": 40.0, "macro_f1": 30.0, "base_macro_f1": 30.0,
-               "lwlrap": 60.0, "base_lwlrap": 60.0, "mAP_binarized": 20.0, "base_mAP_binarized": 20.0, "ap": [50.0]},
-              {"mAP": 44.0, "base_mAP": 45.0, "micro_f1": 38.0, "base_micro_f1": 39.0, "macro_f1": 20.0, "base_macro_f1": 26.0,
-               "lwlrap": 55.0, "base_lwlrap": 58.0, "mAP_binarized": None, "base_mAP_binarized": None, "ap": [45.0, None]},
-              {"mAP": 41.0, "base_mAP": 42.0, "micro_f1": 35.0, "base_micro_f1": 37.0, "macro_f1": 25.0, "base_macro_f1": 32.0,
-               "lwlrap": 50.0, "base_lwlrap": 57.0, "mAP_binarized": 10.0, "base_mAP_binarized": 15.0, "ap": [42.0, 40.0]}]
+    phases = [
+        {
+            "mAP": 50.0,
+            "base_mAP": 50.0,
+            "micro_f1": 40.0,
+            "base_micro_f1": 40.0,
+            "macro_f1": 30.0,
+            "base_macro_f1": 30.0,
+            "lwlrap": 60.0,
+            "base_lwlrap": 60.0,
+            "mAP_binarized": 20.0,
+            "base_mAP_binarized": 20.0,
+            "ap": [50.0],
+        },
+        {
+            "mAP": 44.0,
+            "base_mAP": 45.0,
+            "micro_f1": 38.0,
+            "base_micro_f1": 39.0,
+            "macro_f1": 20.0,
+            "base_macro_f1": 26.0,
+            "lwlrap": 55.0,
+            "base_lwlrap": 58.0,
+            "mAP_binarized": None,
+            "base_mAP_binarized": None,
+            "ap": [45.0, None],
+        },
+        {
+            "mAP": 41.0,
+            "base_mAP": 42.0,
+            "micro_f1": 35.0,
+            "base_micro_f1": 37.0,
+            "macro_f1": 25.0,
+            "base_macro_f1": 32.0,
+            "lwlrap": 50.0,
+            "base_lwlrap": 57.0,
+            "mAP_binarized": 10.0,
+            "base_mAP_binarized": 15.0,
+            "ap": [42.0, 40.0],
+        },
+    ]
     out = MM.summarize(phases)
     assert out["avg_mAP"] == pytest.approx((50 + 44 + 41) / 3) and out["final_mAP"] == 41.0
     assert out["fr"]["macro_f1"] == [4.0, -2.0] and out["forgetting_macro_f1"] == pytest.approx(1.0)  # negative Fr kept
     assert out["forgetting_mAP"] == pytest.approx((5 + 8) / 2)
-    assert out["avg_mAP_binarized"] == pytest.approx(15.0) and out["fr"]["mAP_binarized"] == [None, 5.0]  # undefined phase left out
+    assert out["avg_mAP_binarized"] == pytest.approx(15.0) and out["fr"]["mAP_binarized"] == [
+        None,
+        5.0,
+    ]  # undefined phase left out
     assert out["forgetting_mAP_binarized"] == 5.0
     assert out["ap_matrix"] == [[50.0], [45.0, None], [42.0, 40.0]]
     assert out["curves"]["base_macro_f1"] == [30.0, 26.0, 32.0]

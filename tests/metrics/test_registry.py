@@ -4,6 +4,7 @@ Why this matters: the leaderboard prints `REGISTRY[key].formula` under every col
 stores without an entry (or an entry whose function is not the one that computed the value) would be a page that
 describes something else than it shows.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ Fake results dir (suite "audio-visual"):
 - one error record (finetune / visual seed 0).
 Multi-label suite "audio-multilabel" (own fixture): ml_a and ml_b with BN, seeds 0 and 1, hand-set summaries.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,12 @@ COUNTS = [10, 10, 10]
 #   final 50.00 ± 0.00 ; BWT -50.00 ± 0.00 ; train time mean(10, 20) = 15.0 ; peak memory max(100, 300) = 300
 BASE_R = {0: [[80.0], [40.0, 90.0], [20.0, 50.0, 95.0]], 1: [[70.0], [30.0, 80.0], [10.0, 40.0, 85.0]]}
 # Other cells: the same matrices shifted by a constant (A shifts by it, forgetting and BWT do not).
-SHIFT = {("finetune", "audio"): 0.0, ("finetune", "audio-visual"): 5.0, ("icarl-nme", "audio"): 2.0,
-         ("icarl-nme", "audio-visual"): 4.0}
+SHIFT = {
+    ("finetune", "audio"): 0.0,
+    ("finetune", "audio-visual"): 5.0,
+    ("icarl-nme", "audio"): 2.0,
+    ("icarl-nme", "audio-visual"): 4.0,
+}
 
 
 def _result(R, counts):
@@ -48,8 +53,22 @@ def _result(R, counts):
     return {"R": R, "A": A, "test_counts": counts, "metrics": M.summarize(R, A)}
 
 
-def fake_record(dataset, protocol, method, modality, seed, R, *, stream=S1, counts=COUNTS, override=None, minute=0,
-                train_seconds=10.0, memory_mb=100.0, per_step=2):
+def fake_record(
+    dataset,
+    protocol,
+    method,
+    modality,
+    seed,
+    R,
+    *,
+    stream=S1,
+    counts=COUNTS,
+    override=None,
+    minute=0,
+    train_seconds=10.0,
+    memory_mb=100.0,
+    per_step=2,
+):
     """A record with the fields the leaderboard reads; last-epoch numbers are the best-val ones minus 1."""
     best = _result(R, counts)
     last = _result([[v - 1.0 for v in row] for row in R], counts)
@@ -60,12 +79,27 @@ def fake_record(dataset, protocol, method, modality, seed, R, *, stream=S1, coun
         "config": {"epochs": override or 30},
         "reference_protocol": override is None,
         "epochs_override": override,
-        "stream": {"hash": stream, "classes_per_step": [per_step] * len(R), "memory": 20, "class_names": [],
-                   "counts": {"train": [50] * len(R), "val": [5] * len(R), "test": counts}},
-        "results": {"selection": "best-val", **best, "last_epoch": last, "best_val_epoch": [1] * len(R),
-                    "val_acc": [50.0] * len(R)},
-        "cost": {"train_seconds": train_seconds, "wall_seconds": train_seconds + 1, "peak_memory_mb": memory_mb,
-                 "peak_memory_kind": "rss", "parameters": 123456},
+        "stream": {
+            "hash": stream,
+            "classes_per_step": [per_step] * len(R),
+            "memory": 20,
+            "class_names": [],
+            "counts": {"train": [50] * len(R), "val": [5] * len(R), "test": counts},
+        },
+        "results": {
+            "selection": "best-val",
+            **best,
+            "last_epoch": last,
+            "best_val_epoch": [1] * len(R),
+            "val_acc": [50.0] * len(R),
+        },
+        "cost": {
+            "train_seconds": train_seconds,
+            "wall_seconds": train_seconds + 1,
+            "peak_memory_mb": memory_mb,
+            "peak_memory_kind": "rss",
+            "parameters": 123456,
+        },
         "encoders": {"pretrained": False},
         "environment": {},
         "seeds": {"train_seed": seed},
@@ -78,8 +112,17 @@ def write_fake_results(results_dir):
     n = 0
     for (method, modality), c in SHIFT.items():
         for seed, R in BASE_R.items():
-            rec = fake_record("synth_av", "3x2", method, modality, seed, [[v + c for v in row] for row in R],
-                              minute=n, train_seconds=10.0 * (seed + 1), memory_mb=100.0 + 200.0 * seed)
+            rec = fake_record(
+                "synth_av",
+                "3x2",
+                method,
+                modality,
+                seed,
+                [[v + c for v in row] for row in R],
+                minute=n,
+                train_seconds=10.0 * (seed + 1),
+                memory_mb=100.0 + 200.0 * seed,
+            )
             write_record(record_path(results_dir, SUITE, "synth_av", "3x2", method, modality, seed), rec)
             n += 1
     over = fake_record("synth_av", "3x2", "icarl-nme", "audio-visual", 2, BASE_R[0], override=2, minute=n)
@@ -91,8 +134,9 @@ def write_fake_results(results_dir):
     # practice, so here it is written under seed 7 to keep both.
     other["cell"]["seed"] = 7
     write_record(record_path(results_dir, SUITE, "synth_av", "3x2", "finetune", "audio", 7), other)
-    single = fake_record("synth_one", "1x4", "finetune", "audio", 0, [[60.0]], stream=S3, counts=[8], minute=30,
-                         per_step=4)
+    single = fake_record(
+        "synth_one", "1x4", "finetune", "audio", 0, [[60.0]], stream=S3, counts=[8], minute=30, per_step=4
+    )
     write_record(record_path(results_dir, SUITE, "synth_one", "1x4", "finetune", "audio", 0), single)
     cell = {"dataset": "synth_av", "protocol": "3x2", "method": "finetune", "modality": "visual", "seed": 0}
     trace = "Traceback (most recent call last):\n  ...\nRuntimeError: out of memory"
@@ -139,8 +183,13 @@ def headline(page, after):
 
 def test_table_values_are_hand_computed_means_and_stds(rendered):
     cells = _row(rendered["page"], "finetune", "audio")
-    assert cells[2:7] == ["61.67 ± 7.07 (n=2)", "50.00 ± 7.07 (n=2)", "45.00 ± 0.00 (n=2)", "50.00 ± 0.00 (n=2)",
-                          "-50.00 ± 0.00 (n=2)"]
+    assert cells[2:7] == [
+        "61.67 ± 7.07 (n=2)",
+        "50.00 ± 7.07 (n=2)",
+        "45.00 ± 0.00 (n=2)",
+        "50.00 ± 0.00 (n=2)",
+        "-50.00 ± 0.00 (n=2)",
+    ]
     assert cells[7:] == ["15.0", "300 (rss)", "123,456"]
     # finetune / audio-visual is shifted by +5: accuracies move, forgetting and BWT do not.
     assert _row(rendered["page"], "finetune", "audio-visual")[2:4] == ["66.67 ± 7.07 (n=2)", "55.00 ± 7.07 (n=2)"]
@@ -148,10 +197,16 @@ def test_table_values_are_hand_computed_means_and_stds(rendered):
 
 def test_rows_sorted_by_method_then_modality(rendered):
     section = rendered["page"].split(f"Stream `{S1[:12]}`;", 1)[1].split("![", 1)[0]
-    rows = [tuple(cells_of(line)[:2]) for line in section.splitlines()
-            if line.startswith("| ") and "Method" not in line]
-    assert rows == [("finetune", "audio"), ("finetune", "audio-visual"), ("icarl-nme", "audio"),
-                    ("icarl-nme", "audio-visual"), (f"icarl-nme {DAGGER}", "audio-visual")]
+    rows = [
+        tuple(cells_of(line)[:2]) for line in section.splitlines() if line.startswith("| ") and "Method" not in line
+    ]
+    assert rows == [
+        ("finetune", "audio"),
+        ("finetune", "audio-visual"),
+        ("icarl-nme", "audio"),
+        ("icarl-nme", "audio-visual"),
+        (f"icarl-nme {DAGGER}", "audio-visual"),
+    ]
 
 
 def test_headline_bold_best_per_column_last_accuracy_and_per_cell_n(rendered):
@@ -229,8 +284,20 @@ def table_headers(page):
 
 
 #: table headers that are no metric
-NOT_METRICS = {"Method", "Modality", "Norm", "Dataset", "Protocol", "Source", "Train time (s, mean)",
-               "Peak memory (MB, max)", "Parameters", "audio", "visual", "audio-visual"}
+NOT_METRICS = {
+    "Method",
+    "Modality",
+    "Norm",
+    "Dataset",
+    "Protocol",
+    "Source",
+    "Train time (s, mean)",
+    "Peak memory (MB, max)",
+    "Parameters",
+    "audio",
+    "visual",
+    "audio-visual",
+}
 
 
 def assert_footnoted(page, keys):
@@ -306,8 +373,17 @@ def test_error_file_written_where_expected(rendered):
 
 
 def test_reported_numbers_are_a_separate_table(tmp_path):
-    reported = [{"dataset": "ave", "protocol": "4x7", "method": "av_cil", "modality": "audio-visual",
-                 "avg_inc_acc": 74.04, "avg_forgetting": 7.63, "source": "authors' log"}]
+    reported = [
+        {
+            "dataset": "ave",
+            "protocol": "4x7",
+            "method": "av_cil",
+            "modality": "audio-visual",
+            "avg_inc_acc": 74.04,
+            "avg_forgetting": 7.63,
+            "source": "authors' log",
+        }
+    ]
     LB.render(tmp_path / "none", tmp_path / "lb", {"audio-visual": {"reported": reported}}, titles={"ave": "AVE"})
     page = (tmp_path / "lb" / "audio-visual.md").read_text()
     section = page.split("## Reported by the references (not this harness's results)")[1].split("##")[0]
@@ -334,19 +410,38 @@ ML_VALUES = {"ml_a": (50.0, 40.0, 20.0, 10.0), "ml_b": (45.0, 35.0, 25.0, 15.0)}
 def fake_ml_record(method, seed):
     """A multi-label record with hand-set summaries (F1s fixed at 30 / 20, forgetting 5)."""
     a, f, ab, fb = (v + 2.0 * seed for v in ML_VALUES[method])
-    metrics = {"avg_mAP": a, "final_mAP": f, "avg_mAP_binarized": ab, "final_mAP_binarized": fb,
-               **{f"{p}_{m}": v for m in ("micro_f1", "macro_f1", "lwlrap")
-                  for p, v in (("avg", 30.0), ("final", 20.0))},
-               **{f"forgetting_{m}": 5.0 for m in ("mAP", "micro_f1", "macro_f1", "lwlrap", "mAP_binarized")}}
+    metrics = {
+        "avg_mAP": a,
+        "final_mAP": f,
+        "avg_mAP_binarized": ab,
+        "final_mAP_binarized": fb,
+        **{f"{p}_{m}": v for m in ("micro_f1", "macro_f1", "lwlrap") for p, v in (("avg", 30.0), ("final", 20.0))},
+        **{f"forgetting_{m}": 5.0 for m in ("mAP", "micro_f1", "macro_f1", "lwlrap", "mAP_binarized")},
+    }
     curves = {m: [40.0, 30.0] for m in ("mAP", "micro_f1", "macro_f1", "base_macro_f1")}
     return {
         "suite": ML_SUITE,
-        "cell": {"dataset": "synth_tags", "protocol": "2+1", "method": f"{method}-bn", "modality": "audio",
-                 "seed": seed},
-        "reference_protocol": True, "epochs_override": None, "config": {"method": method, "norm": "bn"},
+        "cell": {
+            "dataset": "synth_tags",
+            "protocol": "2+1",
+            "method": f"{method}-bn",
+            "modality": "audio",
+            "seed": seed,
+        },
+        "reference_protocol": True,
+        "epochs_override": None,
+        "config": {"method": method, "norm": "bn"},
         "stream": {"hash": ML_STREAM, "classes_per_step": [2, 1], "skipped": []},
-        "results": {"kind": "multilabel", "selection": "last-epoch", "method": method, "norm": "bn", "metrics": metrics,
-                    "curves": curves, "ap_matrix": [[50.0, None], [40.0, 30.0, 20.0]], "model": {"widths": [4, 8]}},
+        "results": {
+            "kind": "multilabel",
+            "selection": "last-epoch",
+            "method": method,
+            "norm": "bn",
+            "metrics": metrics,
+            "curves": curves,
+            "ap_matrix": [[50.0, None], [40.0, 30.0, 20.0]],
+            "model": {"widths": [4, 8]},
+        },
         "cost": {"train_seconds": 1.0, "peak_memory_mb": 10.0, "peak_memory_kind": "rss", "parameters": 1000},
         "encoders": {"frontend": {"seconds": 1.0, "sample_rate": 16000, "n_mels": 8}},
         "created": f"2026-11-21T23:0{seed}:00+00:00",
@@ -358,21 +453,41 @@ def ml_page(tmp_path_factory):
     base = tmp_path_factory.mktemp("ml")
     for method in ML_VALUES:
         for seed in (0, 1):
-            write_record(record_path(base / "results", ML_SUITE, "synth_tags", "2+1", f"{method}-bn", "audio", seed),
-                         fake_ml_record(method, seed))
+            write_record(
+                record_path(base / "results", ML_SUITE, "synth_tags", "2+1", f"{method}-bn", "audio", seed),
+                fake_ml_record(method, seed),
+            )
     LB.render(base / "results", base / "out")
     return (base / "out" / f"{ML_SUITE}.md").read_text()
 
 
 def test_multilabel_headline_shows_both_maps_labelled_with_best_bold(ml_page):
     table = headline(ml_page, "protocol `2+1`")
-    assert table[0] == ["Method (n = 2 seeds)", "Norm", "mAP (scores)", "mAP (thresholded, as the papers)",
-                        "micro-F1", "macro-F1"]
+    assert table[0] == [
+        "Method (n = 2 seeds)",
+        "Norm",
+        "mAP (scores)",
+        "mAP (thresholded, as the papers)",
+        "micro-F1",
+        "macro-F1",
+    ]
     # mean of seeds 0 and 1 (values + 0 and + 2): ml_a best in mAP (scores), ml_b in the thresholded mAP; F1s tie
-    assert table[1] == ["ml_a", "BN", "**51.0** ± 1.4 / **41.0**", "21.0 ± 1.4 / 11.0", "**30.0** ± 0.0 / **20.0**",
-                        "**30.0** ± 0.0 / **20.0**"]
-    assert table[2] == ["ml_b", "BN", "46.0 ± 1.4 / 36.0", "**26.0** ± 1.4 / **16.0**", "**30.0** ± 0.0 / **20.0**",
-                        "**30.0** ± 0.0 / **20.0**"]
+    assert table[1] == [
+        "ml_a",
+        "BN",
+        "**51.0** ± 1.4 / **41.0**",
+        "21.0 ± 1.4 / 11.0",
+        "**30.0** ± 0.0 / **20.0**",
+        "**30.0** ± 0.0 / **20.0**",
+    ]
+    assert table[2] == [
+        "ml_b",
+        "BN",
+        "46.0 ± 1.4 / 36.0",
+        "**26.0** ± 1.4 / **16.0**",
+        "**30.0** ± 0.0 / **20.0**",
+        "**30.0** ± 0.0 / **20.0**",
+    ]
     legend = ml_page.split("Each cell:", 1)[1].splitlines()[0]
     assert "the number the papers' tables report" in legend and "mAP (thresholded, as the papers)" in legend
 

@@ -1,4 +1,5 @@
 """run_all end to end on the toy dataset: records, skip on re-run, resume, failures, kill safety."""
+
 import json
 import os
 import signal
@@ -17,12 +18,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def args(tmp_path, *extra):
-    return ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
-            "--leaderboard-dir", str(tmp_path / "lb"), "--no-progress", "--datasets", "toy", *extra]
+    return [
+        "--data-root",
+        str(tmp_path / "data"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--leaderboard-dir",
+        str(tmp_path / "lb"),
+        "--no-progress",
+        "--datasets",
+        "toy",
+        *extra,
+    ]
 
 
 def test_grid_writes_records_leaderboard_and_skips_on_rerun(tmp_path, toy_registry, capsys):
-    argv = args(tmp_path, "--methods", "fine_tuning", "icarl-nme", "--modalities", "audio", "audio-visual", "--seeds", "0", "1", "--epochs", "2")
+    argv = args(
+        tmp_path,
+        "--methods",
+        "fine_tuning",
+        "icarl-nme",
+        "--modalities",
+        "audio",
+        "audio-visual",
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "2",
+    )
     assert run_all.main(argv) == 0
     recs = list(iter_records(tmp_path / "results"))
     assert len(recs) == 8
@@ -42,13 +66,33 @@ def test_grid_writes_records_leaderboard_and_skips_on_rerun(tmp_path, toy_regist
     assert "0 ran, 8 already recorded" in capsys.readouterr().out
     assert time.time() - t0 < 30
     # a changed config (epochs) is a different cell key: it re-runs
-    assert run_all.main(args(tmp_path, "--methods", "fine_tuning", "--modalities", "audio", "--seeds", "0", "--epochs", "3")) == 0
+    assert (
+        run_all.main(
+            args(tmp_path, "--methods", "fine_tuning", "--modalities", "audio", "--seeds", "0", "--epochs", "3")
+        )
+        == 0
+    )
     assert "1 ran" in capsys.readouterr().out
 
 
 def test_missing_dataset_is_reported_with_instructions(tmp_path, toy_registry, capsys):
-    argv = ["--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--leaderboard-dir", str(tmp_path / "lb"),
-            "--no-progress", "--methods", "fine_tuning", "--modalities", "audio", "--seeds", "0", "--epochs", "1"]
+    argv = [
+        "--data-root",
+        str(tmp_path),
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--leaderboard-dir",
+        str(tmp_path / "lb"),
+        "--no-progress",
+        "--methods",
+        "fine_tuning",
+        "--modalities",
+        "audio",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+    ]
     assert run_all.main(argv) == 0
     assert "[missing] absent: put absent files in DATA/absent" in capsys.readouterr().out
     page = (tmp_path / "lb" / "audio-visual.md").read_text()
@@ -79,10 +123,14 @@ def test_failing_cell_is_isolated_and_reported(tmp_path, toy_registry, monkeypat
     from methods import registry
 
     real = registry()
-    broken = real["lwf"].__class__("lwf", real["lwf"].strategy, real["lwf"].folder, options={"kd_temperature": "not-a-number"})
+    broken = real["lwf"].__class__(
+        "lwf", real["lwf"].strategy, real["lwf"].folder, options={"kd_temperature": "not-a-number"}
+    )
     import benchmarks.run.grid
 
-    monkeypatch.setattr(benchmarks.run.grid, "method_registry", lambda suite: {"lwf": broken, "fine_tuning": real["fine_tuning"]})
+    monkeypatch.setattr(
+        benchmarks.run.grid, "method_registry", lambda suite: {"lwf": broken, "fine_tuning": real["fine_tuning"]}
+    )
     code = run_all.main(args(tmp_path, "--modalities", "audio", "--seeds", "0", "--epochs", "1"))
     assert code == 1
     err = capsys.readouterr().err
@@ -116,7 +164,18 @@ def test_resume_after_a_finished_step(tmp_path, toy_registry, monkeypatch):
     produces the same record as an uninterrupted run."""
     import benchmarks.run.cell as runner
 
-    argv = args(tmp_path, "--methods", "icarl-fc", "--modalities", "audio-visual", "--seeds", "0", "--epochs", "2", "--no-leaderboard")
+    argv = args(
+        tmp_path,
+        "--methods",
+        "icarl-fc",
+        "--modalities",
+        "audio-visual",
+        "--seeds",
+        "0",
+        "--epochs",
+        "2",
+        "--no-leaderboard",
+    )
     real_save = crash_after_second_checkpoint(monkeypatch)
     assert run_all.main(argv) == 130
     ckpts = list((tmp_path / "results").rglob("step*.pt"))
@@ -129,7 +188,23 @@ def test_resume_after_a_finished_step(tmp_path, toy_registry, monkeypatch):
     assert not list((tmp_path / "results").rglob("*.ckpt"))
     fresh_dir = tmp_path / "fresh"
     fresh_dir.mkdir()
-    assert run_all.main(args(fresh_dir, "--methods", "icarl-fc", "--modalities", "audio-visual", "--seeds", "0", "--epochs", "2", "--no-leaderboard")) == 0
+    assert (
+        run_all.main(
+            args(
+                fresh_dir,
+                "--methods",
+                "icarl-fc",
+                "--modalities",
+                "audio-visual",
+                "--seeds",
+                "0",
+                "--epochs",
+                "2",
+                "--no-leaderboard",
+            )
+        )
+        == 0
+    )
     fresh = list(iter_records(fresh_dir / "results"))[0]
     assert resumed["results"]["R"] == fresh["results"]["R"]
 
@@ -149,7 +224,22 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_sigkill_mid_grid_leaves_no_corrupt_record(tmp_path):
     script = tmp_path / "grid.py"
     script.write_text(KILL_SCRIPT.format(root=str(ROOT)))
-    argv = [sys.executable, str(script), *args(tmp_path, "--methods", "fine_tuning", "upper_bound", "--seeds", "0", "1", "--epochs", "40", "--no-leaderboard")]
+    argv = [
+        sys.executable,
+        str(script),
+        *args(
+            tmp_path,
+            "--methods",
+            "fine_tuning",
+            "upper_bound",
+            "--seeds",
+            "0",
+            "1",
+            "--epochs",
+            "40",
+            "--no-leaderboard",
+        ),
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = tmp_path / "results"
     deadline = time.time() + 120
@@ -182,7 +272,10 @@ def test_methods_needing_views_a_dataset_lacks_are_skipped_with_a_note(tmp_path,
     assert run_all.main(argv) == 0
     out = capsys.readouterr().out
     assert "[skipped] fine_tuning (audio) does not run on RawOnly" in out and "0 cells" in out
-    assert "Not applicable: fine_tuning (audio-visual) does not run on RawOnly" in (tmp_path / "lb" / "audio-visual.md").read_text()
+    assert (
+        "Not applicable: fine_tuning (audio-visual) does not run on RawOnly"
+        in (tmp_path / "lb" / "audio-visual.md").read_text()
+    )
 
 
 def test_mcil_cells_record_their_metrics_render_and_resume(tmp_path, toy_registry, monkeypatch):
@@ -190,14 +283,35 @@ def test_mcil_cells_record_their_metrics_render_and_resume(tmp_path, toy_registr
     towers, the leaderboard shows M1/M2, and a cell killed after step 1 resumes to the same record."""
     import benchmarks.run.cell as runner
 
-    base = ["--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"), "--leaderboard-dir",
-            str(tmp_path / "lb"), "--no-progress", "--datasets", "toy_paired", "--seeds", "0", "--epochs", "1",
-            "--set", "towers={paper: tiny-rn, code: tiny-vit}"]  # a mode mapping, resolved per mode
+    base = [
+        "--data-root",
+        str(tmp_path / "data"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--leaderboard-dir",
+        str(tmp_path / "lb"),
+        "--no-progress",
+        "--datasets",
+        "toy_paired",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--set",
+        "towers={paper: tiny-rn, code: tiny-vit}",
+    ]  # a mode mapping, resolved per mode
     real_save = crash_after_second_checkpoint(monkeypatch)
     assert run_all.main(base + ["--methods", "mcil_audioclip", "--no-leaderboard"]) == 130
     state = torch.load(next((tmp_path / "results").rglob("step1.pt")), weights_only=True)
-    assert all(".moe." in k or "fusion" in k or "audio_proj" in k or "running" in k or "num_batches" in k or k.endswith(".window")
-               for k in state["strategy"]["model"])  # frozen tower weights are not checkpointed
+    assert all(
+        ".moe." in k
+        or "fusion" in k
+        or "audio_proj" in k
+        or "running" in k
+        or "num_batches" in k
+        or k.endswith(".window")
+        for k in state["strategy"]["model"]
+    )  # frozen tower weights are not checkpointed
     monkeypatch.setattr(runner, "save_checkpoint", real_save)
     assert run_all.main(base + ["--methods", "mcil_audioclip", "mcil_audioclip-code"]) == 0
     recs = {r["cell"]["method"]: r for r in iter_records(tmp_path / "results")}
@@ -207,7 +321,12 @@ def test_mcil_cells_record_their_metrics_render_and_resume(tmp_path, toy_registr
         assert set(mm["whole-set"]) >= {"m1", "m2"} and len(rec["results"]["step_reports"]) == 3
         assert rec["results"]["selection"] == "last" and rec["method_info"]["towers"] in ("tiny-rn", "tiny-vit")
     fresh = tmp_path / "fresh"
-    assert run_all.main([a.replace(str(tmp_path), str(fresh)) for a in base] + ["--methods", "mcil_audioclip", "--no-leaderboard"]) == 0
+    assert (
+        run_all.main(
+            [a.replace(str(tmp_path), str(fresh)) for a in base] + ["--methods", "mcil_audioclip", "--no-leaderboard"]
+        )
+        == 0
+    )
     again = next(iter_records(fresh / "results"))
     assert again["results"]["R"] == recs["mcil_audioclip"]["results"]["R"]
     page = (tmp_path / "lb" / "audio-visual.md").read_text()

@@ -1,4 +1,5 @@
 """The audio-multilabel suite end to end on a tiny SynthTags: records, leaderboard, skip, resume, one forward, CKA."""
+
 import json
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 import torch
 
 import run_all
-from benchmarks.tools import cka
 from benchmarks.core.records import iter_records
-from datasets.adapters.audio_multilabel import AudioSet50, FSD50K50
+from benchmarks.tools import cka
+from datasets.adapters.audio_multilabel import FSD50K50, AudioSet50
 from datasets.adapters.synth_tags import SynthTags, SynthTagsConfig
 
 TINY = SynthTagsConfig(train_base=24, train_new=6, test_base=12, test_new=4)
@@ -26,8 +27,22 @@ def ml_registry(monkeypatch):
 
 
 def args(tmp_path, *extra):
-    return ["--suite", "audio-multilabel", "--data-root", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
-            "--leaderboard-dir", str(tmp_path / "lb"), "--no-progress", "--seeds", "0", "--epochs", "1", *extra]
+    return [
+        "--suite",
+        "audio-multilabel",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--leaderboard-dir",
+        str(tmp_path / "lb"),
+        "--no-progress",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        *extra,
+    ]
 
 
 def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
@@ -39,31 +54,100 @@ def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
     assert sorted(recs) == ["ml_fine_tuning-gn", "ml_indl-bn", "ml_joint-cn"]
     rec = recs["ml_indl-bn"]
     res = rec["results"]
-    assert res["kind"] == "multilabel" and res["selection"] == "last-epoch" and res["norm"] == "bn" and res["method"] == "ml_indl"
+    assert (
+        res["kind"] == "multilabel"
+        and res["selection"] == "last-epoch"
+        and res["norm"] == "bn"
+        and res["method"] == "ml_indl"
+    )
     assert [len(row) for row in res["ap_matrix"]] == [30, 35, 40, 45, 50] and len(res["phases"]) == 5
     assert res["model"]["widths"] == [4, 8, 16, 32, 64, 128] and rec["config"]["kd_reduction"] == "batchmean"
-    assert rec["stream"]["classes_per_step"] == [30, 5, 5, 5, 5] and rec["stream"]["counts"]["test"] == [12, 16, 20, 24, 28]
-    for key in ("avg_mAP", "avg_micro_f1", "avg_macro_f1", "final_mAP", "forgetting_macro_f1", "avg_lwlrap", "avg_mAP_binarized"):
+    assert rec["stream"]["classes_per_step"] == [30, 5, 5, 5, 5] and rec["stream"]["counts"]["test"] == [
+        12,
+        16,
+        20,
+        24,
+        28,
+    ]
+    for key in (
+        "avg_mAP",
+        "avg_micro_f1",
+        "avg_macro_f1",
+        "final_mAP",
+        "forgetting_macro_f1",
+        "avg_lwlrap",
+        "avg_mAP_binarized",
+    ):
         assert key in res["metrics"]
     assert [h["train_clips"] for h in recs["ml_joint-cn"]["results"]["history"]] == [24, 30, 36, 42, 48]
     assert [h["train_clips"] for h in res["history"]] == [24, 6, 6, 6, 6]
-    assert len(res["phase_checkpoints"]) == 5 and all(p.endswith(f"phase{t}.pt") for t, p in enumerate(res["phase_checkpoints"]))
+    assert len(res["phase_checkpoints"]) == 5 and all(
+        p.endswith(f"phase{t}.pt") for t, p in enumerate(res["phase_checkpoints"])
+    )
     page = (tmp_path / "lb" / "audio-multilabel.md").read_text()
-    assert "| ml_indl † | BN |" in page and "| ml_joint † | CN |" in page and "| ml_fine_tuning † | GN |" in page  # † = --epochs
-    assert "Avg mAP" in page and "Forgetting macro-F1" in page and "audioset50" in page and "fsd50k50" in page and "†" in page
-    assert (tmp_path / "lb" / "results-audio-multilabel.csv").exists() and list((tmp_path / "lb" / "plots").glob("*__curves.png"))
+    assert (
+        "| ml_indl † | BN |" in page and "| ml_joint † | CN |" in page and "| ml_fine_tuning † | GN |" in page
+    )  # † = --epochs
+    assert (
+        "Avg mAP" in page
+        and "Forgetting macro-F1" in page
+        and "audioset50" in page
+        and "fsd50k50" in page
+        and "†" in page
+    )
+    assert (tmp_path / "lb" / "results-audio-multilabel.csv").exists() and list(
+        (tmp_path / "lb" / "plots").glob("*__curves.png")
+    )
     assert run_all.main(argv) == 0
     assert "0 ran, 3 already recorded" in capsys.readouterr().out
 
     # CKA between two of the kept phase checkpoints, through the command line
     a, b = res["phase_checkpoints"][0], res["phase_checkpoints"][4]
     png, js = tmp_path / "cka.png", tmp_path / "cka.json"
-    assert cka.main(["--ckpt-a", a, "--ckpt-b", b, "--dataset", "synth_tags", "--data-root", str(tmp_path / "data"),
-                     "--batch-size", "6", "--out", str(png), "--json", str(js)]) == 0
+    assert (
+        cka.main(
+            [
+                "--ckpt-a",
+                a,
+                "--ckpt-b",
+                b,
+                "--dataset",
+                "synth_tags",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--batch-size",
+                "6",
+                "--out",
+                str(png),
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     data = json.loads(js.read_text())
     assert png.stat().st_size > 0 and len(data["diagonal"]) == 25 and all(-0.05 <= v <= 1.05 for v in data["diagonal"])
-    assert cka.main(["--ckpt-a", a, "--ckpt-b", a, "--dataset", "synth_tags", "--data-root", str(tmp_path / "data"),
-                     "--batch-size", "6", "--out", str(png), "--json", str(js)]) == 0
+    assert (
+        cka.main(
+            [
+                "--ckpt-a",
+                a,
+                "--ckpt-b",
+                a,
+                "--dataset",
+                "synth_tags",
+                "--data-root",
+                str(tmp_path / "data"),
+                "--batch-size",
+                "6",
+                "--out",
+                str(png),
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     assert np.allclose(json.loads(js.read_text())["diagonal"], 1.0, atol=1e-6)
 
 
@@ -99,11 +183,15 @@ def test_indl_runs_the_student_and_the_teacher_once_per_step(tmp_path, ml_regist
     from methods import registry as methods
     from methods._cnn14.model import CNN14
 
-    ctx = GridContext(get_suite("audio-multilabel"), tmp_path / "data", tmp_path / "r", torch.device("cpu"), progress=False)
+    ctx = GridContext(
+        get_suite("audio-multilabel"), tmp_path / "data", tmp_path / "r", torch.device("cpu"), progress=False
+    )
     stream, store = ctx.stream("synth_tags", ml_registry["synth_tags"].protocols()[0].name), ctx.store("synth_tags")
     spec = methods()["ml_indl-bn"]
     cfg = {**spec.config("synth_tags", "audio"), "epochs": 1, "batch_size": 4}
-    s = spec.build(modality="audio", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False)
+    s = spec.build(
+        modality="audio", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False
+    )
     exps = list(stream.benchmark.train_stream)
     s.train(exps[0], eval_streams=[])
     calls = {"train": 0, "eval": 0}
@@ -135,8 +223,8 @@ def test_cka_estimator():
 
 
 def test_joint_train_set_merges_a_clip_listed_in_several_phases():
-    from benchmarks.suites.multilabel import MultiLabelStream
     from benchmarks.core.protocols import Protocol
+    from benchmarks.suites.multilabel import MultiLabelStream
 
     def part(rows, cols, labels, lo, hi):
         y = torch.zeros(len(rows), 4)
@@ -145,11 +233,21 @@ def test_joint_train_set_merges_a_clip_listed_in_several_phases():
         mask[:, lo:hi] = True
         return torch.tensor(rows), y, mask
 
-    train = [part([0, 1], None, [[1, 0], [0, 1]], 0, 2), part([1, 2], None, [[1], [0]], 2, 3), part([2], None, [[1]], 3, 4)]
+    train = [
+        part([0, 1], None, [[1, 0], [0, 1]], 0, 2),
+        part([1, 2], None, [[1], [0]], 2, 3),
+        part([2], None, [[1]], 3, 4),
+    ]
     s = MultiLabelStream("toy", Protocol("p", (0, 1, 2, 3), (2, 1, 1)), None, train, [], [], [], "h")
     rows, y, mask = s.train_set(1, "joint")
     assert rows.tolist() == [0, 1, 2]
     assert y.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
-    assert mask.tolist() == [[True, True, False], [True, True, True], [False, False, True]]  # unknown entries stay unknown
+    assert mask.tolist() == [
+        [True, True, False],
+        [True, True, True],
+        [False, False, True],
+    ]  # unknown entries stay unknown
     rows, y, mask = s.train_set(1, "phase")
-    assert rows.tolist() == [1, 2] and y.tolist() == [[0, 0, 1], [0, 0, 0]] and mask[:, 2].all() and not mask[:, :2].any()
+    assert (
+        rows.tolist() == [1, 2] and y.tolist() == [[0, 0, 1], [0, 0, 0]] and mask[:, 2].all() and not mask[:, :2].any()
+    )

@@ -1,4 +1,5 @@
 """bf16 autocast matches fp32 within the documented tolerances (CPU autocast here; CUDA on a GPU)."""
+
 import pytest
 import torch
 
@@ -13,7 +14,10 @@ def test_bf16_matches_fp32(modality):
 
 
 def test_check_flags_out_of_tolerance():
-    assert check({"logits_rel": 0.5, "grad_cos": 0.5}) == ["logits_rel=0.5 (tolerance 0.05)", "grad_cos=0.5 (tolerance 0.98)"]
+    assert check({"logits_rel": 0.5, "grad_cos": 0.5}) == [
+        "logits_rel=0.5 (tolerance 0.05)",
+        "grad_cos=0.5 (tolerance 0.98)",
+    ]
 
 
 @pytest.mark.parametrize("preset", ["tiny-rn", "tiny-vit"])
