@@ -84,7 +84,8 @@ class MethodSpec:
         lacking = sorted(keys_read(self) - set(cfg))
         if lacking:
             raise ConfigError(
-                f"method {self.name} reads config key(s) {lacking}, which its config for dataset {dataset} lacks: add them to "
+                f"method {self.name} reads config key(s) {lacking}, which its config for dataset {dataset} lacks: "
+                "add them to "
                 f"{self.folder / 'config.yaml'} (under `defaults` or `datasets: {{{dataset}: ...}}`)"
                 + (" or pass --epochs" if lacking == ["epochs"] else "")
             )

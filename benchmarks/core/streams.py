@@ -94,7 +94,8 @@ def build_stream(store: FeatureStore, protocol: Protocol) -> CILStream:
     bad = [c for c in protocol.class_order if not 0 <= c < n_classes]
     if bad:
         raise DatasetError(
-            f"protocol {protocol.name}: class indices {bad} do not exist in {store.dataset} ({n_classes} classes, store "
+            f"protocol {protocol.name}: class indices {bad} do not exist in {store.dataset} ({n_classes} classes, "
+            "store "
             f"{store.path}); fix the protocol's class_order (the dataset adapter's protocols(), or its folder's "
             f"protocol.yaml) to list only indices 0..{n_classes - 1}"
         )
@@ -108,7 +109,8 @@ def build_stream(store: FeatureStore, protocol: Protocol) -> CILStream:
         if (counts == 0).any():
             empty = [store.class_names[protocol.class_order[p]] for p in np.flatnonzero(counts == 0)]
             raise DatasetError(
-                f"{store.path}: class(es) {empty} have no {split} samples; every class in the protocol needs train, val and test samples"
+                f"{store.path}: class(es) {empty} have no {split} samples; every class in the protocol needs train, "
+                "val and test samples"
             )
         split_sets[split] = _make_taskaware_classification_dataset(IdDataset(rows, targets), task_labels=0)
     bm = class_incremental_benchmark(

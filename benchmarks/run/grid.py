@@ -26,7 +26,8 @@ class Grid:
 
 
 def _available_views(adapter, data_root: Path) -> tuple[str, ...]:
-    """What the adapter's store offers under `data_root` now (`available_views`; plain `views` for duck-typed adapters)."""
+    """What the adapter's store offers under `data_root` now (`available_views`; plain `views` for duck-typed
+    adapters)."""
     available = getattr(adapter, "available_views", None)
     return tuple(available(data_root)) if callable(available) else tuple(adapter.views)
 
@@ -82,7 +83,8 @@ def build_grid(
                     if lacking:
                         hint = _hint(adapter, Path(data_root), lacking)
                         grid.not_applicable.append(
-                            f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) {sorted(lacking)}, "
+                            f"{method_name} ({modality}) does not run on {adapter.title}: it reads view(s) "
+                            f"{sorted(lacking)}, "
                             f"the dataset provides {list(provided)}" + (f"; {hint}" if hint else "")
                         )
                         continue

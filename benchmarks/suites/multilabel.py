@@ -439,7 +439,8 @@ class MultiLabel(SuiteKind):
     def summary_line(self, record: dict) -> str:
         m = record["results"]["metrics"]
         return (
-            f"avg mAP {fmt(m['avg_mAP'])}  avg micro-F1 {fmt(m['avg_micro_f1'])}  avg macro-F1 {fmt(m['avg_macro_f1'])}  "
+            f"avg mAP {fmt(m['avg_mAP'])}  avg micro-F1 {fmt(m['avg_micro_f1'])}  avg macro-F1 "
+            f"{fmt(m['avg_macro_f1'])}  "
             f"final mAP {fmt(m['final_mAP'])}  forgetting macro-F1 {fmt(m['forgetting_macro_f1'])}"
         )
 

@@ -209,7 +209,8 @@ class StoreTemplate(HarnessTemplate):
         quota = self.cfg["memory"] // self.seen_classes
         if quota < 1:
             raise ValueError(
-                f"memory {self.cfg['memory']} is smaller than the {self.seen_classes} seen classes: need >= 1 exemplar per class"
+                f"memory {self.cfg['memory']} is smaller than the {self.seen_classes} seen classes: need >= 1 "
+                "exemplar per class"
             )
         return quota
 
@@ -345,7 +346,8 @@ class SingleLabel(SuiteKind):
             if spec.name == protocol:
                 return build_stream(store, Protocol.from_spec(spec, len(store.class_names)))
         raise ConfigError(
-            f"dataset {adapter.name} has no protocol {protocol!r}; it has {', '.join(p.name for p in adapter.protocols())}"
+            f"dataset {adapter.name} has no protocol {protocol!r}; it has "
+            f"{', '.join(p.name for p in adapter.protocols())}"
         )
 
     def adjust_config(self, cfg: dict, stream, overrides: dict) -> None:

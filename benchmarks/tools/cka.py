@@ -1,6 +1,7 @@
 """Layer-wise similarity of two CNN14 phase checkpoints: minibatch linear CKA with the unbiased HSIC.
 
-    python -m benchmarks.tools.cka --ckpt-a A.pt --ckpt-b B.pt --dataset synth_tags --out plot.png [--phase 0] [--json cka.json]
+    python -m benchmarks.tools.cka --ckpt-a A.pt --ckpt-b B.pt --dataset synth_tags --out plot.png \
+        [--phase 0] [--json cka.json]
 
 The TASLP analysis (../shared/reference/multilabel_audio.md section 8; reference `cka_func` with
 `lib/torch_cka_up/cka.py`): the phase-0 model against the phase-4 model, both fed the phase-0
@@ -209,7 +210,8 @@ def test_batches(dataset: str, data_root: Path, phase: int, batch_size: int, max
     n = (len(rows) // batch_size) * batch_size
     if n == 0:
         raise SystemExit(
-            f"the phase-{phase} test set has {len(rows)} clips, fewer than one batch of {batch_size}; lower --batch-size"
+            f"the phase-{phase} test set has {len(rows)} clips, fewer than one batch of {batch_size}; lower "
+            "--batch-size"
         )
     for b in range(0, n, batch_size):
         if max_batches is not None and b // batch_size >= max_batches:
@@ -238,7 +240,10 @@ def main(argv=None) -> int:
     batches = test_batches(args.dataset, args.data_root, args.phase, args.batch_size, args.max_batches)
     matrix = cka_matrix(model_a, model_b, batches, LAYERS, args.device, args.bn_post_relu).numpy()
     name = lambda p, m: f"{p.name}" + (f" (phase {m['phase']})" if "phase" in m else "")  # noqa: E731
-    title = f"minibatch linear CKA, {name(args.ckpt_a, meta_a)} vs {name(args.ckpt_b, meta_b)}, {args.dataset} test phase {args.phase}"
+    title = (
+        f"minibatch linear CKA, {name(args.ckpt_a, meta_a)} vs {name(args.ckpt_b, meta_b)}, "
+        f"{args.dataset} test phase {args.phase}"
+    )
     plot(matrix, LAYERS, title, args.out)
     for layer, v in zip(LAYERS, np.diag(matrix)):
         print(f"{layer:22s} {v:.4f}")

@@ -103,7 +103,8 @@ def main(argv=None) -> None:
             err = (fn(moe, x, r) - ref).abs().max().item()
             assert err < 1e-4, f"{name} differs from gathered by {err}"
     print(
-        f"device {device}, preset {preset} {cfg}, precision {args.precision}, {args.repeats} repeats (forward + backward)"
+        f"device {device}, preset {preset} {cfg}, precision {args.precision}, {args.repeats} repeats (forward + "
+        "backward)"
     )
     times = {
         name: timed(fn, moe, x, r, device, args.repeats, args.precision)

@@ -187,8 +187,10 @@ def main(argv=None) -> None:
     n_train = cfg["new"] + cfg["exemplars"]
     n_classes = 14  # AVE step 1: 7 old (exemplars) + 7 new classes
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), preset {preset_name}: "
-        f"{n_train} train samples, audio {cfg['audio_dim']}, visual grid {cfg['grid']}, batch {cfg['batch']}, {args.precision}"
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), preset "
+        f"{preset_name}: "
+        f"{n_train} train samples, audio {cfg['audio_dim']}, visual grid {cfg['grid']}, batch {cfg['batch']}, "
+        f"{args.precision}"
     )
     from benchmarks.core.protocols import Protocol
     from benchmarks.core.streams import build_stream

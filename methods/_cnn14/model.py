@@ -151,7 +151,8 @@ class CNN14(nn.Module):
         }
 
     def expand_classifier(self, n: int) -> None:
-        """Grow the head to n outputs: old rows copied, new rows PyTorch's default init (reference `change_output_dim`)."""
+        """Grow the head to n outputs: old rows copied, new rows PyTorch's default init (reference
+        `change_output_dim`)."""
         old = self.fc
         if n == old.out_features:
             return

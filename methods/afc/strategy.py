@@ -56,7 +56,8 @@ class AFC(StoreTemplate):
         head = self.model.classifier
         if int(self.cfg.get("kmeans_clusters", head.K)) != head.K:
             raise ValueError(
-                f"kmeans_clusters ({self.cfg['kmeans_clusters']}) must equal proxies_per_class ({head.K}): each centre becomes one proxy"
+                f"kmeans_clusters ({self.cfg['kmeans_clusters']}) must equal proxies_per_class ({head.K}): each "
+                "centre becomes one proxy"
             )
         lo, hi = self.step_bounds
         rows, targets = self.stream.step("train", self.step_index)  # new-class rows only

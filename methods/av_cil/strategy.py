@@ -21,7 +21,8 @@ class AVCIL(SSIL):
     def __init__(self, **kwargs):
         if kwargs.get("modality") != "audio-visual":
             raise ValueError(
-                f"av_cil is audio-visual only (the reference accepts --modality audio-visual only); got {kwargs.get('modality')!r}"
+                "av_cil is audio-visual only (the reference accepts --modality audio-visual only); got "
+                f"{kwargs.get('modality')!r}"
             )
         super().__init__(**kwargs)
 

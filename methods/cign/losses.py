@@ -43,7 +43,8 @@ def continual_grouping(
     assign_logits: torch.Tensor, old_assign_logits: torch.Tensor, blocks: list[int] | None = None, tau: float = 1.0
 ) -> torch.Tensor:
     """Old-group assignment consistency, per modality token and per block of old groups:
-    mean over b, n of  sum_j KL( softmax_{c in j}(l^old[b, c, n] / tau) || softmax_{c in j}(l[b, c, n] / tau) ) * tau^2 / J.
+    mean over b, n of
+        sum_j KL( softmax_{c in j}(l^old[b, c, n] / tau) || softmax_{c in j}(l[b, c, n] / tau) ) * tau^2 / J.
 
     blocks: sizes of the old groups' blocks (one per old step, when the assignment is normalised per
     step); None = one block of all C_old old groups. In either case the student's distribution is

@@ -318,7 +318,8 @@ class MCILStrategy(StoreTemplate):
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         if unexpected or trainable & set(missing):
             raise ValueError(
-                f"step checkpoint does not fit the model: unexpected {unexpected[:5]}, missing trainable {sorted(trainable & set(missing))[:5]}"
+                f"step checkpoint does not fit the model: unexpected {unexpected[:5]}, missing trainable "
+                f"{sorted(trainable & set(missing))[:5]}"
             )
 
     def extra_state(self) -> dict:

@@ -116,7 +116,10 @@ PRESETS: dict[str, TowerPreset] = {
         text=_TEXT_OPENAI,
         quick_gelu=True,
         audio=ESRESNEXT_PRESETS["full"],
-        description="released code: OpenAI CLIP ViT-B/16 (ViT-B-16-quickgelu) + ESResNeXt-fbsp (1024-d, projected by the method)",
+        description=(
+            "released code: OpenAI CLIP ViT-B/16 (ViT-B-16-quickgelu) + ESResNeXt-fbsp "
+            "(1024-d, projected by the method)"
+        ),
         openai_file="ViT-B-16.pt",
     ),
     "tiny-rn": TowerPreset(

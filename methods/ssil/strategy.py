@@ -21,7 +21,8 @@ class SSIL(StoreTemplate):
         super().__init__(**kwargs)
         if not self.separate_exemplar_batches:
             raise ValueError(
-                f"{type(self).__name__} needs `exemplar_batching: separate` (a current batch joined by an exemplar batch); got {self.cfg.get('exemplar_batching')!r}"
+                f"{type(self).__name__} needs `exemplar_batching: separate` (a current batch joined by an exemplar "
+                f"batch); got {self.cfg.get('exemplar_batching')!r}"
             )
 
     @property

@@ -14,7 +14,8 @@ from methods._avcil.model import AVCILNet
 def test_taskwise_kd_by_hand():
     # One sample, one old block of 2 logits, T = 2.
     # old logits (0, 0) -> q = (1/2, 1/2); new logits (2 ln 3, 0) / T = (ln 3, 0) -> p = (3/4, 1/4).
-    # KL(q || p) = 1/2 ln((1/2)/(3/4)) + 1/2 ln((1/2)/(1/4)) = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3); times T^2 = 2 ln(4/3).
+    # KL(q || p) = 1/2 ln((1/2)/(3/4)) + 1/2 ln((1/2)/(1/4)) = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3);
+    # times T^2 = 2 ln(4/3).
     new = torch.tensor([[2 * math.log(3), 0.0, 5.0]])
     old = torch.tensor([[0.0, 0.0]])
     got = taskwise_kd(new, old, [(0, 2)], T=2.0)

@@ -1,4 +1,5 @@
-"""CNN14 (shapes, growth, pretrained weights), the BN/GN/CN variants' train/eval behaviour, and every loss term by hand."""
+"""CNN14 (shapes, growth, pretrained weights), the BN/GN/CN variants' train/eval behaviour, and every loss term by "
+"hand."""
 
 import math
 from types import SimpleNamespace

@@ -222,7 +222,8 @@ def test_ssil_and_avcil_train_with_exemplar_batches(name, modality, toy_store, t
     for t, exp in enumerate(stream.benchmark.train_stream):
         s.train(exp, eval_streams=[])
         assert s.model.num_classes == toy_protocol.seen_classes(t)
-        # random exemplars: memory 12 // seen classes per class, old lists truncated, train-split rows of the right class
+        # random exemplars: memory 12 // seen classes per class, old lists truncated, train-split rows of the right
+        # class
         quota = 12 // toy_protocol.seen_classes(t)
         assert sorted(s.memory) == list(range(toy_protocol.seen_classes(t)))
         for c, rows in s.memory.items():
