@@ -144,15 +144,15 @@ class HarnessTemplate(SupervisedTemplate):
         config: dict,
         device,
         seed: int,
-        views,
-        criterion,
+        views=None,
         plugins=None,
         progress: bool = True,
     ):
+        """Keyword arguments only, as `MethodSpec.build` passes them; `views` defaults to `default_views(modality)`."""
         self.model_factory = model_factory
         model = model_factory(stream.protocol.classes_per_step[0])
         self.store, self.stream, self.modality, self.cfg, self.seed = store, stream, modality, config, seed
-        self.views = list(views)
+        self.views = list(views or self.default_views(modality))
         self.progress = progress
         self.old_model = None
         self.resident = None
@@ -162,7 +162,6 @@ class HarnessTemplate(SupervisedTemplate):
         super().__init__(
             model=model,
             optimizer=torch.optim.SGD(model.parameters(), lr=0.0),  # replaced per step by make_optimizer
-            criterion=criterion,
             train_mb_size=config["batch_size"],
             train_epochs=config["epochs"],
             eval_mb_size=config["eval_batch_size"],
@@ -178,6 +177,10 @@ class HarnessTemplate(SupervisedTemplate):
     def check_model_and_optimizer(self, **kwargs):
         self.model = self.model_adaptation()
         self.make_optimizer()
+
+    def default_views(self, modality: str) -> tuple[str, ...]:
+        """The store views gathered when the method's spec names none."""
+        raise NotImplementedError
 
     def keep_teacher(self) -> None:
         """From the second step on, keep the previous step's model, frozen, as `old_model`."""

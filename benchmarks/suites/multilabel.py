@@ -218,33 +218,8 @@ class MultiLabelTemplate(HarnessTemplate):
     train_set_mode = "phase"
     step_word = "phase"
 
-    def __init__(
-        self,
-        *,
-        model_factory,
-        store: FeatureStore,
-        stream: MultiLabelStream,
-        config: dict,
-        device,
-        seed: int,
-        progress: bool = True,
-        plugins=None,
-        views=("logmel",),
-        modality: str = "audio",
-    ):
-        super().__init__(
-            model_factory=model_factory,
-            store=store,
-            stream=stream,
-            modality=modality,
-            config=config,
-            device=device,
-            seed=seed,
-            views=views,
-            criterion=torch.nn.BCEWithLogitsLoss(),
-            plugins=plugins,
-            progress=progress,
-        )
+    def default_views(self, modality: str) -> tuple[str, ...]:
+        return ("logmel",)
 
     # ------------------------------------------------------------------ phase set-up
     @property

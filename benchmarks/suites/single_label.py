@@ -28,7 +28,6 @@ from benchmarks.metrics import accuracy
 from benchmarks.suites.kind import SuiteKind, fmt
 from datasets.base import MODALITY_VIEWS
 from datasets.errors import ConfigError
-from datasets.store import FeatureStore
 
 
 class StoreTemplate(HarnessTemplate):
@@ -40,35 +39,12 @@ class StoreTemplate(HarnessTemplate):
     #: how exemplars are chosen after each step: None (no memory), "herding" or "random"
     exemplar_selection: str | None = None
 
-    def __init__(
-        self,
-        *,
-        model_factory,
-        store: FeatureStore,
-        stream: CILStream,
-        modality: str,
-        config: dict,
-        device,
-        seed: int,
-        plugins=None,
-        progress: bool = True,
-        views=None,
-    ):
-        self.memory: dict[int, torch.Tensor] = {}  # class position -> exemplar store rows, in priority order
-        views = views or MODALITY_VIEWS[modality]
-        super().__init__(
-            model_factory=model_factory,
-            store=store,
-            stream=stream,
-            modality=modality,
-            config=config,
-            device=device,
-            seed=seed,
-            views=views,
-            criterion=torch.nn.CrossEntropyLoss(),
-            plugins=plugins,
-            progress=progress,
-        )
+    def __init__(self, **kwargs):
+        self.memory = {}
+        super().__init__(**kwargs)
+
+    def default_views(self, modality: str) -> tuple[str, ...]:
+        return MODALITY_VIEWS[modality]
 
     # ------------------------------------------------------------------ step set-up
     @property

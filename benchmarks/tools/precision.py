@@ -138,29 +138,17 @@ def main(argv=None) -> int:
         if args.grid
         else ((8, 196, 768) if device.type == "cuda" else (8, 49, 256))
     )
-    failures = 0
     print(f"bf16 autocast vs fp32 on {device}, grid {grid}, batch {args.batch}")
-    for modality in MODALITIES:
-        report = compare(modality, args.audio_dim, grid, args.batch, args.classes, device)
-        bad = check(report)
-        failures += bool(bad)
-        print(
-            f"  {modality:13s} "
-            + "  ".join(f"{k} {v:.4g}" for k, v in report.items())
-            + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad))
-        )
+    reports = [(f"{m:13s}", compare(m, args.audio_dim, grid, args.batch, args.classes, device)) for m in MODALITIES]
     presets = ("audioclip-rn50", "clip-vit-b16") if device.type == "cuda" else ("tiny-rn", "tiny-vit")
-    for preset in presets:
-        report = compare_mcil(
-            preset, min(args.batch, 16), device, audio_samples=220500 if device.type == "cuda" else 16000
-        )
+    samples = 220500 if device.type == "cuda" else 16000
+    reports += [(f"mcil {p:14s}", compare_mcil(p, min(args.batch, 16), device, audio_samples=samples)) for p in presets]
+    failures = 0
+    for label, report in reports:
         bad = check(report)
         failures += bool(bad)
-        print(
-            f"  mcil {preset:14s} "
-            + "  ".join(f"{k} {v:.4g}" for k, v in report.items())
-            + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad))
-        )
+        values = "  ".join(f"{k} {v:.4g}" for k, v in report.items())
+        print(f"  {label} {values}" + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad)))
     return 1 if failures else 0
 
 

@@ -60,9 +60,7 @@ class ExtraBatch:
 class MCILStrategy(StoreTemplate):
     exemplar_selection = None
 
-    def __init__(
-        self, *, model_factory, store, stream, modality, config, device, seed, plugins=None, progress=True, views=None
-    ):
+    def __init__(self, *, store, stream, config, **kwargs):
         protocol = stream.protocol
         names = store.meta.get("class_prompt_names") or [n.replace("_", " ") for n in store.class_names]
         class_names = [names[c] for c in protocol.class_order]
@@ -74,18 +72,8 @@ class MCILStrategy(StoreTemplate):
         self.pairing = AudioPairing(store)
         self.centroids: dict[int, torch.Tensor] = {}
         self.train_fired = [0, 0]
-        super().__init__(
-            model_factory=lambda n: model,
-            store=store,
-            stream=stream,
-            modality=modality,
-            config=config,
-            device=device,
-            seed=seed,
-            plugins=plugins,
-            progress=progress,
-            views=["clip_image"],
-        )
+        kwargs["model_factory"] = lambda n: model  # built here: it needs the class order and prompts
+        super().__init__(store=store, stream=stream, config=config, **kwargs)
 
     # ------------------------------------------------------------------ set-up per task
     def training_rows(self):
