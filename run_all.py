@@ -75,12 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--epochs",
         type=int,
-        help="override every method's epochs (recorded; the leaderboard marks such cells as not the reference protocol)",
+        help="override every method's epochs (recorded; the leaderboard marks such cells as not the reference "
+        "protocol)",
     )
     p.add_argument(
         "--random-encoders",
         action="store_true",
-        help="allow methods that train on raw media (CIGN raw mode) to start their encoders from random weights when no "
+        help="allow methods that train on raw media (CIGN raw mode) "
+        "to start their encoders from random weights when no "
         "pretrained weights are given (recorded in every cell's config)",
     )
     p.add_argument(
@@ -105,20 +107,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--audio-root",
         action="append",
         metavar="[DATASET=]DIR",
-        help="multi-label suite: read the wavs named in a dataset's phase files under DIR (re-roots absolute paths from "
+        help="multi-label suite: read the wavs named in a dataset's "
+        "phase files under DIR (re-roots absolute paths from "
         "another machine; see README). Without DATASET= it applies to every multi-label dataset; repeatable",
     )
     p.add_argument(
         "--paired-folder",
         action="append",
         metavar="PATH[=NAME]",
-        help="audio-visual suite: add a paired image+audio folder (PATH/image/{train,test}/<class>/, PATH/audio/...; see "
+        help="audio-visual suite: add a paired image+audio folder "
+        "(PATH/image/{train,test}/<class>/, PATH/audio/...; see "
         "datasets/adapters/paired_folder.py) as dataset NAME (default: the folder name); repeatable",
     )
     p.add_argument(
         "--paired-protocol",
         metavar="INITIAL,PER_STEP",
-        help="protocol of the --paired-folder datasets that have no protocol.yaml, e.g. 4,3 (4 classes, then steps of 3)",
+        help="protocol of the --paired-folder datasets that have no "
+        "protocol.yaml, e.g. 4,3 (4 classes, then steps of 3)",
     )
     p.add_argument(
         "--skip-bad",
@@ -129,7 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--keep-phase-checkpoints",
         action="store_true",
-        help="multi-label suite: keep every phase's model as <record>.phases/phase<t>.pt (input of python -m benchmarks.tools.cka)",
+        help="multi-label suite: keep every phase's model as "
+        "<record>.phases/phase<t>.pt (input of python -m benchmarks.tools.cka)",
     )
     p.add_argument(
         "--launcher",
@@ -201,14 +207,16 @@ def list_everything(args) -> None:
         status = a.availability(args.data_root)
         protocols = ", ".join(p.name for p in a.protocols())
         print(
-            f"  {name:16s} [{'present' if status.present else 'MISSING'}] {a.title}; suites {', '.join(a.suites)}; protocols {protocols}"
+            f"  {name:16s} [{'present' if status.present else 'MISSING'}] "
+            f"{a.title}; suites {', '.join(a.suites)}; protocols {protocols}"
         )
         if not status.present:
             print("      " + status.message.replace("\n", "\n      "))
     print("Methods:")
     for name, m in sorted(method_registry().items()):
         print(
-            f"  {name:16s} modalities {', '.join(m.modalities)}; suites {', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}"
+            f"  {name:16s} modalities {', '.join(m.modalities)}; suites "
+            f"{', '.join(m.suites)}; folder {m.folder.relative_to(ROOT)}"
         )
 
 

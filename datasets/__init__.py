@@ -41,7 +41,8 @@ def register(adapter: DatasetAdapter) -> DatasetAdapter:
     _RUNTIME.pop(adapter.name, None)
     if adapter.name in registry():
         raise ConfigError(
-            f"dataset name {adapter.name!r} is taken by a built-in dataset; register the folder under another name (PATH=NAME)"
+            f"dataset name {adapter.name!r} is taken by a built-in "
+            "dataset; register the folder under another name (PATH=NAME)"
         )
     _RUNTIME[adapter.name] = adapter
     return adapter

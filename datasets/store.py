@@ -105,7 +105,8 @@ class FeatureStore:
         self.manifest = _read_json(manifest_path)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise DatasetError(
-                f"{manifest_path}: store format {self.manifest.get('format_version')} != {FORMAT_VERSION}; delete the store and rebuild it"
+                f"{manifest_path}: store format {self.manifest.get('format_version')} "
+                f"!= {FORMAT_VERSION}; delete the store and rebuild it"
             )
         self.dataset: str = self.manifest["dataset"]
         self.class_names: list[str] = self.manifest["class_names"]
@@ -175,7 +176,8 @@ class FeatureStore:
             raise link_mismatch_error(self.path, target_path, view)
         if target_view not in target.views:
             raise DatasetError(
-                f"{self.path}: view {view!r} is linked to view {target_view!r} of {target_path}, which has no such view "
+                f"{self.path}: view {view!r} is linked to view "
+                f"{target_view!r} of {target_path}, which has no such view "
                 f"(it has {sorted(target.views)}); delete {self.path} and derive it again"
             )
         return target.array(target_view)
@@ -246,8 +248,10 @@ class StoreWriter:
             target = target if isinstance(target, FeatureStore) else FeatureStore(Path(target))
             if target.table_digest != digest:
                 raise DatasetError(
-                    f"cannot link view {name!r} of {self.final} to {target.path}: the two stores hold different sample tables "
-                    f"(table digests differ); derive {self.final.name} from the current {target.path.name} (same ids, labels, "
+                    f"cannot link view {name!r} of {self.final} to "
+                    f"{target.path}: the two stores hold different sample tables "
+                    f"(table digests differ); derive {self.final.name} from "
+                    f"the current {target.path.name} (same ids, labels, "
                     "splits and classes)"
                 )
             self.links[name] = _link_spec(target, target_view, self.final)
@@ -293,7 +297,8 @@ class StoreWriter:
         atomic_write_text(self.partial / "progress.json", json.dumps(self.filled))
 
     def written(self, view: str) -> np.ndarray:
-        """The rows of `view` filled so far (a read-only view of the partial array), e.g. to rebuild a cache on resume."""
+        """The rows of `view` filled so far (a read-only view of the partial array), e.g. to rebuild a cache on
+        resume."""
         out = self._maps[view][: self.filled[view]].view()
         out.flags.writeable = False
         return out

@@ -457,8 +457,10 @@ class MultiLabelAdapter(DatasetAdapter):
                     else " (paths from another machine: pass --audio-root or set audio_root in dataset.yaml)"
                 )
                 raise DatasetError(
-                    f"{where[missing[0]]}: audio file {files[missing[0]]} not found{hint}; {len(missing)} of {len(files)} listed files are "
-                    "missing. Put the wavs there, or set skip_bad: true in dataset.yaml to skip the records that name them"
+                    f"{where[missing[0]]}: audio file {files[missing[0]]} not "
+                    f"found{hint}; {len(missing)} of {len(files)} listed files are "
+                    "missing. Put the wavs there, or set skip_bad: true "
+                    "in dataset.yaml to skip the records that name them"
                 )
             ps.drop(set(missing), "audio file not found")
             for p in missing:
@@ -567,13 +569,17 @@ class PhaseFileAdapter(MultiLabelAdapter):
         return (
             f"phase files missing in {d}: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}\n"
             f"1. Put the reference's phase files there: {', '.join(phase_file_names(len(self.phase_sizes)))}\n"
-            "   (records `<wav path>_[<numpy-printed multi-hot vector>]`; train_phase_0 has 30-dim labels, train_phase_1..4\n"
+            "   (records `<wav path>_[<numpy-printed multi-hot vector>]`; "
+            "train_phase_0 has 30-dim labels, train_phase_1..4\n"
             "   5-dim new-class labels, test_phase_0[_1[_2...]] the cumulative 30..50-dim labels).\n"
             f"2. {self.instructions}\n"
-            "3. If the files hold absolute paths of another machine, pass --audio-root DIR (or write `audio_root: DIR` in\n"
-            f"   {d.parent / 'dataset.yaml'}): the part of each path after the directory common to all records is read under DIR.\n"
+            "3. If the files hold absolute paths of another machine, "
+            "pass --audio-root DIR (or write `audio_root: DIR` in\n"
+            f"   {d.parent / 'dataset.yaml'}): the part of each path after "
+            "the directory common to all records is read under DIR.\n"
             "   Relative paths are read under DIR, or under the dataset folder without one.\n"
-            "4. Optional in dataset.yaml: `path_prefix: /old/prefix` (the part to replace), `skip_bad: true` (skip and list\n"
+            "4. Optional in dataset.yaml: `path_prefix: /old/prefix` "
+            "(the part to replace), `skip_bad: true` (skip and list\n"
             "   malformed records and missing or unreadable wavs instead of stopping).\n"
             "Log-mel features (32 kHz, 10 s, 1001 x 64) are then computed once into data/cache/store/."
         )
@@ -646,9 +652,12 @@ class CsvManifest(MultiLabelAdapter):
             False,
             (
                 f"no manifest in {d}\n"
-                f"Put {d / 'manifest.csv'} (header `path,labels,split`; labels: class names separated by ';'; split: train or test)\n"
-                f"and {d / 'classes.txt'} (class names in label order, one a line). Optional {d / 'dataset.yaml'}: base_classes (30),\n"
-                "classes_per_phase (5), audio_root, path_prefix, skip_bad. Relative paths are read under the folder (or audio_root)."
+                f"Put {d / 'manifest.csv'} (header `path,labels,split`; "
+                "labels: class names separated by ';'; split: train or test)\n"
+                f"and {d / 'classes.txt'} (class names in label order, one a "
+                f"line). Optional {d / 'dataset.yaml'}: base_classes (30),\n"
+                "classes_per_phase (5), audio_root, path_prefix, skip_bad. "
+                "Relative paths are read under the folder (or audio_root)."
             ),
         )
 

@@ -113,7 +113,10 @@ def default_src(data_root: Path) -> Path:
 
 
 def import_command(name: str, src: Path | str = "SRC", data_root: Path | str = "data") -> str:
-    return f"python -m datasets.adapters.avcil_features import --dataset {name} --src {src} --data-root {data_root} --trust-pickle"
+    return (
+        "python -m datasets.adapters.avcil_features import --dataset "
+        f"{name} --src {src} --data-root {data_root} --trust-pickle"
+    )
 
 
 def dataset_info(name: str) -> AVCILInfo:
@@ -146,12 +149,14 @@ class AVCILFeatures(DatasetAdapter):
         if partial.exists():
             return Availability(
                 False,
-                f"{self.title}: an import was interrupted ({partial}); re-run it to resume:\n  {import_command(self.name, src, data_root)}",
+                f"{self.title}: an import was interrupted ({partial}); re-run "
+                f"it to resume:\n  {import_command(self.name, src, data_root)}",
             )
         if (src / self.info.folder / DICT_FILES[0]).is_file():
             return Availability(
                 False,
-                f"{self.title}: AV-CIL source files found at {src / self.info.folder} but not imported yet; run:\n  {import_command(self.name, src, data_root)}",
+                f"{self.title}: AV-CIL source files found at {src / self.info.folder} but "
+                f"not imported yet; run:\n  {import_command(self.name, src, data_root)}",
             )
         return Availability(False, _download_instructions(self.info, data_root))
 
@@ -175,8 +180,10 @@ class AVCILFeatures(DatasetAdapter):
     def missing_views_hint(self, data_root: Path, lacking: set[str]) -> str:
         if lacking & {"clip_image", "waveform"}:
             return (
-                "N/A: only pre-extracted features are present, and this method reads raw frames and audio; with the raw "
-                f"videos, extract a store that has them: `python -m datasets.extraction.videos --dataset {self.name} --audio-ckpt "
+                "N/A: only pre-extracted features are present, and "
+                "this method reads raw frames and audio; with the raw "
+                "videos, extract a store that has them: `python -m "
+                f"datasets.extraction.videos --dataset {self.name} --audio-ckpt "
                 "AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --mcil-views`"
             )
         return ""
@@ -187,16 +194,19 @@ def _download_instructions(info: AVCILInfo, data_root: Path) -> str:
     return (
         f"{info.title}: no imported AV-CIL features at {store_path(data_root, info.name)}. To get them:\n"
         f"  1. Download {info.zips} from the Hugging Face dataset {HF_DATASET} "
-        f"(concatenate split parts first, e.g. `cat KS_features.zip.* > KS_features.zip`) and unzip into {src / info.folder}/.\n"
+        "(concatenate split parts first, e.g. `cat KS_features.zip.* "
+        f"> KS_features.zip`) and unzip into {src / info.folder}/.\n"
         f"  2. Copy {', '.join(DICT_FILES)} from {AVCIL_REPO} data/{info.folder}/ into {src / info.folder}/.\n"
         f"  The layout must be (SRC = {src}, <folder> = {info.folder}):\n    "
         + SOURCE_LAYOUT.replace("\n", "\n    ")
         + "\n"
         f"  3. Import once (the .npy files are pickles; only do this for files from a trusted source):\n"
         f"     {import_command(info.name, src, data_root)}\n"
-        f"  Or, with the raw videos in {Path(data_root) / 'raw_data' / info.folder / 'videos'}/ and the three dict files, extract the features\n"
+        f"  Or, with the raw videos in {Path(data_root) / 'raw_data' / info.folder / 'videos'}/ "
+        "and the three dict files, extract the features\n"
         f"  yourself with AudioMAE and VideoMAE checkpoints (see README, 'From raw videos'):\n"
-        f"     python -m datasets.extraction.videos --dataset {info.name} --audio-ckpt AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --data-root {data_root}"
+        f"     python -m datasets.extraction.videos --dataset {info.name} --audio-ckpt "
+        f"AUDIOMAE.pth --visual-ckpt VIDEOMAE_DIR --trust-pickle --data-root {data_root}"
     )
 
 
@@ -218,7 +228,8 @@ def _load_pickled_dict(path: Path) -> dict:
     obj = arr.item() if isinstance(arr, np.ndarray) and arr.dtype == object and arr.shape == () else None
     if not isinstance(obj, dict):
         raise DatasetError(
-            f"{path}: expected a pickled dict saved with np.save (0-d object array), got {type(arr).__name__} {getattr(arr, 'shape', '')}"
+            f"{path}: expected a pickled dict saved with np.save (0-d object "
+            f"array), got {type(arr).__name__} {getattr(arr, 'shape', '')}"
         )
     return obj
 
@@ -256,7 +267,8 @@ class _H5Features:
         except (OSError, RuntimeError) as e:  # h5py reports truncation/corruption as OSError
             where = f" (reading vid {vid!r})" if vid else ""
             raise DatasetError(
-                f"{self.path}: HDF5 file is truncated or corrupt{where}: {e}; download it again (for split zips, concatenate every part before unzipping)"
+                f"{self.path}: HDF5 file is truncated or corrupt{where}: {e}; download "
+                "it again (for split zips, concatenate every part before unzipping)"
             ) from e
 
     def __contains__(self, vid: str) -> bool:
@@ -279,7 +291,8 @@ def _resolve_folder(src: Path, info: AVCILInfo) -> Path:
     if (src / DICT_FILES[0]).is_file():
         return src
     raise DatasetError(
-        f"missing source folder {src / info.folder}; put the AV-CIL {info.title} files there in this layout (SRC = {src}, <folder> = {info.folder}):\n"
+        f"missing source folder {src / info.folder}; put the AV-CIL {info.title} "
+        f"files there in this layout (SRC = {src}, <folder> = {info.folder}):\n"
         + SOURCE_LAYOUT
         + f"\n(features from HF dataset {HF_DATASET}: {info.zips}; dict files from {AVCIL_REPO} data/{info.folder}/)"
     )
@@ -316,7 +329,8 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
         if split not in cid or split not in idc:
             missing = cid_p if split not in cid else idc_p
             raise DatasetError(
-                f"{missing}: no {split!r} split; the file must hold train, val and test (download it again from {AVCIL_REPO})"
+                f"{missing}: no {split!r} split; the file must hold "
+                f"train, val and test (download it again from {AVCIL_REPO})"
             )
         per_class = {int(c): [str(v) for v in vids] for c, vids in cid[split].items()}
         vid_cat = {str(k): str(v) for k, v in idc[split].items()}
@@ -328,11 +342,13 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
             for vid in sorted(per_class[c]):
                 if vid not in vid_cat:
                     raise DatasetError(
-                        f"{idc_p}: vid {vid!r} ({split}, class {c} {class_names[c]!r} in {cid_p.name}) is missing; the dict files do not belong together, download both again"
+                        f"{idc_p}: vid {vid!r} ({split}, class {c} {class_names[c]!r} in {cid_p.name}) "
+                        "is missing; the dict files do not belong together, download both again"
                     )
                 if vid_cat[vid] != class_names[c]:
                     raise DatasetError(
-                        f"{idc_p}: vid {vid!r} ({split}) has category {vid_cat[vid]!r} but {cid_p.name} lists it under class {c} {class_names[c]!r}; "
+                        f"{idc_p}: vid {vid!r} ({split}) has category {vid_cat[vid]!r} "
+                        f"but {cid_p.name} lists it under class {c} {class_names[c]!r}; "
                         "the dict files do not belong together: copy both again from the AV-CIL "
                         "repository's data/<dataset>/ folder"
                     )
@@ -343,7 +359,8 @@ def build_table(folder: Path, info: AVCILInfo) -> tuple[SampleTable, Path]:
         extra = sorted(set(vid_cat) - listed)
         if extra:
             raise DatasetError(
-                f"{idc_p}: vid {extra[0]!r} ({split}{f', and {len(extra) - 1} more' if len(extra) > 1 else ''}) is not listed in {cid_p.name}; "
+                f"{idc_p}: vid {extra[0]!r} ({split}{f', and {len(extra) - 1} more' if len(extra) > 1 else ''}) "
+                f"is not listed in {cid_p.name}; "
                 "the dict files do not belong together: copy both again from the AV-CIL repository's "
                 "data/<dataset>/ folder"
             )
@@ -359,7 +376,8 @@ def _check_features(src, table: SampleTable, ndim: int) -> tuple[int, ...]:
         i = table.ids.index(missing[0])
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DatasetError(
-            f"{src.path}: vid {missing[0]!r}{more} ({table.splits[i]}, class {table.class_names[table.labels[i]]!r}) is listed in all_classId_vid_dict.npy but missing here; "
+            f"{src.path}: vid {missing[0]!r}{more} ({table.splits[i]}, class "
+            f"{table.class_names[table.labels[i]]!r}) is listed in all_classId_vid_dict.npy but missing here; "
             "download the features again (all zip parts, concatenated) or remove the vid from the split dicts"
         )
     ref_vid = table.ids[0]
@@ -374,7 +392,8 @@ def _check_features(src, table: SampleTable, ndim: int) -> tuple[int, ...]:
         shape, dtype = src.meta(vid)
         if tuple(shape) != tuple(expected):
             raise DatasetError(
-                f"{src.path}: vid {vid!r} has shape {tuple(shape)}, expected {tuple(expected)} (the shape of the first vid {ref_vid!r}); the file is corrupt or mixes feature versions, download it again"
+                f"{src.path}: vid {vid!r} has shape {tuple(shape)}, expected {tuple(expected)} (the shape of "
+                f"the first vid {ref_vid!r}); the file is corrupt or mixes feature versions, download it again"
             )
         if not np.issubdtype(dtype, np.floating):
             raise DatasetError(f"{src.path}: vid {vid!r} has dtype {dtype}, expected floating-point features")
@@ -387,12 +406,14 @@ def _grid(n_tokens: int, grid: tuple[int, int] | None, path: Path) -> tuple[int,
         t, p = grid
         if t * p != n_tokens:
             raise DatasetError(
-                f"--grid {t},{p} gives {t * p} tokens but {path} has {n_tokens} tokens per vid; pass --grid T,P with T*P = {n_tokens}"
+                f"--grid {t},{p} gives {t * p} tokens but {path} has {n_tokens} "
+                f"tokens per vid; pass --grid T,P with T*P = {n_tokens}"
             )
         return t, p
     if n_tokens % DEFAULT_T:
         raise DatasetError(
-            f"{path} has {n_tokens} visual tokens per vid, not divisible by the default T={DEFAULT_T} temporal tubelets; pass --grid T,P with T*P = {n_tokens}"
+            f"{path} has {n_tokens} visual tokens per vid, not divisible by the default "
+            f"T={DEFAULT_T} temporal tubelets; pass --grid T,P with T*P = {n_tokens}"
         )
     return DEFAULT_T, n_tokens // DEFAULT_T
 
@@ -468,7 +489,8 @@ def _fill_view(writer: StoreWriter, view: str, src, ids: list[str], reshape, bat
             finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
             if not finite.all():
                 raise DatasetError(
-                    f"{src.path}: vid {ids[start + int(np.argmin(finite))]!r} has NaN/inf values; the file is corrupt, download it again"
+                    f"{src.path}: vid {ids[start + int(np.argmin(finite))]!r} "
+                    "has NaN/inf values; the file is corrupt, download it again"
                 )
             _update_stats(stats, x, fp16)
             if fp16 and stats["max_abs_value"] > F16_MAX:
@@ -570,7 +592,8 @@ def import_features(
             "encoders": {"audio": AUDIO_ENCODER, "visual": VISUAL_ENCODER},
             "visual_grid": {"T": t, "P": p, "token_order": "t-major (token = t * P + p)"},
             "source_files": sources,
-            "source_hash_policy": "dict files: sha256 of the whole file; feature files: size, mtime and sha256 of the first and last 16 MiB",
+            "source_hash_policy": "dict files: sha256 of the whole file; feature files: "
+            "size, mtime and sha256 of the first and last 16 MiB",
         }
         shapes = {"audio": a_shape, "visual": (t, p, d_visual)}
         dtypes = {"audio": "float16", "visual": "float16", **_previous_dtypes(final, meta)}
@@ -655,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--src",
         type=Path,
         default=None,
-        help="directory holding the <folder>/ of this dataset (or that folder itself); default <data-root>/avcil_features",
+        help="directory holding the <folder>/ of this dataset (or "
+        "that folder itself); default <data-root>/avcil_features",
     )
     imp.add_argument(
         "--data-root",
@@ -666,14 +690,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="required: confirm the .npy files come from a trusted source (they are pickles, which can run code when loaded)",
+        help="required: confirm the .npy files come from a trusted "
+        "source (they are pickles, which can run code when loaded)",
     )
     imp.add_argument(
         "--grid",
         type=_parse_grid,
         default=None,
         metavar="T,P",
-        help=f"visual token grid: T temporal x P spatial tokens, t-major (default T={DEFAULT_T}, P = tokens / T, e.g. 8,196)",
+        help="visual token grid: T temporal x P spatial tokens, t-major "
+        f"(default T={DEFAULT_T}, P = tokens / T, e.g. 8,196)",
     )
     imp.add_argument(
         "--batch-rows",

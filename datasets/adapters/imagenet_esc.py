@@ -114,11 +114,14 @@ class ImageNetESC(PairedFolderAdapter):
 
     def layout_help(self, root: Path) -> str:
         return (
-            f"  {root}/image/{{train,test}}/<wnid>/*.JPEG for the {len(self.CLASSES)} WNIDs {self.CLASSES[0]} ... {self.CLASSES[-1]} "
+            f"  {root}/image/{{train,test}}/<wnid>/*.JPEG for the "
+            f"{len(self.CLASSES)} WNIDs {self.CLASSES[0]} ... {self.CLASSES[-1]} "
             "(ImageNet train images for train, ImageNet val images for test)\n"
-            f"  and either {root}/audio/{{train,test}}/<wnid>/*.wav (ESC-50 clips of the paired sound class; README layout)\n"
+            f"  and either {root}/audio/{{train,test}}/<wnid>/*.wav "
+            "(ESC-50 clips of the paired sound class; README layout)\n"
             f"  or one {root}/audio/<wnid>.wav per class (the released code's layout).\n"
-            f"  Pairs and layouts: {REFERENCE_REPO} (README) and datasets/adapters/imagenet_esc.py (PAIRS). Nothing is downloaded here.\n"
+            f"  Pairs and layouts: {REFERENCE_REPO} (README) and "
+            "datasets/adapters/imagenet_esc.py (PAIRS). Nothing is downloaded here.\n"
             f"  Then: python run_all.py --datasets {self.name}"
         )
 

@@ -416,7 +416,10 @@ class SynthAV(DatasetAdapter):
         pitch = "slightly lower" if ps < 0 else "slightly higher"
         toward = HUE_WORDS[(v + hs) % len(HUE_WORDS)]
         article = "an" if HUE_WORDS[v][0] in "aeiou" else "a"
-        return f"{AUDIO_WORDS[a]}, {pitch} in pitch, with {article} {HUE_WORDS[v]} {VISUAL_WORDS[v]}, its colour shifted slightly toward {toward}"
+        return (
+            f"{AUDIO_WORDS[a]}, {pitch} in pitch, with {article} {HUE_WORDS[v]} "
+            f"{VISUAL_WORDS[v]}, its colour shifted slightly toward {toward}"
+        )
 
     # -- contract --------------------------------------------------------------------
 

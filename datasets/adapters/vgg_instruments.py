@@ -80,7 +80,8 @@ def normalize_class(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-# ----------------------------------------------------------------------------- preprocessing (module level: runs in workers)
+# ----------------------------------------------------------------------------- preprocessing
+# (module level: runs in workers)
 
 
 def spectrogram_frames(sample_rate: int, seconds: float = 3.0, nperseg: int = 512, noverlap: int = 274) -> int:
@@ -128,7 +129,8 @@ def load_image(path: Path, size: int = 224) -> np.ndarray:
             x = np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DatasetError(
-            f"{path}: not a readable image, corrupt or truncated ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1"
+            f"{path}: not a readable image, corrupt or truncated ({e}); "
+            "replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1"
         ) from e
     x = (x - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
@@ -201,12 +203,15 @@ class VGGInstruments(DatasetAdapter):
         root = self.root(data_root)
         return (
             f"VGG-Instruments (CIGN split, 36 classes in 4 groups of 9): not found at {root}. To add it:\n"
-            f"  1. Copy the 12 split files metadata/avctl_vgginstruments_group_{{0,1,2,3}}_{{train,val,test}}.txt of the CIGN "
-            f"repository ({CIGN_REPO}) into {root / 'metadata'}/ (lines `id,class_name`).\n"
-            f"  2. For every id in them, put the clip's audio track as {root / 'audio'}/<id>.wav and one video frame as "
-            f"{root / 'frames'}/<id>.jpg (the VGGSound clips of the 36 instrument classes; nothing is downloaded here).\n"
+            f"  1. Copy the 12 split files metadata/avctl_vgginstruments_group_{{0,1,2,3}}_{{train,val,test}}.txt "
+            f"of the CIGN repository ({CIGN_REPO}) into {root / 'metadata'}/ (lines `id,class_name`).\n"
+            "  2. For every id in them, put the clip's audio track "
+            f"as {root / 'audio'}/<id>.wav and one video frame as "
+            f"{root / 'frames'}/<id>.jpg (the VGGSound clips of the "
+            "36 instrument classes; nothing is downloaded here).\n"
             f"  3. Run: python run_all.py --datasets vgg_instruments --methods cign\n"
-            f"  The first run builds a float16 store (log spectrograms + 224x224 frames, ~0.6 MB per clip at 44.1 kHz) under "
+            "  The first run builds a float16 store (log spectrograms "
+            "+ 224x224 frames, ~0.6 MB per clip at 44.1 kHz) under "
             f"{Path(data_root) / 'cache' / 'store'}/. Missing media files stop the build with their name; set "
             f"VGG_INSTRUMENTS_SKIP_BAD=1 to leave such clips out (listed). Only CIGN (input: raw) runs on this dataset."
         )
@@ -337,7 +342,8 @@ class VGGInstruments(DatasetAdapter):
         return root / "audio" / f"{vid}.wav", root / "frames" / f"{vid}.jpg"
 
     def check_media(self, data_root: Path, table: SampleTable) -> tuple[SampleTable, list[str]]:
-        """Every clip needs a non-empty wav and jpg: raise naming the first missing one, or (skip_bad) leave them out."""
+        """Every clip needs a non-empty wav and jpg: raise naming the first missing one, or (skip_bad) leave them
+        out."""
         bad: list[tuple[str, Path]] = []
         for vid in table.ids:
             for p in self.media_paths(data_root, vid):
@@ -351,7 +357,8 @@ class VGGInstruments(DatasetAdapter):
         )
         if not self.skip_bad:
             raise DatasetError(
-                f"VGG-Instruments: {len(bad)} clip(s) lack a media file (or it is empty), first: {bad[0][1]}\n{listing}\n"
+                f"VGG-Instruments: {len(bad)} clip(s) lack a media "
+                f"file (or it is empty), first: {bad[0][1]}\n{listing}\n"
                 "  Put the files there, or set VGG_INSTRUMENTS_SKIP_BAD=1 to leave these clips out (they are listed)."
             )
         skip = {vid for vid, _ in bad}
@@ -374,7 +381,8 @@ class VGGInstruments(DatasetAdapter):
             return int(sf.info(str(path)).samplerate)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise DatasetError(
-                f"{path}: not a readable audio file ({e}); replace it, or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1"
+                f"{path}: not a readable audio file ({e}); replace it, "
+                "or delete it and run with VGG_INSTRUMENTS_SKIP_BAD=1"
             ) from e
 
     # -- extraction --------------------------------------------------------------------

@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="required with --audio-ckpt: confirm the AudioMAE checkpoint (a pickle-based torch file) is from a trusted source",
+        help="required with --audio-ckpt: confirm the AudioMAE checkpoint "
+        "(a pickle-based torch file) is from a trusted source",
     )
     p.add_argument(
         "--random-encoders",

@@ -3,8 +3,8 @@
 For users who have the videos (AVE, Kinetics-Sounds, VGGSound100) rather than the features the
 AV-CIL authors released:
 
-    python -m datasets.extraction.videos --dataset ave --audio-ckpt pretrained.pth --visual-ckpt videomae-base/ --trust-pickle
-        [--videos DIR] [--dicts DIR] [--data-root data] [--batch N] [--device auto] [--skip-bad]
+    python -m datasets.extraction.videos --dataset ave --audio-ckpt pretrained.pth --visual-ckpt videomae-base/
+        --trust-pickle [--videos DIR] [--dicts DIR] [--data-root data] [--batch N] [--device auto] [--skip-bad]
         [--audio-rate 11430] [--fbank-norm none|audioset] [--random-encoders] [--mcil-views] [--force]
 
 Inputs (reference layout):
@@ -182,7 +182,8 @@ def resolve_videos(videos: Path | None, data_root: Path, info: AVCILInfo) -> Pat
         d = next((c for c in (v / info.folder / "videos", v / "videos") if c.is_dir()), v)
     if not d.is_dir():
         raise DatasetError(
-            f"{d}: no such directory; put the {info.title} videos as {Path(data_root) / 'raw_data' / info.folder / 'videos'}"
+            f"{d}: no such directory; put the {info.title} videos as "
+            f"{Path(data_root) / 'raw_data' / info.folder / 'videos'}"
             f"/<vid>.mp4 (any of {' '.join(VIDEO_EXTS)}), or pass --videos DIR"
         )
     return d
@@ -339,7 +340,8 @@ class Encoders:
 
     @torch.inference_mode()
     def __call__(self, fbanks: list[np.ndarray], frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """fbanks (frames, mels) float32, frames uint8 (16, size, size, 3) -> (audio (B, D), visual (B, T, P, D)) float32."""
+        """fbanks (frames, mels) float32, frames uint8 (16, size, size, 3) -> (audio (B, D), visual (B, T, P, D))
+        float32."""
         fb = torch.from_numpy(np.stack(fbanks)).to(self.device)
         px = pixel_values(torch.from_numpy(np.stack(frames)).to(self.device))
         with torch.autocast(
@@ -393,7 +395,8 @@ def _extract_rows(
     fix = (
         "excluded (--skip-bad); replace the file and extract again with --force to include it"
         if skip_bad
-        else "replace it with a complete copy (download it again), or pass --skip-bad to exclude it and list it in the report"
+        else "replace it with a complete copy (download it again), or "
+        "pass --skip-bad to exclude it and list it in the report"
     )
     prep = _Prep(
         fps,
@@ -591,9 +594,10 @@ def extract_features(
         "audio_pipeline": AUDIO_PIPELINE,
         "visual_pipeline": {
             "decode": f"PyAV at {fps} fps (frame on screen at (k + 0.5) / fps)",
-            "frames": f"{NUM_FRAMES}: first, int((i + 1) * N / 15 + 0.5) for i = 0..13, last (0-based, of the N decoded frames)",
-            "preprocess": f"shorter side to {vspec.size} (bilinear, antialias, rounded to uint8), centre crop {vspec.size}, "
-            "ImageNet mean/std",
+            "frames": f"{NUM_FRAMES}: first, int((i + 1) * N / 15 + 0.5) for i = 0..13, last "
+            "(0-based, of the N decoded frames)",
+            "preprocess": f"shorter side to {vspec.size} (bilinear, antialias, rounded to uint8), "
+            f"centre crop {vspec.size}, ImageNet mean/std",
             "output": "last_hidden_state (final LayerNorm, use_mean_pooling=False)",
         },
         "visual_grid": {"T": t, "P": p, "token_order": "t-major (token = t * P + p)"},
@@ -618,11 +622,11 @@ def extract_features(
                 "prompt_template": MCIL_PROMPT,
                 "class_prompt_names": [c.replace("_", " ") for c in table.class_names],
                 "mcil_pipeline": {
-                    MCIL_IMAGE_VIEW: f"middle frame (index N // 2 of the N frames decoded at {fps} fps), shorter side to "
-                    f"{MCIL_IMAGE_SIZE} (PIL bicubic, long side truncated), centre crop {MCIL_IMAGE_SIZE} "
-                    "(torchvision rounding), / 255, CLIP mean/std",
-                    "waveform": f"audio decoded at its native rate, channels averaged, resample_poly to {MCIL_RATE} Hz, centre "
-                    f"{MCIL_SECONDS} s (centred zero padding when shorter)",
+                    MCIL_IMAGE_VIEW: f"middle frame (index N // 2 of the N frames decoded at {fps} fps), "
+                    f"shorter side to {MCIL_IMAGE_SIZE} (PIL bicubic, long side truncated), "
+                    f"centre crop {MCIL_IMAGE_SIZE} (torchvision rounding), / 255, CLIP mean/std",
+                    "waveform": f"audio decoded at its native rate, channels averaged, resample_poly to {MCIL_RATE} "
+                    f"Hz, centre {MCIL_SECONDS} s (centred zero padding when shorter)",
                 },
             }
         )
@@ -759,12 +763,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PATH",
-        help="local snapshot directory of MCG-NJU/videomae-base (model.safetensors or pytorch_model.bin), or a state-dict file",
+        help="local snapshot directory of MCG-NJU/videomae-base "
+        "(model.safetensors or pytorch_model.bin), or a state-dict file",
     )
     p.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="required: confirm the dict .npy files come from a trusted source (they are pickles, which can run code when loaded)",
+        help="required: confirm the dict .npy files come from a trusted "
+        "source (they are pickles, which can run code when loaded)",
     )
     p.add_argument(
         "--random-encoders",
@@ -776,7 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=11430,
         metavar="HZ",
-        help="audio sample rate before the fbank (default 11430, as the AV-CIL extraction; AudioMAE was pretrained at 16000)",
+        help="audio sample rate before the fbank (default 11430, as "
+        "the AV-CIL extraction; AudioMAE was pretrained at 16000)",
     )
     p.add_argument(
         "--fbank-norm",

@@ -1,4 +1,5 @@
-"""Feature extraction from raw videos (datasets.extraction.videos, datasets.encoders.audiomae, datasets.encoders.videomae).
+"""Feature extraction from raw videos (datasets.extraction.videos, datasets.encoders.audiomae,
+datasets.encoders.videomae).
 
 Fixtures: the AV-CIL dict files of tests/datasets/test_avcil_features.py (3 classes, 21 vids) and one
 tiny real MP4 per vid (H.264 + AAC, 2 s, 80 x 96 px, 10 fps), written with datasets.media.
@@ -260,7 +261,8 @@ def test_videomae_preprocessing():
 
 
 def test_videomae_preprocessing_matches_the_transformers_processor():
-    """VideoMAEImageProcessor configured in code as videomae-base's (no network): same geometry, pixels within 1 level."""
+    """VideoMAEImageProcessor configured in code as videomae-base's (no network): same geometry, pixels within 1
+    level."""
     from transformers import VideoMAEImageProcessor
 
     proc = VideoMAEImageProcessor(
@@ -307,7 +309,8 @@ def test_videomae_grid_is_t_major():
 
 
 def _pretraining_state_dict(legacy: bool) -> tuple[dict, dict]:
-    """VideoMAEForPreTraining weights of the tiny spec; `legacy`: q_bias/v_bias as the published checkpoints store them."""
+    """VideoMAEForPreTraining weights of the tiny spec; `legacy`: q_bias/v_bias as the published checkpoints store
+    them."""
     from transformers import VideoMAEForPreTraining
 
     torch.manual_seed(3)

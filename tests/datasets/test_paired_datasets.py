@@ -57,8 +57,8 @@ def write_audio(path: Path, seed: int, seconds=0.3, rate=RATE, channels=1, subty
 def make_generic(
     root: Path, classes=("alpha", "beta", "gamma_ray"), train=(12, 3, 4), test=2, val=None, audio="split"
 ) -> Path:
-    """image/{train,test}/<c>/ (JPEG and PNG, several sizes), audio per `audio` ("split": 2-3 train + 1 test clip per class,
-    mixed formats/rates/channels; "per-class": one audio/<c>.wav)."""
+    """image/{train,test}/<c>/ (JPEG and PNG, several sizes), audio per `audio` ("split": 2-3 train + 1 test clip
+    per class, mixed formats/rates/channels; "per-class": one audio/<c>.wav)."""
     n = 0
     for c_i, c in enumerate(classes):
         counts = {"train": train[c_i], "test": test, **({"val": val} if val else {})}

@@ -33,7 +33,8 @@ BATCH = 8
 
 
 def write_raw(data_root: Path) -> Path:
-    """Bank (train 2 + test 1 clips per class) and image store (train 4, val 2, test 2 per class); returns the image store path."""
+    """Bank (train 2 + test 1 clips per class) and image store (train 4, val 2, test 2 per class); returns the image
+    store path."""
     rng = np.random.default_rng(0)
     folder = data_root / "cache" / "store"
     ids, labels, splits = [], [], []
@@ -214,7 +215,8 @@ def test_adapter_finds_the_store_and_a_second_run_reuses_it(extracted, monkeypat
         run(root).path == store.path
     )  # opened through the features store: traced back to the raw store, nothing to do
 
-    # a newer `<name>-<hash>` raw store (the folder was edited): without `raw`, its features are looked for, and do not exist
+    # a newer `<name>-<hash>` raw store (the folder was edited): without `raw`, its features are looked for, and do
+    # not exist
     newer = _plain(root / "cache" / "store" / "tiny_paired-0123456789abcdef", _table())
     try:
         assert ps.features_store_path(adapter, root) is None
@@ -404,7 +406,8 @@ def test_fake_openai_torchscript_checkpoint_loads_strictly(tmp_path):
         clip_enc.load_openai_clip(clip_enc.build_clip(cfg), tmp_path / "junk.pt")
 
 
-# ----------------------------------------------------------------------------- --mcil-views (datasets.extraction.videos)
+# ----------------------------------------------------------------------------- --mcil-views
+# (datasets.extraction.videos)
 
 
 def _grey_videos(videos: Path, vids: list[str]) -> None:

@@ -64,9 +64,11 @@ def make_dataset(root, prefix="wav/", wav_root=None, extra=None):
 
 # ----------------------------------------------------------------------------- parser
 WRAPPED = (
-    "/scratch/project_2003370/as/train/Ya_1000.wav_[0. 0. 1. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0.\n"
+    "/scratch/project_2003370/as/train/Ya_1000.wav_"
+    "[0. 0. 1. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0.\n"
     " 0. 0. 0. 0. 1. 0.]\n"
-    "/scratch/project_2003370/as/train/Yb_2000.wav_[1. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0.\n"
+    "/scratch/project_2003370/as/train/Yb_2000.wav_"
+    "[1. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0.\n"
     " 0. 0. 0. 0. 0. 1.]\n"
     "/data/elsewhere/Yc_3000.wav_[0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0. 0.\n"
     " 0. 0. 0. 0. 0. 0.]"  # the last record, no trailing newline: the reference drops it

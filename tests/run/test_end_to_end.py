@@ -1,4 +1,5 @@
-"""The default path on a small SynthAV: MP4 files -> decode -> light encoders -> store -> stream -> methods -> records -> leaderboard."""
+"""The default path on a small SynthAV: MP4 files -> decode -> light encoders -> store -> stream -> methods -> records
+-> leaderboard."""
 
 import pytest
 

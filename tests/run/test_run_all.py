@@ -143,7 +143,8 @@ def test_failing_cell_is_isolated_and_reported(tmp_path, toy_registry, monkeypat
 
 
 def crash_after_second_checkpoint(monkeypatch):
-    """Make the runner raise KeyboardInterrupt right after writing its second step checkpoint; return the real writer."""
+    """Make the runner raise KeyboardInterrupt right after writing its second step checkpoint; return the real
+    writer."""
     import benchmarks.run.cell as runner
 
     calls = {"n": 0}
