@@ -7,11 +7,8 @@ the harness does not use it.)
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from datasets import adapters
-from datasets.base import DatasetAdapter
+from datasets.base import DatasetAdapter, discover
 from datasets.errors import ConfigError
 
 # Adapters added at run time (`register`), e.g. a user's paired image+audio folder from
@@ -20,15 +17,7 @@ _RUNTIME: dict[str, DatasetAdapter] = {}
 
 
 def registry() -> dict[str, DatasetAdapter]:
-    found: dict[str, DatasetAdapter] = {}
-    for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{adapters.__name__}.{info.name}")
-        for adapter in getattr(module, "ADAPTERS", []):
-            if adapter.name in found:
-                raise RuntimeError(f"dataset name {adapter.name!r} registered twice ({module.__name__})")
-            found[adapter.name] = adapter
+    found = discover(adapters, "ADAPTERS", "dataset")
     for name, adapter in _RUNTIME.items():
         if name in found:
             raise RuntimeError(f"dataset name {name!r} is both a module adapter and a run-time registration")

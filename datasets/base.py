@@ -9,7 +9,9 @@ views are computed once and cached; a second `open` is a cheap read of the store
 from __future__ import annotations
 
 import hashlib
+import importlib
 import numbers
+import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +174,19 @@ class DatasetAdapter(ABC):
     def missing_views_hint(self, data_root: Path, lacking: set[str]) -> str:
         """How to get views a method needs that this dataset lacks now ("" when there is no way)."""
         return ""
+
+
+def discover(package, attr: str, what: str, packages_only: bool = False) -> dict:
+    """{entry.name: entry} over the `attr` lists of a package's modules (or sub-packages), in name order, skipping
+    names that start with `_`; a name registered twice is an error naming both. The one discovery of the harness:
+    dataset adapters (`ADAPTERS` in datasets.adapters) and methods (`METHODS` in methods)."""
+    found: dict = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("_") or (packages_only and not info.ispkg):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for entry in getattr(module, attr, []):
+            if entry.name in found:
+                raise RuntimeError(f"{what} name {entry.name!r} registered twice ({module.__name__})")
+            found[entry.name] = entry
+    return found

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.errors import ConfigError
+from datasets.errors import ConfigError, DatasetError, HarnessError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -49,3 +49,20 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
     return device
+
+
+def read_yaml(path: Path, fix: str, mapping: str | None = None, error: type[HarnessError] = DatasetError):
+    """A YAML file's content (an empty file is None, or {} when a mapping is expected). Invalid YAML, or anything
+    but a mapping when `mapping` describes the expected keys, is `error` naming the file and `fix`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({e}); {fix}") from None
+    if mapping is None:
+        return data
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping ({mapping}), got {type(data).__name__}; {fix}")
+    return data

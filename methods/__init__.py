@@ -8,24 +8,16 @@ adding a folder. Folders whose name starts with `_` hold code shared by a family
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import sys
 
 from benchmarks.core.method import MethodSpec
+from datasets.base import discover
 from datasets.errors import ConfigError
 
 
 def registry(suite: str | None = None) -> dict[str, MethodSpec]:
     """Every registered spec by name (only those run by `suite`, when given)."""
-    found: dict[str, MethodSpec] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if not info.ispkg or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for spec in getattr(module, "METHODS", []):
-            if spec.name in found:
-                raise RuntimeError(f"method name {spec.name!r} registered twice ({module.__name__})")
-            found[spec.name] = spec
+    found = discover(sys.modules[__name__], "METHODS", "method", packages_only=True)
     return {k: s for k, s in found.items() if suite is None or suite in s.suites}
 
 

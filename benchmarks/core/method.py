@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
-
 from datasets.base import MODALITIES, MODALITY_VIEWS
 from datasets.errors import ConfigError
+from datasets.io import read_yaml
 
 SETTINGS_KEY = "settings"  # overrides[SETTINGS_KEY]: run_all --set values, applied only to keys a method's config has
 
@@ -113,13 +112,9 @@ class MethodSpec:
 def read_config_file(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}); fix the file") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'defaults' and 'datasets'")
-    return data
+    return read_yaml(
+        path, "make it a mapping with 'defaults' and 'datasets'", mapping="defaults, datasets", error=ConfigError
+    )
 
 
 def check_settings(settings: dict, specs: Iterable[MethodSpec], datasets: Iterable[str]) -> None:

@@ -51,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from datasets.base import Availability, DatasetAdapter, ProtocolSpec, SampleTable
 from datasets.encoders.logmel import LogMel, LogMelConfig, load_wave, logmel_of_waves
 from datasets.errors import DatasetError
-from datasets.io import atomic_write_text, config_hash
+from datasets.io import atomic_write_text, config_hash, read_yaml
 from datasets.store import FeatureStore, StoreWriter, ViewSpec
 
 SUITE = "audio-multilabel"
@@ -395,13 +394,7 @@ class MultiLabelAdapter(DatasetAdapter):
         opts = {"audio_root": None, "path_prefix": None, "skip_bad": False}
         cfg = self.folder(data_root) / "dataset.yaml"
         if cfg.is_file():
-            try:
-                loaded = yaml.safe_load(cfg.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise DatasetError(f"{cfg}: not valid YAML ({e})") from e
-            if not isinstance(loaded, dict):
-                raise DatasetError(f"{cfg}: expected a mapping (audio_root, path_prefix, skip_bad, ...)")
-            opts.update(loaded)
+            opts.update(read_yaml(cfg, "fix the file (see README)", mapping="audio_root, path_prefix, skip_bad, ..."))
         opts.update(self.overrides)
         return opts
 

@@ -85,7 +85,7 @@ from datasets.adapters.paired_protocol import DEFAULT_TEMPLATE, parse_protocol
 from datasets.adapters.paired_scan import AUDIO_EXTS, Scan, files, listing, scan_class_audio, scan_images, subdirs
 from datasets.base import Availability, DatasetAdapter, ProtocolSpec
 from datasets.errors import ConfigError, DatasetError
-from datasets.io import config_hash
+from datasets.io import config_hash, read_yaml
 from datasets.media import CLIP_MEAN, CLIP_STD
 from datasets.paired_stores import FEATURE_VIEWS, extraction_command, features_store_path
 from datasets.store import FeatureStore
@@ -217,14 +217,7 @@ class PairedFolderAdapter(DatasetAdapter):
         path = self._root / "protocol.yaml"
         if not path.is_file():
             return None, str(path), self._root
-        import yaml
-
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise DatasetError(
-                f"{path}: not valid YAML ({e}); see `initial`, `per_step`, ... in datasets/adapters/paired_protocol.py"
-            ) from e
+        data = read_yaml(path, "see `initial`, `per_step`, ... in datasets/adapters/paired_protocol.py")
         return data, str(path), self._root
 
     def _parsed_protocol(self) -> tuple[ProtocolSpec, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from datasets.base import ProtocolSpec, step_sizes
 from datasets.errors import DatasetError
+from datasets.io import read_yaml
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 MEMORY_PER_CLASS = 15
@@ -64,7 +65,6 @@ def parse_class_order(order, class_names: list[str], source: str) -> tuple[int, 
 
 
 def _class_order_file(spec: dict, class_names: list[str], source: str, base_dir: Path | None) -> tuple[int, ...]:
-    import yaml
 
     path = Path(spec["class_order_file"])
     path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
@@ -72,10 +72,7 @@ def _class_order_file(spec: dict, class_names: list[str], source: str, base_dir:
         raise DatasetError(
             f"{source}: class_order_file {path} does not exist; create it (a YAML list of class names or indices)"
         )
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DatasetError(f"{path}: not valid YAML ({e}); it must be a list of class names or indices") from e
+    loaded = read_yaml(path, "it must be a list of class names or indices")
     return parse_class_order(loaded, class_names, str(path))
 
 

@@ -1,12 +1,16 @@
-"""What both extraction commands share: option checks, the AudioMAE audio pipeline record, precision,
-the NaN / float16-range check of encoder outputs and the library versions recorded in a store's meta."""
+"""What both extraction commands share: their common options and checks, the AudioMAE audio pipeline record,
+precision, the NaN / float16-range check of encoder outputs and the library versions recorded in a store's meta."""
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from datasets.adapters.avcil_features import F16_MAX
+from datasets.cli import positive_int
 from datasets.encoders.audiomae import FBANK_NORMS, AudioMAEConfig
 from datasets.errors import ConfigError, DatasetError
 
@@ -75,3 +79,56 @@ def versions() -> dict:
     except ImportError:  # pragma: no cover - pinned in requirements.txt
         pass
     return out
+
+
+def extraction_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """An extraction command's parser: its description is the first paragraph of the module docstring."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Interrupted extractions resume when the same command is run again.",
+    )
+
+
+def add_common_options(
+    p: argparse.ArgumentParser,
+    *,
+    store_help: str,
+    trust_help: str,
+    tiny_help: str,
+    audio_rate: tuple[int, str],
+    batch: tuple[int, str],
+    force_help: str,
+) -> None:
+    """The options both extraction commands take (AudioMAE audio encoder, device, precision, seed, progress);
+    the arguments are what differs between them: help texts and defaults."""
+    p.add_argument("--data-root", type=Path, default=Path("data"), help=store_help)
+    p.add_argument(
+        "--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)"
+    )
+    p.add_argument("--trust-pickle", action="store_true", help=trust_help)
+    p.add_argument(
+        "--random-encoders",
+        action="store_true",
+        help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)",
+    )
+    p.add_argument("--tiny-encoders", action="store_true", help=tiny_help)
+    p.add_argument("--audio-rate", type=positive_int, default=audio_rate[0], metavar="HZ", help=audio_rate[1])
+    p.add_argument(
+        "--fbank-norm",
+        choices=FBANK_NORMS,
+        default="none",
+        help="fbank normalisation: none (default, as AV-CIL) or audioset ((x + 4.2677) / (2 * 4.5690), as AudioMAE)",
+    )
+    p.add_argument("--batch", type=positive_int, default=batch[0], metavar="N", help=batch[1])
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

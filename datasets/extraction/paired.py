@@ -56,16 +56,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.cli import positive_int, run_command
-from datasets.encoders.audiomae import FBANK_NORMS, AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint
+from datasets.cli import run_command
+from datasets.encoders.audiomae import AudioMAEConfig, AudioMAEEncoder, fbank, load_audiomae_checkpoint
 from datasets.encoders.clip import CLIP_MODEL, ClipConfig, build_clip, load_openai_clip
 from datasets.errors import ConfigError, DatasetError, WeightsError
 from datasets.extraction.common import (
     AUDIO_PIPELINE,
-    PRECISIONS,
     TINY_AUDIO,
+    add_common_options,
     check_audio_options,
     check_values,
+    extraction_parser,
     resolve_precision,
     versions,
 )
@@ -447,12 +448,7 @@ def extract_paired_features(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m datasets.extraction.paired",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Interrupted extractions resume when the same command is run again.",
-    )
+    p = extraction_parser("python -m datasets.extraction.paired", __doc__)
     p.add_argument(
         "--dataset", required=True, help="a registered paired dataset, e.g. imagenet_esc19, imagenet_esc27, mini_aric"
     )
@@ -463,52 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="register a user's paired image+audio folder first (as run_all.py --paired-folder), then extract it",
     )
     p.add_argument(
-        "--data-root",
-        type=Path,
-        default=Path("data"),
-        help="the stores live under <data-root>/cache/store (default: data)",
-    )
-    p.add_argument(
-        "--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)"
-    )
-    p.add_argument(
         "--clip-ckpt", type=Path, default=None, metavar="PATH", help="OpenAI CLIP ViT-B-16.pt (TorchScript, local file)"
     )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="required with --audio-ckpt: confirm the AudioMAE checkpoint "
-        "(a pickle-based torch file) is from a trusted source",
+    add_common_options(
+        p,
+        store_help="the stores live under <data-root>/cache/store (default: data)",
+        trust_help="required with --audio-ckpt: confirm the AudioMAE checkpoint (a pickle-based torch file) is from a "
+        "trusted source",
+        tiny_help="test/debug only, with --random-encoders: 2-layer reduced encoders",
+        audio_rate=(
+            AUDIOMAE_RATE,
+            "audio rate before the fbank (default 16000, AudioMAE's; 11430 as the AV-CIL video extraction)",
+        ),
+        batch=(32, "images (and clips) per encoder batch (default 32)"),
+        force_help="extract again even if a store with these settings exists",
     )
-    p.add_argument(
-        "--random-encoders",
-        action="store_true",
-        help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)",
-    )
-    p.add_argument(
-        "--tiny-encoders", action="store_true", help="test/debug only, with --random-encoders: 2-layer reduced encoders"
-    )
-    p.add_argument(
-        "--audio-rate",
-        type=positive_int,
-        default=AUDIOMAE_RATE,
-        metavar="HZ",
-        help="audio rate before the fbank (default 16000, AudioMAE's; 11430 as the AV-CIL video extraction)",
-    )
-    p.add_argument(
-        "--fbank-norm",
-        choices=FBANK_NORMS,
-        default="none",
-        help="fbank normalisation: none (default, as AV-CIL) or audioset",
-    )
-    p.add_argument(
-        "--batch", type=positive_int, default=32, metavar="N", help="images (and clips) per encoder batch (default 32)"
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")
-    p.add_argument("--force", action="store_true", help="extract again even if a store with these settings exists")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 

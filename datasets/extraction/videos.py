@@ -90,9 +90,8 @@ from datasets.adapters.avcil_features import (
     store_path,
 )
 from datasets.base import SampleTable
-from datasets.cli import positive_int, run_command
+from datasets.cli import run_command
 from datasets.encoders.audiomae import (
-    FBANK_NORMS,
     WINDOW_SECONDS,
     AudioMAEConfig,
     AudioMAEEncoder,
@@ -110,10 +109,11 @@ from datasets.encoders.videomae import (
 from datasets.errors import ConfigError, DatasetError, WeightsError
 from datasets.extraction.common import (
     AUDIO_PIPELINE,
-    PRECISIONS,
     TINY_AUDIO,
+    add_common_options,
     check_audio_options,
     check_values,
+    extraction_parser,
     resolve_precision,
     versions,
 )
@@ -727,12 +727,7 @@ def extract_features(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m datasets.extraction.videos",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Interrupted extractions resume when the same command is run again.",
-    )
+    p = extraction_parser("python -m datasets.extraction.videos", __doc__)
     p.add_argument("--dataset", required=True, choices=sorted(INFOS), help="which AV-CIL dataset to extract")
     p.add_argument(
         "--videos",
@@ -750,15 +745,6 @@ def build_parser() -> argparse.ArgumentParser:
         "or <data-root>/raw_data/<folder>",
     )
     p.add_argument(
-        "--data-root",
-        type=Path,
-        default=Path("data"),
-        help="the store goes to <data-root>/imported/<dataset> (default: data)",
-    )
-    p.add_argument(
-        "--audio-ckpt", type=Path, default=None, metavar="PATH", help="AudioMAE ViT-B AS-2M pretrained.pth (local file)"
-    )
-    p.add_argument(
         "--visual-ckpt",
         type=Path,
         default=None,
@@ -766,38 +752,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="local snapshot directory of MCG-NJU/videomae-base "
         "(model.safetensors or pytorch_model.bin), or a state-dict file",
     )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="required: confirm the dict .npy files come from a trusted "
+    add_common_options(
+        p,
+        store_help="the store goes to <data-root>/imported/<dataset> (default: data)",
+        trust_help="required: confirm the dict .npy files come from a trusted "
         "source (they are pickles, which can run code when loaded)",
-    )
-    p.add_argument(
-        "--random-encoders",
-        action="store_true",
-        help="no checkpoints: random encoder weights (debugging only; the store is marked pretrained=false)",
-    )
-    p.add_argument(
-        "--audio-rate",
-        type=positive_int,
-        default=11430,
-        metavar="HZ",
-        help="audio sample rate before the fbank (default 11430, as "
-        "the AV-CIL extraction; AudioMAE was pretrained at 16000)",
-    )
-    p.add_argument(
-        "--fbank-norm",
-        choices=FBANK_NORMS,
-        default="none",
-        help="fbank normalisation: none (default, as AV-CIL) or audioset ((x + 4.2677) / (2 * 4.5690), as AudioMAE)",
-    )
-    p.add_argument("--batch", type=positive_int, default=16, metavar="N", help="clips per encoder batch (default 16)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto: bf16 autocast on CUDA (fp16 where bf16 is unsupported), fp32 on CPU",
+        tiny_help="test/debug only, with --random-encoders: 2-layer 32-wide encoders, 64 px frames",
+        audio_rate=(
+            11430,
+            "audio sample rate before the fbank (default 11430, as the AV-CIL extraction; AudioMAE was pretrained at "
+            "16000)",
+        ),
+        batch=(16, "clips per encoder batch (default 16)"),
+        force_help="replace an existing store at <data-root>/imported/<dataset>",
     )
     p.add_argument(
         "--workers",
@@ -811,20 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exclude missing/corrupt/truncated videos and list them with the reason in <store>.extract-report.json",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing store at <data-root>/imported/<dataset>")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--random-encoders only)")
-    p.add_argument(
-        "--tiny-encoders",
-        action="store_true",
-        help="test/debug only, with --random-encoders: 2-layer 32-wide encoders, 64 px frames",
-    )
     p.add_argument(
         "--mcil-views",
         action="store_true",
         help="also store clip_image (middle frame, CLIP eval transform) and waveform (centre 5 s at 44.1 kHz) for "
         "MCIL-AudioCLIP; about 0.74 MB more per clip",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
