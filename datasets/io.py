@@ -59,7 +59,9 @@ def read_yaml(path: Path, fix: str, mapping: str | None = None, error: type[Harn
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML ({e}); {fix}") from None
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise error(f"{path}: not valid YAML ({where}{problem}); {fix}") from None
     if mapping is None:
         return data
     data = {} if data is None else data
