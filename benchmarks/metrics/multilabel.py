@@ -10,7 +10,10 @@ Evaluated after every phase t on that phase's cumulative test set, over the clas
   class's positive rate). Reported for comparison with the reference's tables only.
 - **micro-F1** = 2 sum TP / (2 sum TP + sum FP + sum FN) over all (clip, class) pairs, threshold 0.5
   (prediction = 1[s > 0.5], as the reference).
-- **macro-F1** = mean over classes of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c), threshold 0.5.
+- **macro-F1** = mean over all seen classes of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c), threshold 0.5; a class
+  with 0/0 (no positive and no predicted positive) counts as F1_c = 0. This is sklearn's
+  `f1_score(average="macro", zero_division=0)`, the reference's call (`main_audioset.py` `evaluate_bin`:
+  `f1_score(Y_ref, Y_predicted, average='macro')`, whose default zero_division "warn" gives 0).
 - **lwlrap** (label-weighted label-ranking average precision, DCASE 2019 task 2): the mean over all
   positive (clip, class) pairs of (positives of the clip scored >= s_c) / (classes of the clip
   scored >= s_c), from the scores. Ties count against the class (as sklearn's
@@ -19,9 +22,10 @@ Evaluated after every phase t on that phase's cumulative test set, over the clas
 
 Undefined values, never NaN: a class with no positive test clip in a phase has no AP (it is left
 out of mAP, and its entry in the per-class AP matrix is null); a class whose F1 is 0/0 (no
-positive and no predicted positive) is left out of macro-F1; micro-F1 with no positive and no
-predicted positive at all, or a mean over no defined class, is null (shown n/a). A class with no
-positive but with false alarms has F1_c = 0 and counts.
+positive and no predicted positive) has a null entry in the per-class F1 list but counts as 0 in
+macro-F1 (as sklearn and the reference); micro-F1 with no positive and no predicted positive at all,
+or a mean over no class, is null (shown n/a). A class with no positive but with false alarms has
+F1_c = 0.
 
 Summary over the phases t = 0..T-1 (`summarize`):
 - avg_<m> = (1/T) sum_t m_t (the paper's "average F1 over the five phases"; phases where m_t is
@@ -97,7 +101,10 @@ def f1_per_class(y, s, threshold: float = 0.5) -> list[float | None]:
 
 
 def macro_f1(y, s, threshold: float = 0.5) -> float | None:
-    return mean_defined(f1_per_class(y, s, threshold))
+    """Mean over every class of F1_c, a 0/0 class counting 0: sklearn `f1_score(average="macro",
+    zero_division=0)`, as the reference computes it. None when there is no class."""
+    f1 = f1_per_class(y, s, threshold)
+    return float(np.mean([0.0 if v is None else v for v in f1])) if f1 else None
 
 
 def lwlrap(y, s) -> float | None:
@@ -183,7 +190,9 @@ PHASE_METRICS = (
     Metric(
         "macro_f1",
         "macro-F1",
-        "macro_f1_t = mean over the seen classes of 2TP_c / (2TP_c + FP_c + FN_c) at 0.5 (classes with 0/0 left out).",
+        "macro_f1_t = mean over all seen classes of 2TP_c / (2TP_c + FP_c + FN_c) at 0.5; a class with no positive "
+        "and no predicted positive (0/0) counts as 0 (sklearn f1_score(average='macro', zero_division=0), as the "
+        "reference).",
         macro_f1,
         ("y", "s"),
     ),

@@ -156,6 +156,7 @@ def multilabel_notes(csv_name: str) -> list[str]:
         "undefined (e.g. no class with a positive test clip) or not recorded. All values in %.",
         "- Evaluated after each phase t on its cumulative test set, over the classes seen so far; threshold 0.5 "
         "on the sigmoid for F1 and the thresholded mAP. A class without positive test clips in a phase has no AP "
-        "and is left out of mAP; a class with F1 = 0/0 is left out of macro-F1 (benchmarks/metrics/multilabel.py)."
+        "and is left out of mAP; a class with F1 = 0/0 counts as 0 in macro-F1 (scikit-learn's zero_division=0, as "
+        "the reference; benchmarks/metrics/multilabel.py)."
         f" lwlrap and the thresholded mAP's forgetting: [{csv_name}]({csv_name}).",
     ]

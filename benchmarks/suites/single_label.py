@@ -6,7 +6,10 @@ method:
   plus exemplar ids from `self.memory`, or all seen rows for the upper bound;
 - exemplar memories hold store rows, not copies of data (selection: benchmarks.core.memory);
 - model selection: after every epoch, accuracy on the val split of all seen classes; the
-  best (strictly greater) state is restored at the end of the step, as the reference does.
+  best state is restored at the end of the step. Ties follow the method's reference
+  (`selection_ties`): `first` keeps the first best epoch (strictly greater: the AV-CIL family,
+  `if val_top1 > best_val_res` in AV-CIL_ICCV2023's train_incremental_*.py), `last` the last one
+  (>=: CIGN, `if av_acc >= best_avacc` in stoneMo/CIGN train.py:248).
 
 `SingleLabel` evaluates the selected model (and the last-epoch model) of each step on the test
 split of all seen classes into the accuracy matrix R (benchmarks.metrics.accuracy).
@@ -28,6 +31,9 @@ from benchmarks.metrics import accuracy
 from benchmarks.suites.kind import SuiteKind, fmt
 from datasets.base import MODALITY_VIEWS
 from datasets.errors import ConfigError
+
+#: `selection_ties` values: keep the first (strictly greater) or the last (>=) of the epochs with the best val accuracy
+SELECTION_TIES = ("first", "last")
 
 
 class StoreTemplate(HarnessTemplate):
@@ -133,12 +139,27 @@ class StoreTemplate(HarnessTemplate):
     # ------------------------------------------------------------------ epochs and selection
     def _before_training_exp(self, **kwargs):
         super()._before_training_exp(**kwargs)
+        _ = self.selection_ties  # a bad value stops the step before it trains
         self.best = {"acc": -math.inf, "epoch": -1, "state": None}
 
     @property
     def selects_on_val(self) -> bool:
         """`model_selection: best-val` (default, the AV-CIL family) or `last` (keep the last epoch's model)."""
         return self.cfg.get("model_selection", "best-val") == "best-val"
+
+    @property
+    def selection_ties(self) -> str:
+        """Which of several epochs with the best val accuracy is kept: `first` (default; strictly greater, as the
+        AV-CIL family's `val_top1 > best_val_res`) or `last` (>=, as CIGN's `av_acc >= best_avacc`)."""
+        ties = self.cfg.get("selection_ties", "first")
+        if ties not in SELECTION_TIES:
+            raise ConfigError(f"selection_ties must be one of {', '.join(SELECTION_TIES)}, got {ties!r}")
+        return ties
+
+    def is_new_best(self, val_acc: float) -> bool:
+        """Whether this epoch's val accuracy replaces the kept model (the method's tie rule)."""
+        best = self.best["acc"]
+        return val_acc >= best if self.selection_ties == "last" else val_acc > best
 
     def _after_training_epoch(self, **kwargs):
         super()._after_training_epoch(**kwargs)
@@ -148,7 +169,7 @@ class StoreTemplate(HarnessTemplate):
             self.bar.update()
             return
         val_acc = self.evaluate_split("val")
-        if val_acc > self.best["acc"]:  # strictly greater, as in the reference
+        if self.is_new_best(val_acc):  # ties: the method's reference rule (`selection_ties`)
             self.best = {
                 "acc": val_acc,
                 "epoch": self.epoch,

@@ -33,6 +33,12 @@ class CNN14Spec(MethodSpec):
     protocol_file: ClassVar[Path | None] = Path(__file__).parent / "protocol.yaml"
 
 
-def variants(name: str, strategy: type, folder: Path) -> list[CNN14Spec]:
-    """One leaderboard row per normalisation: `<name>-bn`, `<name>-gn`, `<name>-cn`."""
-    return [CNN14Spec(f"{name}-{n}", strategy, folder, options={"norm": n, "method": name}) for n in NORMS]
+def variants(
+    name: str, strategy: type, folder: Path, options: dict | None = None, norms: tuple[str, ...] = NORMS
+) -> list[CNN14Spec]:
+    """One leaderboard row per normalisation: `<name>-bn`, `<name>-gn`, `<name>-cn` (`norms`), each with the
+    config `options` on top of the folder's config.yaml (`method: <name>` names the row's method column)."""
+    return [
+        CNN14Spec(f"{name}-{n}", strategy, folder, options={**(options or {}), "norm": n, "method": name})
+        for n in norms
+    ]

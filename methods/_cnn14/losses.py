@@ -8,13 +8,13 @@ import torch.nn.functional as F
 
 
 def kd_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0, reduction: str = "batchmean"
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0, reduction: str = "mean"
 ) -> torch.Tensor:
     """Output distillation L_OD = T^2 KL(softmax(teacher/T) || softmax(student/T)) over the old classes.
 
-    reduction "batchmean" (default here): the KL divergence per sample, averaged over the batch.
-    reduction "mean" (the reference's `nn.KLDivLoss()` default): averaged over batch x classes,
-    i.e. the batchmean value divided by the number of old classes.
+    reduction "mean" (default; the reference's `nn.KLDivLoss()` default): the elementwise KL terms averaged
+    over batch x classes, i.e. the batchmean value divided by the number of old classes.
+    reduction "batchmean" (ml_indl-persample): the KL divergence per sample, averaged over the batch.
     """
     if reduction not in ("batchmean", "mean"):
         raise ValueError("kd_reduction must be 'batchmean' or 'mean'")
@@ -24,11 +24,11 @@ def kd_kl(
     return T * T * total / (log_p.shape[0] if reduction == "batchmean" else log_p.numel())
 
 
-def feature_cosine(z_student: torch.Tensor, z_teacher: torch.Tensor, mode: str = "per_sample") -> torch.Tensor:
+def feature_cosine(z_student: torch.Tensor, z_teacher: torch.Tensor, mode: str = "batch") -> torch.Tensor:
     """Feature distillation L_FD = 1 - cos(z_teacher, z_student) on the last conv block's output.
 
-    mode "per_sample" (default here): the cosine of each sample's flattened map, averaged.
-    mode "batch" (the reference): one cosine between the whole minibatch flattened into one vector.
+    mode "batch" (default; the reference): one cosine between the whole minibatch flattened into one vector.
+    mode "per_sample" (ml_indl-persample): the cosine of each sample's flattened map, averaged.
     """
     zs, zt = z_student.float(), z_teacher.float()
     if mode == "per_sample":

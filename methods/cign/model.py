@@ -351,7 +351,7 @@ def load_resnet18_weights(net: nn.Module, path: str | Path) -> str:
 class RawVisualEncoder(nn.Module):
     """ResNet-18 (conv1..layer4) on the frame -> 1x1 conv to D -> L2-normalised tokens (h*w of them)."""
 
-    def __init__(self, dim: int, weights: str | None = None, flip: bool = True):
+    def __init__(self, dim: int, weights: str | None = None):
         super().__init__()
         net = _resnet18_body(3)
         self.init = "random (no visual_weights given)"
@@ -361,12 +361,8 @@ class RawVisualEncoder(nn.Module):
             net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
         )
         self.proj = nn.Conv2d(512, dim, kernel_size=1)
-        self.flip = flip
 
     def forward(self, image):
-        if self.training and self.flip:  # train-time augmentation: random horizontal flip
-            mask = torch.rand(image.shape[0], device=image.device) < 0.5
-            image = torch.where(mask[:, None, None, None], image.flip(-1), image)
         f = self.proj(self.body(image))
         return F.normalize(f.flatten(2).transpose(1, 2), dim=-1)
 
@@ -447,9 +443,11 @@ class CIGNNet(nn.Module):
                     "ResNet-18 (1-channel conv1), random init (reference: trained from scratch)"
                 )
             else:
-                encoders[m] = RawVisualEncoder(dim, visual_weights, flip)
+                encoders[m] = RawVisualEncoder(dim, visual_weights)
                 self.init_info["visual_encoder"] = encoders[m].init
         self.encoders = nn.ModuleDict(encoders)
+        # train-time random horizontal flip of the frames (raw mode); applied by `augment`, not in forward
+        self.flip = bool(flip) and input_mode == "raw" and "visual" in self.branches
         self.branch = nn.ModuleDict(
             {
                 m: ModalityBranch(
@@ -516,6 +514,16 @@ class CIGNNet(nn.Module):
         self.token_classifier = new
         for m in self.branches:
             self.branch[m].grouping.expand(num_classes)
+
+    def augment(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Train-time augmentation of a batch's views: each frame flipped horizontally with probability 1/2 (raw
+        mode, `flip`). The strategy calls it once per training batch, before the student and the teacher run, so
+        that both see the same frames (a flip inside `forward` would reach the train-mode student only)."""
+        if not self.flip:
+            return views
+        image = views["image"]
+        mask = torch.rand(image.shape[0], device=image.device) < 0.5
+        return {**views, "image": torch.where(mask[:, None, None, None], image.flip(-1), image)}
 
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.class_tokens()

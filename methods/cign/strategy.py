@@ -61,6 +61,13 @@ class CIGN(StoreTemplate):
         with self.cpu_threads():
             return super().predict_split(split)
 
+    def _unpack_minibatch(self):
+        """Gather the batch's views, then (training only) augment them once: the student's forward and the
+        teacher's forward in `loss_fn` both read these views (raw mode: the same flipped frames)."""
+        super()._unpack_minibatch()
+        if self.is_training:
+            self.mbatch[0] = self.model.augment(self.mbatch[0])
+
     @property
     def branches(self) -> tuple[str, ...]:
         return self.model.branches

@@ -334,3 +334,59 @@ def test_raw_mode_loads_local_imagenet_weights_only(tmp_path):
         WeightsError, match="does not fit visual_weights \\(torchvision ResNet-18\\); unexpected \\['foo'\\]"
     ):
         build_cign("visual", store, 2, {**TINY, "input": "raw", "visual_weights": str(tmp_path / "bad.pth")})
+
+
+def test_raw_mode_teacher_sees_the_students_flipped_frames(tmp_path):
+    """The train-time flip is drawn once per batch, before the student and the teacher run: with teacher ==
+    student (same weights, BN on running statistics, soft assignment, no DropPath), every distillation term is at
+    its minimum on a batch with flipped frames (the flip used to happen inside the student's forward only)."""
+    import copy
+
+    from benchmarks.core.template import ResidentViews
+
+    store = raw_store(tmp_path / "raw")
+    stream = build_stream(store, Protocol("2x2", (0, 1, 2, 3), (2, 2), memory=0))
+    s = strategy(
+        store, stream, "audio-visual", input="raw", random_encoders=True, assignment="soft", bce_columns="seen", **TINY
+    )
+    assert s.cfg["flip"] is True
+    rows, targets = stream.step("train", 0)
+    s.step_index = 1  # distillation on; the teacher is an exact copy of the student
+    s.old_model = copy.deepcopy(s.model).eval().requires_grad_(False)
+    s.model.train()
+    for m in s.model.modules():  # running BN statistics, as in the eval-mode teacher
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    seen = {}
+    for name, net in (("student", s.model), ("teacher", s.old_model)):
+        net.encoders["visual"].body.register_forward_pre_hook(lambda m, a, name=name: seen.update({name: a[0]}))
+    s.old_model.register_forward_hook(lambda m, a, out: seen.update(teacher_out=out))
+    s.resident = ResidentViews(store, s.views, rows, torch.device("cpu"))
+    s.mbatch = [rows, targets, torch.zeros_like(targets), torch.zeros_like(targets, dtype=torch.bool)]
+    s.is_training = True
+    torch.manual_seed(3)
+    s._unpack_minibatch()
+    s.mb_output = s.forward()
+    s.loss_fn(s.mb_output, s.mb_y)
+
+    stored = store.gather("image", rows, dtype=torch.float32)
+    flipped = (seen["student"] == stored.flip(-1)).flatten(1).all(1)
+    assert flipped.any() and not flipped.all()  # a batch with flipped and unflipped frames
+    assert torch.equal(seen["teacher"], seen["student"])  # the teacher sees the same (flipped) frames
+    for m in s.model.branches:
+        torch.testing.assert_close(s.mb_output[f"{m}_logits"], seen["teacher_out"][f"{m}_logits"])
+    assert s.loss_terms["ctd_feature"] == pytest.approx(0.0, abs=1e-5)
+    assert s.loss_terms["cg"] == pytest.approx(0.0, abs=1e-5)
+    # BCE against the teacher's own sigmoid: the entropy of sigma(z_old), its minimum over the student's logits
+    floor = np.mean(
+        [
+            float(F.binary_cross_entropy_with_logits(z, torch.sigmoid(z)))
+            for z in (seen["teacher_out"][f"{m}_logits"] for m in s.model.branches)
+        ]
+    )
+    assert s.loss_terms["ctd_logit"] == pytest.approx(floor, abs=1e-5)
+    # outside training, nothing is flipped
+    s.is_training = False
+    s.mbatch = [rows, targets, torch.zeros_like(targets), torch.zeros_like(targets, dtype=torch.bool)]
+    s._unpack_minibatch()
+    assert torch.equal(s.mb_x["image"], stored)

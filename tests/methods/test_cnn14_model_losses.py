@@ -163,8 +163,8 @@ def _indl(step, cfg_over=None):
         "kd_temperature": 2.0,
         "kd_lambda_base": 5.0,
         "kd_lambda_power": 0.66,
-        "kd_reduction": "batchmean",
-        "fd_mode": "per_sample",
+        "kd_reduction": "mean",
+        "fd_mode": "batch",
         **(cfg_over or {}),
     }
     s.stream = SimpleNamespace(protocol=Protocol("p", tuple(range(40)), (30, 5, 5)), seen=lambda t: (30, 35, 40)[t])
@@ -202,15 +202,15 @@ def test_indl_total_loss_is_the_sum_of_its_terms():
     assert torch.allclose(
         s0.loss_fn({"logits": out["logits"][:, :30]}, y0, None), masked_bce(out["logits"][:, :30], y0, 2.0)
     )
-    # the reference's reductions are selectable
-    ref = _indl(1, {"kd_reduction": "mean", "fd_mode": "batch"})
-    ref._teacher = teacher
+    # the per-sample reductions (ml_indl-persample) are selectable
+    per_sample = _indl(1, {"kd_reduction": "batchmean", "fd_mode": "per_sample"})
+    per_sample._teacher = teacher
     want = (
         masked_bce(out["logits"][:, 30:], y[:, 30:], 2.0)
-        + feature_cosine(out["z"], teacher["z"], "batch")
-        + lam * kd_kl(out["logits"][:, :30], teacher["logits"], 2.0, "mean")
+        + feature_cosine(out["z"], teacher["z"], "per_sample")
+        + lam * kd_kl(out["logits"][:, :30], teacher["logits"], 2.0, "batchmean")
     )
-    assert torch.allclose(ref.loss_fn(out, y, None), want)
+    assert torch.allclose(per_sample.loss_fn(out, y, None), want)
 
 
 def test_fine_tuning_takes_unlabelled_columns_as_negatives_and_joint_masks_them():
@@ -224,3 +224,48 @@ def test_fine_tuning_takes_unlabelled_columns_as_negatives_and_joint_masks_them(
     ft.pos_weight = joint.pos_weight = 1.5
     assert torch.allclose(ft.loss_fn({"logits": z}, y, mask), masked_bce(z, y, 1.5))
     assert torch.allclose(joint.loss_fn({"logits": z}, y, mask), masked_bce(z[:, 2:], y[:, 2:], 1.5))
+
+
+def _reference_indl_loss(logits, z, teacher_logits, teacher_z, y, pos_weight, seen, new, T=2.0):
+    """The reference's phase-t loss, written out from CIL-ML-Audio main_audioset.py `_train` (ed8e0d0):
+    BCE on the last `new` logits + 1 - cos(normalize(vec(z_old)), normalize(vec(z))) over the whole flattened
+    batch + 5 (seen / new)^0.66 * nn.KLDivLoss() (default reduction 'mean': over batch x old classes) * T^2."""
+    bce = F.binary_cross_entropy_with_logits(logits[:, -new:], y[:, -new:], pos_weight=torch.tensor(pos_weight))
+    a, b = F.normalize(teacher_z.reshape(-1), dim=0), F.normalize(z.reshape(-1), dim=0)
+    feat = 1 - torch.dot(a, b) / (a.norm() * b.norm())
+    log_p = F.log_softmax(logits[:, :-new] / T, dim=1)
+    q = F.softmax(teacher_logits / T, dim=1)
+    kl = (q * (q.log() - log_p)).sum() / q.numel() * T * T
+    return bce + feat + 5.0 * (seen / new) ** 0.66 * kl
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "cn"])
+def test_indl_default_loss_is_the_reference_formula(norm):
+    """ml_indl-<norm>'s resolved config reproduces the reference's reductions exactly; ml_indl-persample-bn keeps the
+    per-sample forms (KL per clip averaged over the batch, cosine per clip)."""
+    from methods import registry
+
+    torch.manual_seed(1)
+    out = {"logits": torch.randn(4, 35) * 3, "z": torch.randn(4, 8, 2, 1)}
+    teacher = {"logits": torch.randn(4, 30) * 3, "z": torch.randn(4, 8, 2, 1) + 0.5}
+    y = torch.zeros(4, 35)
+    y[:, 30:] = (torch.rand(4, 5) > 0.5).float()
+    cfg = registry()[f"ml_indl-{norm}"].config("audioset50", "audio")
+    s = _indl(1, {k: cfg[k] for k in _indl(1).cfg})
+    s._teacher = teacher
+    want = _reference_indl_loss(out["logits"], out["z"], teacher["logits"], teacher["z"], y, 2.0, 35, 5)
+    torch.testing.assert_close(s.loss_fn(out, y, None), want)
+
+    variant = registry()["ml_indl-persample-bn"]
+    vcfg = variant.config("audioset50", "audio")
+    assert vcfg["norm"] == "bn" and vcfg["method"] == "ml_indl-persample" and variant.strategy is MLIndL
+    v = _indl(1, {k: vcfg[k] for k in _indl(1).cfg})
+    v._teacher = teacher
+    lam = 5.0 * (35 / 5) ** 0.66
+    kl = (
+        F.softmax(teacher["logits"] / 2, 1)
+        * (F.log_softmax(teacher["logits"] / 2, 1) - F.log_softmax(out["logits"][:, :30] / 2, 1))
+    ).sum(1).mean() * 4
+    cos = F.cosine_similarity(out["z"].flatten(1), teacher["z"].flatten(1), dim=1).mean()
+    bce = masked_bce(out["logits"][:, 30:], y[:, 30:], 2.0)
+    torch.testing.assert_close(v.loss_fn(out, y, None), bce + (1 - cos) + lam * kl)

@@ -37,20 +37,48 @@ def test_micro_and_macro_f1_by_hand():
     y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
     s = np.array([[0.9, 0.6, 0.1], [0.2, 0.7, 0.4], [0.1, 0.8, 0.3]])
     # predictions (> 0.5): [1,1,0], [0,1,0], [0,1,0]
-    # class 0: TP 1, FP 0, FN 1 -> 2/3; class 1: TP 2, FP 1, FN 0 -> 4/5; class 2: 0/0 -> left out
+    # class 0: TP 1, FP 0, FN 1 -> 2/3; class 1: TP 2, FP 1, FN 0 -> 4/5; class 2: 0/0 -> undefined, 0 in macro-F1
     # micro: TP 3, FP 1, FN 1 -> 6/8
     assert MM.micro_f1(y, s) == pytest.approx(0.75)
     assert MM.f1_per_class(y, s) == [pytest.approx(2 / 3), pytest.approx(0.8), None]
-    assert MM.macro_f1(y, s) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert MM.macro_f1(y, s) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
     # a class with no positive but a false alarm counts as F1 = 0
     s2 = s.copy()
     s2[0, 2] = 0.9
     assert MM.f1_per_class(y, s2)[2] == 0.0 and MM.macro_f1(y, s2) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
-    assert (
-        MM.micro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None
-        and MM.macro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None
-    )
+    assert MM.micro_f1(np.zeros((2, 2)), np.zeros((2, 2))) is None
+    assert MM.macro_f1(np.zeros((2, 2)), np.zeros((2, 2))) == 0.0  # every class 0/0: 0, as sklearn
+    assert MM.macro_f1(np.zeros((2, 0)), np.zeros((2, 0))) is None  # no class at all
     assert MM.binarize([[0.5, 0.51]]).tolist() == [[0, 1]]  # strictly greater than the threshold
+
+
+def test_macro_f1_is_sklearns_with_zero_division_0():
+    """The reference (CIL-ML-Audio main_audioset.py evaluate_bin) calls sklearn `f1_score(Y_ref, Y_predicted,
+    average='macro')`: a class with no positive and no predicted positive counts as F1 = 0 (zero_division 'warn'
+    sets it to 0), it is not left out."""
+    from sklearn.metrics import f1_score
+
+    y = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]])
+    s = np.array([[0.9, 0.6, 0.1, 0.2], [0.2, 0.7, 0.4, 0.1], [0.1, 0.8, 0.3, 0.6], [0.3, 0.2, 0.5, 0.4]])
+    # class 2: no positive, no prediction > 0.5 (0.5 is not above the threshold): 0/0
+    yhat = MM.binarize(s)
+    assert not y[:, 2].any() and not yhat[:, 2].any()
+    want = f1_score(y, yhat, average="macro", zero_division=0)
+    assert MM.macro_f1(y, s) == pytest.approx(want)
+    assert MM.macro_f1(y, s) == pytest.approx((2 / 3 + 0.8 + 0 + 2 / 3) / 4)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        y = (rng.random((15, 8)) < 0.2).astype(int)
+        y[:, rng.integers(8)] = 0  # at least one class without positives
+        s = rng.random((15, 8)) * rng.choice([0.6, 1.0], size=(1, 8))  # some classes never predicted
+        assert MM.macro_f1(y, s) == pytest.approx(f1_score(y, MM.binarize(s), average="macro", zero_division=0))
+    pm = MM.phase_metrics(y, s, base=5)
+    assert pm["macro_f1"] == pytest.approx(100 * f1_score(y, MM.binarize(s), average="macro", zero_division=0))
+    assert pm["base_macro_f1"] == pytest.approx(
+        100 * f1_score(y[:, :5], MM.binarize(s[:, :5]), average="macro", zero_division=0)
+    )
+    formula = next(m for m in MM.PHASE_METRICS if m.key == "macro_f1").formula
+    assert "counts as 0" in formula and "left out" not in formula
 
 
 def test_lwlrap_by_hand_and_against_sklearn_lrap():

@@ -46,12 +46,23 @@ def args(tmp_path, *extra):
 
 
 def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
-    argv = args(tmp_path, "--methods", "ml_indl-bn", "ml_fine_tuning-gn", "ml_joint-cn", "--keep-phase-checkpoints")
+    argv = args(
+        tmp_path,
+        "--methods",
+        "ml_indl-bn",
+        "ml_indl-persample-bn",
+        "ml_fine_tuning-gn",
+        "ml_joint-cn",
+        "--keep-phase-checkpoints",
+    )
     assert run_all.main(argv) == 0
     out = capsys.readouterr().out
     assert "[missing] audioset50: phase files missing" in out and "avg mAP" in out and "forgetting macro-F1" in out
     recs = {r["cell"]["method"]: r for r in iter_records(tmp_path / "results", "audio-multilabel")}
-    assert sorted(recs) == ["ml_fine_tuning-gn", "ml_indl-bn", "ml_joint-cn"]
+    assert sorted(recs) == ["ml_fine_tuning-gn", "ml_indl-bn", "ml_indl-persample-bn", "ml_joint-cn"]
+    per_sample = recs["ml_indl-persample-bn"]  # the per-sample reductions, its own leaderboard row
+    assert per_sample["results"]["method"] == "ml_indl-persample" and per_sample["results"]["norm"] == "bn"
+    assert (per_sample["config"]["kd_reduction"], per_sample["config"]["fd_mode"]) == ("batchmean", "per_sample")
     rec = recs["ml_indl-bn"]
     res = rec["results"]
     assert (
@@ -61,7 +72,8 @@ def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
         and res["method"] == "ml_indl"
     )
     assert [len(row) for row in res["ap_matrix"]] == [30, 35, 40, 45, 50] and len(res["phases"]) == 5
-    assert res["model"]["widths"] == [4, 8, 16, 32, 64, 128] and rec["config"]["kd_reduction"] == "batchmean"
+    assert res["model"]["widths"] == [4, 8, 16, 32, 64, 128]
+    assert (rec["config"]["kd_reduction"], rec["config"]["fd_mode"]) == ("mean", "batch")  # the reference's
     assert rec["stream"]["classes_per_step"] == [30, 5, 5, 5, 5] and rec["stream"]["counts"]["test"] == [
         12,
         16,
@@ -86,7 +98,10 @@ def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
     )
     page = (tmp_path / "lb" / "audio-multilabel.md").read_text()
     assert (
-        "| ml_indl † | BN |" in page and "| ml_joint † | CN |" in page and "| ml_fine_tuning † | GN |" in page
+        "| ml_indl † | BN |" in page
+        and "| ml_indl-persample † | BN |" in page
+        and "| ml_joint † | CN |" in page
+        and "| ml_fine_tuning † | GN |" in page
     )  # † = --epochs
     assert (
         "Avg mAP" in page
@@ -99,7 +114,7 @@ def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
         (tmp_path / "lb" / "plots").glob("*__curves.png")
     )
     assert run_all.main(argv) == 0
-    assert "0 ran, 3 already recorded" in capsys.readouterr().out
+    assert "0 ran, 4 already recorded" in capsys.readouterr().out
 
     # CKA between two of the kept phase checkpoints, through the command line
     a, b = res["phase_checkpoints"][0], res["phase_checkpoints"][4]
