@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import metrics
 from benchmarks.core.method import MethodSpec
 from benchmarks.core.records import load_record, record_path, write_error, write_record
 from benchmarks.suites import Suite
@@ -176,7 +177,15 @@ def resolve(cell: Cell, spec: MethodSpec, ctx: GridContext) -> CellRun:
     ctx.kind.adjust_config(cfg, stream, ctx.overrides)
     spec.check_config(cfg, cell.dataset)
     store = ctx.store(cell.dataset)
-    key = config_hash({"cell": asdict(cell), "config": cfg, "stream": stream.hash, "store": store.fingerprint})
+    key = config_hash(
+        {
+            "cell": asdict(cell),
+            "config": cfg,
+            "stream": stream.hash,
+            "store": store.fingerprint,
+            "metrics": metrics.VERSION,
+        }
+    )
     path = record_path(ctx.results_dir, cell.suite, cell.dataset, cell.protocol, cell.method, cell.modality, cell.seed)
     return CellRun(cell, spec, cfg, stream, key, path, ctx.options)
 
