@@ -26,9 +26,10 @@ Forward, for a waveform x in int16 scale, (B, L) or (B, C, L):
    average pool; the pooled features of the audio channels are summed;
 6. `fc`: 2048 -> num_classes (1024 in AudioCLIP).
 
-Parameter and buffer names equal the reference's, so the `audio.*` entries of
-`AudioCLIP-Full-Training.pt` (prefix stripped) load with `load_state_dict(strict=True)`;
-`tests/methods/test_mcil_towers.py` checks the full key list and shapes.
+Parameter and buffer names equal the reference's (the empty `fbsp.bias` included), so the `audio.*`
+entries of `AudioCLIP-Full-Training.pt` (prefix stripped) load with `load_state_dict(strict=True)`;
+`tests/methods/test_mcil_towers.py` checks the full key list, shapes and order against a manifest
+derived from the reference class (`tests/methods/fixtures/audioclip_state_dict_layout.json`).
 
 Deviations from the reference, none of which changes a loaded model's outputs beyond
 floating-point rounding:
@@ -90,8 +91,12 @@ class _InfNormGrad(torch.autograd.Function):
 class LinearFBSP(nn.Module):
     """Learnable Fourier-basis filterbank (ESResNeXt-fbsp): real frames (..., n_in) -> (..., K, 2) (re, im).
 
-    Parameters `m`, `fb`, `fc` have shape (K,); the reference's `bias` is disabled for the FBSP
-    front end (`bias=False`), so it is not a parameter here either (nor in the checkpoints)."""
+    Parameters `m`, `fb`, `fc` have shape (K,). The FBSP front end disables the reference's bias
+    (`LinearFBSP(..., bias=False)` in `fbsp.py` `_ESResNetFBSP._inject_members`), but the reference
+    still registers it, as `Parameter(None)`: an empty (0,) tensor that every AudioCLIP checkpoint holds
+    (`audio.fbsp.bias` in AudioCLIP-Full-Training.pt, `fbsp.bias` in ESRNXFBSP.pt). It is registered here
+    the same way, so the state dict equals the reference's; like the reference's forward (which adds the
+    bias only when it has 2K entries), nothing uses it."""
 
     def __init__(self, out_features: int, normalized: bool = False):
         super().__init__()
@@ -100,6 +105,7 @@ class LinearFBSP(nn.Module):
         self.m = nn.Parameter(torch.zeros(out_features))
         self.fb = nn.Parameter(torch.ones(out_features))
         self.fc = nn.Parameter(torch.arange(out_features, dtype=torch.float32))
+        self.bias = nn.Parameter(torch.empty(0))  # the reference's disabled bias: Parameter(None), shape (0,)
 
     def weights(
         self, in_features: int, dtype: torch.dtype | None = None, device=None

@@ -7,7 +7,9 @@ Forward pieces (the strategy composes them):
   (no gradient; its BatchNorm in train mode only in `code` mode, as the release);
 - `text_prototypes(classes, pool)`: per class, the text tower over the pool's templates with the
   class's own task router, averaged (`normalized`: each template embedding L2-normalised
-  before the mean and the mean re-normalised; `unnormalized`: the release's raw mean);
+  before the mean and the mean re-normalised; `unnormalized`: the release's raw mean for the
+  training prototypes, `models.py:335-336`, and, as the release scores test images against
+  L2-normalised text features, `models.py:209-210`, the normalised mean for the `eval` pool);
 - `logits(f, protos)`: scale * f protos^T, scale = exp(logit_scale) (`exp`) or the raw
   2.6593 init value the release multiplies by (`raw`).
 """
@@ -56,8 +58,10 @@ class MCILAudioCLIP(nn.Module):
 
         self.towers = build_towers(cfg["towers"], factory)
         self.weights_report = load_preset_weights(self.towers, cfg)
-        if "init" in self.weights_report:
-            calibrate_random_batchnorm(self.towers, float(cfg["audio_input_scale"]), audio_samples)
+        if self.weights_report.get("random_towers"):
+            calibrate_random_batchnorm(
+                self.towers, float(cfg["audio_input_scale"]), audio_samples, which=self.weights_report["random_towers"]
+            )
         d = self.towers.embed_dim
         self.audio_proj = nn.Linear(self.towers.audio_dim, d)
         if cfg["audio_projection"] == "learnable" and self.towers.audio_dim == d:
@@ -163,11 +167,14 @@ class MCILAudioCLIP(nn.Module):
             set_routing(self.towers, None)
 
     def text_prototypes(self, classes: torch.Tensor, pool: str, with_grad: bool) -> torch.Tensor:
-        """(len(classes), D) class prototypes from the templates of `pool`."""
+        """(len(classes), D) class prototypes from the templates of `pool` (`train`, `eval`)."""
         emb = self.text_embeddings(classes, pool, with_grad)
         if self.cfg["text_prototypes"] == "normalized":
             return F.normalize(F.normalize(emb, dim=2).mean(1), dim=1)
-        return emb.mean(1)  # the release: raw template mean, not normalised (reference 3.7)
+        mean = emb.mean(1)  # the release trains on the raw template mean, not normalised (models.py:335-336)
+        if pool == "eval":  # ... and scores test images against L2-normalised text features (models.py:209-210)
+            return F.normalize(mean, dim=1)
+        return mean
 
     def tokens_device(self) -> torch.device:
         return next(self.towers.parameters()).device
@@ -183,18 +190,21 @@ class MCILAudioCLIP(nn.Module):
 
 @torch.no_grad()
 def calibrate_random_batchnorm(
-    towers, audio_input_scale: float, audio_samples: int, batches: int = 4, seed: int = 0
+    towers, audio_input_scale: float, audio_samples: int, batches: int = 4, seed: int = 0, which=("clip", "audio")
 ) -> None:
-    """Random towers only: set the frozen BatchNorm statistics from seeded noise (N(0, 1) images,
-    white-noise audio at 0.1 RMS), so activations stay normalised through the frozen random stack.
+    """Random towers only (`which`: "clip" for the image tower, "audio"): set the frozen BatchNorm
+    statistics from seeded noise (N(0, 1) images, white-noise audio at 0.1 RMS), so activations stay
+    normalised through the frozen random stack.
     Without it a random RN/ESResNeXt keeps BN's init statistics (mean 0, var 1), its activations
     grow stage by stage, and the small adapter outputs vanish next to them (on SynthAV the tiny RN
     tower then did not learn at all). Data-free and deterministic; pretrained towers are untouched."""
     g = torch.Generator().manual_seed(seed)
-    for tower, make in (
-        (towers.clip.visual, lambda: torch.randn(32, 3, towers.image_size, towers.image_size, generator=g)),
-        (towers.audio, lambda: 0.1 * torch.randn(16, audio_samples, generator=g) * audio_input_scale),
+    for name, tower, make in (
+        ("clip", towers.clip.visual, lambda: torch.randn(32, 3, towers.image_size, towers.image_size, generator=g)),
+        ("audio", towers.audio, lambda: 0.1 * torch.randn(16, audio_samples, generator=g) * audio_input_scale),
     ):
+        if name not in which:
+            continue
         norms = [m for m in tower.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
             continue

@@ -1,7 +1,9 @@
 """MCIL-AudioCLIP as a StoreTemplate strategy (see README.md).
 
 Per task t (no exemplars, no distillation; the reference trains on the current task only):
-- train rows: the task's images; each is paired with an audio clip of its class
+- train rows: the task's images of the release's whole training split (`train_split:
+  train+carved-val`: the train rows plus the val rows the harness carved out of the training images,
+  when the store's val split was carved; MCIL selects nothing on val); each is paired with an audio clip of its class
   (`train_pairing: paired`, a fresh deterministic pairing every epoch, datasets.pairing.AudioPairing)
   or, as the release does, with a random clip of the current task (`shuffled`: the batch's
   clips permuted, so image and audio usually disagree; reference 1.3);
@@ -10,7 +12,9 @@ Per task t (no exemplars, no distillation; the reference trains on the current t
   every iteration), logits over the task's classes with task-local labels;
 - loss: methods.mcil_audioclip.losses.mcil_loss;
 - optimiser: AdamW over the adapters, routers, fusion (and a learnable audio projection),
-  a per-iteration schedule: linear warm-up over `warmup_iters`, then cosine to 0;
+  a per-iteration schedule: linear warm-up over `warmup_iters`, then cosine to 0 over the release's
+  horizon of epochs x batches iterations (`utils.cosine_lr(..., total_iterations)`); with
+  `extra_iteration` the release's one extra iteration per task follows at learning rate 0;
 - the model after the last epoch is kept (`model_selection: last`; the reference selects nothing).
 
 Prediction on seen classes: prototypes of all seen classes from the evaluation templates (each
@@ -21,13 +25,16 @@ canonical clip, and classified by argmax over the seen classes.
 
 Each test pass also collects what the MCIL metrics need (benchmarks.metrics.mcil.mcil_metrics):
 the seen classes' single-template text mean, the mean image feature and the NMIs, over the
-whole test set (default) and over its last batch of `eval_batch_size` (the reference's form),
-plus how often fusion fired and, in paper mode, the task-selection accuracy.
+whole test set (default) and over the reference's last eval batch: the last batch of
+`eval_batch_size` of the seen test rows in store (folder) order, as the release's unshuffled
+DataLoader over `eval_dataset[:t + 1]` yields them (`main.py:59-65`; continuum keeps the dataset's
+order when it selects tasks); plus how often fusion fired and, in paper mode, the task-selection accuracy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 from benchmarks.core.template import ResidentViews
 from benchmarks.metrics.mcil import mcil_metrics, softmax_nmi
 from benchmarks.suites.single_label import StoreTemplate
+from datasets.errors import ConfigError
 from datasets.pairing import AudioPairing
 from methods.mcil_audioclip.losses import mcil_loss
 from methods.mcil_audioclip.model import MCILAudioCLIP
@@ -43,18 +51,28 @@ from methods.mcil_audioclip.templates import template_pools
 
 
 class ExtraBatch:
-    """The release runs len(loader) + 1 iterations per task: after the last batch the loader is
-    re-created and one batch of a fresh shuffle follows (reference 2.2). `extra_iteration: true`."""
+    """The release runs EPOCH * len(loader) + 1 iterations per task (`range(total_iterations + 1)`,
+    `models.py:319`): after the last batch the loader is re-created and one batch of a fresh shuffle
+    follows (reference 2.2), once per task. `extra_iteration: true`: the extra batch follows the last
+    epoch's batches (`last_epoch()` says whether the epoch being iterated is the last)."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, last_epoch: Callable[[], bool]):
         self.loader = loader
+        self.last_epoch = last_epoch
 
     def __len__(self) -> int:
-        return len(self.loader) + 1
+        return len(self.loader) + int(self.last_epoch())
 
     def __iter__(self):
         yield from self.loader
-        yield next(iter(self.loader))
+        if self.last_epoch():
+            yield next(iter(self.loader))
+
+
+def carved_val(store) -> bool:
+    """Whether the store's val split was carved out of its training images (datasets.adapters.paired_scan
+    records `val_split: "carved from train: ..."`), i.e. belongs to the release's training split."""
+    return str(store.meta.get("val_split", "")).startswith("carved")
 
 
 class MCILStrategy(StoreTemplate):
@@ -77,7 +95,22 @@ class MCILStrategy(StoreTemplate):
 
     # ------------------------------------------------------------------ set-up per task
     def training_rows(self):
-        return self.stream.step("train", self.step_index)  # current task only: no memory (reference)
+        """The current task's rows only (no memory, as the reference). `train_split: train+carved-val` (the
+        release's whole training split): the val rows too when the harness carved them out of the training
+        images; `train`: the harness's train split alone. A store with a val split of its own trains on train."""
+        rows, targets = self.stream.step("train", self.step_index)
+        split = self.cfg["train_split"]
+        if split not in ("train", "train+carved-val"):
+            raise ConfigError(
+                f"mcil_audioclip: train_split {split!r} is not one of 'train+carved-val' (the release's whole "
+                "training split) or 'train'; fix it in methods/mcil_audioclip/config.yaml or --set train_split=..."
+            )
+        if split == "train+carved-val" and carved_val(self.store):
+            val_rows, val_targets = self.stream.step("val", self.step_index)
+            rows, targets = torch.cat([rows, val_rows]), torch.cat([targets, val_targets])
+            order = torch.argsort(rows)  # store order: the release's training folder order
+            rows, targets = rows[order], targets[order]
+        return rows, targets
 
     def model_adaptation_step(self):
         self.model.set_trainable(self.step_index)
@@ -88,10 +121,13 @@ class MCILStrategy(StoreTemplate):
         self.optimizer = torch.optim.AdamW(
             params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"])
         )
-        total = len(self.dataloader) * self.train_epochs
+        total = self.batches_per_epoch * self.train_epochs  # the release's horizon: EPOCH * num_batches
         warmup = int(self.cfg["warmup_iters"])
 
-        def schedule(i: int) -> float:  # multiplier of lr at iteration i (utils.cosine_lr of the release)
+        def schedule(i: int) -> float:
+            """Multiplier of lr at iteration i: `utils.cosine_lr(optimizer, lr, warmup, total)` of the release
+            (continual_clip/utils.py:56-75); the extra iteration i = total gets 0. The release divides by
+            total - warmup, which is 0 or negative for tasks of at most `warmup` batches; here at least 1."""
             if i < warmup:
                 return (i + 1) / warmup
             return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, total - warmup)))
@@ -100,8 +136,9 @@ class MCILStrategy(StoreTemplate):
 
     def make_train_dataloader(self, shuffle=True, **kwargs):
         super().make_train_dataloader(shuffle=shuffle, **kwargs)
+        self.batches_per_epoch = len(self.dataloader)
         if self.cfg.get("extra_iteration"):
-            self.dataloader = ExtraBatch(self.dataloader)
+            self.dataloader = ExtraBatch(self.dataloader, lambda: self.epoch == self.train_epochs - 1)
         rows = self.train_rows.numpy()
         # Every epoch's pairing is fixed up front from (seed, epoch), so the step's clips can be resident.
         self.epoch_clips = [
@@ -225,17 +262,26 @@ class MCILStrategy(StoreTemplate):
         pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
         if targets is not None and vs:
             self.last_report = self.metric_inputs(
-                torch.cat(vs), torch.cat(as_), torch.cat(fs), torch.cat(fired), torch.cat(routed), targets
+                torch.cat(vs), torch.cat(as_), torch.cat(fs), torch.cat(fired), torch.cat(routed), targets, rows
             )
         return pred
 
+    def last_eval_batch(self, rows: torch.Tensor) -> torch.Tensor:
+        """Positions in `rows` of the release's last eval batch: its DataLoader (batch `eval_batch_size` = 64,
+        no shuffle) runs over the seen tasks' test samples in dataset (folder) order (`main.py:59-65`; continuum
+        selects tasks with np.isin, keeping that order), i.e. store order here, and the metrics keep the last
+        batch: the final len % 64 samples (64 when it divides), whichever steps they belong to."""
+        order = torch.argsort(torch.as_tensor(rows).cpu(), stable=True)
+        start = ((len(order) - 1) // self.eval_mb_size) * self.eval_mb_size
+        return order[start:]
+
     @torch.no_grad()
-    def metric_inputs(self, v, a, f, fired, routed, targets) -> dict:
-        """What the MCIL metrics and the diagnostics need from one test pass (see the module docstring)."""
+    def metric_inputs(self, v, a, f, fired, routed, targets, rows) -> dict:
+        """What the MCIL metrics and the diagnostics need from one test pass over `rows` (module docstring)."""
         with self.autocast():
             # e_t: the single eval template's unnormalised text embeddings of all seen classes, averaged (reference 4.2)
             text_mean = self.model.text_embeddings(torch.arange(self.seen_classes), "single").mean((0, 1)).cpu()
-        last = slice(((len(v) - 1) // self.eval_mb_size) * self.eval_mb_size, len(v))
+        last = self.last_eval_batch(rows)
         true_task = torch.as_tensor(self.stream.protocol.step_of_position())[targets]
         report = {
             "text_mean": text_mean.tolist(),

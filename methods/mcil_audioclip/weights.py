@@ -12,7 +12,9 @@ Key layouts (verified against the reference sources, see tests/methods/test_mcil
   (dropped). open_clip's CLIP uses the same names (its own OpenAI loader loads these strictly).
 - AudioCLIP (`AudioCLIP-Full-Training.pt`, `-Partial-`): one plain state dict of the whole
   AudioCLIP module: the OpenAI RN50 CLIP keys above, `audio.*` (ESResNeXtFBSP, including the
-  `audio.window` buffer), `logit_scale_ai`, `logit_scale_at`.
+  `audio.window` buffer and the empty (0,) `audio.fbsp.bias`, the reference's disabled bias
+  registered as `Parameter(None)`), `logit_scale_ai`, `logit_scale_at`. The whole layout is the
+  manifest `tests/methods/fixtures/audioclip_state_dict_layout.json`, derived from the reference class.
 - `ESRNXFBSP.pt`: a plain ESResNeXtFBSP state dict without prefix (AudioCLIP loads it into
   `self.audio` directly, `model/audioclip.py`); its `fc` may be an AudioSet head of another size.
 - torchvision `resnext50_32x4d` (IMAGENET1K_V1 `.pth`): `conv1`, `bn1`, `layerK.*`, `fc` (1000).
@@ -21,16 +23,24 @@ Every loader returns the load report of `datasets.weights.load_report` {file, sh
 digits), loaded, missing, unexpected, ...}. MoE parameters (names containing `.moe.`) are the only
 CLIP keys allowed to be missing (and BN `num_batches_tracked` counters, which torch fills in); an
 unexpected key or a shape mismatch is a WeightsError naming the file and the keys.
+
+`load_preset_weights` loads a real preset's towers from the config's paths. In code mode the image/text
+towers (`clip_ckpt`) and the audio tower (`resnext_imagenet_ckpt` or `esresnext_ckpt`) come from separate
+files; giving one without the other is a ConfigError naming both options, unless `random_encoders` is set:
+then the missing tower stays random, a warning is logged and the report's `init` / `random_towers` say so.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from datasets.errors import ConfigError, WeightsError
 from datasets.weights import OPENAI_EXTRA_KEYS, check_keys, load_report, read_openai_clip, read_state_dict
+
+log = logging.getLogger(__name__)
 
 AUDIOCLIP_SCALE_KEYS = ("logit_scale_ai", "logit_scale_at")
 OPTION_FILES = {
@@ -90,6 +100,12 @@ def _tolerated_missing(key: str) -> bool:
     return key.endswith("num_batches_tracked")  # filled with 0 by BatchNorm when absent
 
 
+def _empty_in_model(own: dict, key: str) -> bool:
+    """An empty model tensor (ESResNeXt's disabled `fbsp.bias`, shape (0,)): nothing to load, so a file
+    re-saved without it still fits."""
+    return key in own and own[key].numel() == 0
+
+
 def _fix(option: str, kind: str) -> str:
     """What to do about a file that does not fit: set `option` to the file of `kind` (an OPTION_FILES key)."""
     return f"set {option} to {OPTION_FILES[kind]}"
@@ -109,8 +125,9 @@ def _load_clip_part(towers, sd: dict, path, fix: str) -> tuple[int, list[str]]:
 def _load_audio_part(
     audio, sd: dict, path, fix: str, allow_fc_mismatch: bool = False
 ) -> tuple[int, list[str], list[str]]:
-    """Load an ESResNeXtFBSP state dict: strict, except a missing `window` (the computed one equals
-    scipy's) / `num_batches_tracked`, and (ESRNXFBSP.pt) an `fc` head of another size, which is skipped."""
+    """Load an ESResNeXtFBSP state dict: strict (the reference's empty `fbsp.bias` is a model key like any
+    other), except a missing `window` (the computed one equals scipy's) / `num_batches_tracked` / empty
+    `fbsp.bias`, and (ESRNXFBSP.pt) an `fc` head of another size, which is skipped."""
     own = audio.state_dict()
     skipped = []
     if allow_fc_mismatch:
@@ -120,7 +137,12 @@ def _load_audio_part(
         sd = {k: v for k, v in sd.items() if k not in skipped}
     what = f"the ESResNeXt-fbsp audio tower ({audio.num_classes}-d, n_fft {audio.n_fft})"
     missing, _ = check_keys(
-        own, sd, path, what, fix, allow_missing=lambda k: k == "window" or _tolerated_missing(k) or k in skipped
+        own,
+        sd,
+        path,
+        what,
+        fix,
+        allow_missing=lambda k: k == "window" or _tolerated_missing(k) or _empty_in_model(own, k) or k in skipped,
     )
     audio.load_state_dict(sd, strict=not missing)
     return len(sd), missing, skipped
@@ -216,18 +238,47 @@ def load_resnext_imagenet(towers, path, option: str = "--resnext-imagenet-ckpt")
 REAL_PRESETS = ("audioclip-rn50", "clip-vit-b16")
 
 
+CODE_MODE_PARTS = {
+    "image and text towers": ("clip_ckpt",),
+    "audio tower": ("resnext_imagenet_ckpt", "esresnext_ckpt"),
+}
+
+
 def load_preset_weights(towers, cfg: dict) -> dict:
     """Load the towers' pretrained weights from the user's paths (never downloaded); return a
     report for the record. Tiny presets are random by definition; a real preset without its
-    checkpoints runs only with --random-encoders (the record says so)."""
+    checkpoints runs only with --random-encoders (the record says so). In code mode a checkpoint
+    for one part (CLIP, or the audio tower) without the other's is a ConfigError naming both options;
+    with --random-encoders the missing part stays random, with a warning, and the report lists it under
+    `random_towers` and `init`. `random_towers` names the towers left random ("clip", "audio")."""
     preset = cfg["towers"]
     if preset not in REAL_PRESETS:
-        return {"init": f"random ({preset}: scaled-down towers, no pretrained weights exist)"}
+        return {
+            "init": f"random ({preset}: scaled-down towers, no pretrained weights exist)",
+            "random_towers": ["clip", "audio"],
+        }
     report: dict = {}
+    random_towers: list[str] = []
     if preset == "audioclip-rn50":
         if cfg.get("audioclip_ckpt"):
             report["audioclip"] = load_audioclip(towers, Path(cfg["audioclip_ckpt"]), option="audioclip_ckpt")
     else:
+        given = {part: [o for o in options if cfg.get(o)] for part, options in CODE_MODE_PARTS.items()}
+        absent = [part for part, opts in given.items() if not opts]
+        if len(absent) == 1:  # one part given, the other not: its tower would silently stay random
+            (present,) = [part for part in given if part not in absent]
+            what = " + ".join(given[present])
+            need = " or ".join(CODE_MODE_PARTS[absent[0]])
+            problem = f"mcil_audioclip: towers {preset}: {what} is set without {need}"
+            if not cfg.get("random_encoders"):
+                raise ConfigError(
+                    f"{problem}, so the {absent[0]} would stay random; set clip_ckpt (OpenAI ViT-B-16.pt) and "
+                    "resnext_imagenet_ckpt (torchvision resnext50_32x4d .pth, the release's audio init) with "
+                    "`run_all.py --set KEY=PATH`, or pass --random-encoders to run with a random "
+                    f"{absent[0]} (recorded as such)"
+                )
+            log.warning("%s: the %s stays random (--random-encoders; recorded)", problem, absent[0])
+            random_towers.append("audio" if absent[0] == "audio tower" else "clip")
         if cfg.get("clip_ckpt"):
             report["clip"] = load_openai_clip(towers, Path(cfg["clip_ckpt"]), option="clip_ckpt")
         if cfg.get("esresnext_ckpt"):
@@ -249,4 +300,11 @@ def load_preset_weights(towers, cfg: dict) -> dict:
                 "with random towers (recorded as such)"
             )
         report["init"] = f"random ({preset} with --random-encoders: NOT pretrained)"
+        report["random_towers"] = ["clip", "audio"]
+    elif random_towers:
+        tower = "audio tower random (no resnext_imagenet_ckpt / esresnext_ckpt)"
+        if random_towers == ["clip"]:
+            tower = "image and text towers random (no clip_ckpt)"
+        report["init"] = f"partly random ({preset} with --random-encoders: {tower}; NOT fully pretrained)"
+        report["random_towers"] = random_towers
     return report

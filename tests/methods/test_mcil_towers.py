@@ -1,21 +1,26 @@
 """MCIL-AudioCLIP towers: ESResNeXt-fbsp port, open_clip towers with MoE hooks, offline weight loading.
 
-Expected key layouts are written out here from the reference sources (AndreyGuzhov/AudioCLIP
-`model/esresnet/{base,fbsp,attention}.py`, `model/clip/model.py` = OpenAI CLIP), independently of
-the implementation, and compared with the models' state dicts. Fake checkpoint files use the real
-layouts: a TorchScript archive with OpenAI CLIP names, an AudioCLIP-style plain state dict.
+The AudioCLIP key layout (RN50 CLIP + ESResNeXt-fbsp audio tower) is the committed manifest
+`fixtures/audioclip_state_dict_layout.json`: the (key, shape) pairs of the state dict of the public
+reference class `model.audioclip.AudioCLIP` (AndreyGuzhov/AudioCLIP; its header says how it was derived).
+The OpenAI ViT-B/16 layout is written out here from `model/clip/model.py` (= OpenAI CLIP). Both are
+independent of the implementation and compared with the models' state dicts. Fake checkpoint files use
+the real layouts: a TorchScript archive with OpenAI CLIP names, AudioCLIP-style plain state dicts.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from datasets.errors import WeightsError
+from datasets.errors import ConfigError, WeightsError
 from datasets.weights import OPENAI_EXTRA_KEYS, is_torchscript_archive
 from methods.mcil_audioclip import esresnext as esx
 from methods.mcil_audioclip import towers as tw
@@ -56,59 +61,43 @@ def shapes(sd: dict) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
-def _bn(exp, name, c):
-    for s in ("weight", "bias", "running_mean", "running_var"):
-        exp[f"{name}.{s}"] = (c,)
-    exp[f"{name}.num_batches_tracked"] = ()
-
-
 def _ln(exp, name, d):
     exp[f"{name}.weight"] = (d,)
     exp[f"{name}.bias"] = (d,)
 
 
-def expected_esresnext_layout(num_classes=1024, n_fft=2048, win=1654):
-    """ESResNeXtFBSP(n_fft=2048, hop 561, win 1654, apply_attention=True, num_classes=1024) as built by
-    AudioCLIP: `window` buffer (base.py, _ESResNet.__init__), ResNeXt-50 32x4d (base.py Bottleneck,
-    ResNetWithAttention._make_layer), att1..att5 (ResNetWithAttention.__init__ + attention.py),
-    fc (_ESResNet.__init__), fbsp m/fb/fc without bias (fbsp.py LinearFBSP, _inject_members)."""
-    exp = {"window": (win,), "conv1.weight": (64, 3, 7, 7)}
-    _bn(exp, "bn1", 64)
-    inplanes = 64
-    kernels = [(3, 1), (1, 5), (3, 1), (1, 5)]
-    for li, (blocks, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512)), 1):
-        width = int(planes * (4 / 64.0)) * 32
-        for b in range(blocks):
-            p, cin = f"layer{li}.{b}", (inplanes if b == 0 else planes * 4)
-            exp[f"{p}.conv1.weight"] = (width, cin, 1, 1)
-            _bn(exp, f"{p}.bn1", width)
-            exp[f"{p}.conv2.weight"] = (width, width // 32, 3, 3)
-            _bn(exp, f"{p}.bn2", width)
-            exp[f"{p}.conv3.weight"] = (planes * 4, width, 1, 1)
-            _bn(exp, f"{p}.bn3", planes * 4)
-            if b == 0:
-                exp[f"{p}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                _bn(exp, f"{p}.downsample.1", planes * 4)
-        a = f"att{li}"
-        exp[f"{a}.conv_depth.weight"] = (inplanes, 1, *kernels[li - 1])
-        exp[f"{a}.conv_depth.bias"] = (inplanes,)
-        exp[f"{a}.conv_point.weight"] = (planes * 4, inplanes, 1, 1)
-        exp[f"{a}.conv_point.bias"] = (planes * 4,)
-        _bn(exp, f"{a}.bn", planes * 4)
-        inplanes = planes * 4
-    exp["att5.conv_depth.weight"] = (2048, 1, 3, 5)
-    exp["att5.conv_depth.bias"] = (2048,)
-    exp["att5.conv_point.weight"] = (2048, 2048, 1, 1)
-    exp["att5.conv_point.bias"] = (2048,)
-    _bn(exp, "att5.bn", 2048)
-    exp["fc.weight"], exp["fc.bias"] = (num_classes, 2048), (num_classes,)
-    for k in ("m", "fb", "fc"):
-        exp[f"fbsp.{k}"] = (n_fft // 2 + 1,)
-    return exp
+MANIFEST = Path(__file__).parent / "fixtures" / "audioclip_state_dict_layout.json"
+
+
+def audioclip_layout() -> dict[str, tuple]:
+    """The reference AudioCLIP state dict's {key: shape}, in its state_dict() order (the manifest)."""
+    data = json.loads(MANIFEST.read_text())
+    assert data["header"]["class"] == "model.audioclip.AudioCLIP" and data["header"]["entries"] == len(data["layout"])
+    return {key: tuple(shape) for key, shape in data["layout"]}
+
+
+def audioclip_parts() -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(CLIP part, audio part without the `audio.` prefix) of the manifest; the two AudioCLIP logit
+    scales belong to neither tower."""
+    layout = audioclip_layout()
+    clip = {k: v for k, v in layout.items() if not k.startswith("audio.") and k not in wt.AUDIOCLIP_SCALE_KEYS}
+    audio = {k[len("audio.") :]: v for k, v in layout.items() if k.startswith("audio.")}
+    return clip, audio
+
+
+def random_state(layout: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors of the layout's shapes (BN counters as int64, as torch saves them)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randint(0, 1000, shape, generator=g)
+        if k.endswith("num_batches_tracked")
+        else torch.randn(shape, generator=g)
+        for k, shape in layout.items()
+    }
 
 
 def expected_openai_clip_layout(embed, vision, text=None):
-    """OpenAI CLIP state-dict names and shapes (AudioCLIP model/clip/model.py = openai/CLIP model.py)."""
+    """OpenAI CLIP ViT state-dict names and shapes (AudioCLIP model/clip/model.py = openai/CLIP model.py)."""
     text = text or dict(context_length=77, vocab_size=49408, width=512, layers=12)
     exp = {}
 
@@ -128,43 +117,15 @@ def expected_openai_clip_layout(embed, vision, text=None):
     _ln(exp, "ln_final", w_t)
     for i in range(text["layers"]):
         resblock(f"transformer.resblocks.{i}", w_t)
-    s = vision["image_size"]
-    if "patch_size" in vision:  # VisualTransformer
-        w, p = vision["width"], vision["patch_size"]
-        exp["visual.class_embedding"] = (w,)
-        exp["visual.positional_embedding"] = ((s // p) ** 2 + 1, w)
-        exp["visual.proj"] = (w, embed)
-        exp["visual.conv1.weight"] = (w, 3, p, p)
-        _ln(exp, "visual.ln_pre", w)
-        _ln(exp, "visual.ln_post", w)
-        for i in range(vision["layers"]):
-            resblock(f"visual.transformer.resblocks.{i}", w)
-    else:  # ModifiedResNet
-        w = vision["width"]
-        exp["visual.conv1.weight"] = (w // 2, 3, 3, 3)
-        exp["visual.conv2.weight"] = (w // 2, w // 2, 3, 3)
-        exp["visual.conv3.weight"] = (w, w // 2, 3, 3)
-        for i, c in ((1, w // 2), (2, w // 2), (3, w)):
-            _bn(exp, f"visual.bn{i}", c)
-        inplanes = w
-        for li, (blocks, planes) in enumerate(zip(vision["layers"], (w, 2 * w, 4 * w, 8 * w)), 1):
-            for b in range(blocks):
-                p, cin = f"visual.layer{li}.{b}", (inplanes if b == 0 else planes * 4)
-                exp[f"{p}.conv1.weight"] = (planes, cin, 1, 1)
-                _bn(exp, f"{p}.bn1", planes)
-                exp[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-                _bn(exp, f"{p}.bn2", planes)
-                exp[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-                _bn(exp, f"{p}.bn3", planes * 4)
-                if b == 0 and (li > 1 or inplanes != planes * 4):
-                    exp[f"{p}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                    _bn(exp, f"{p}.downsample.1", planes * 4)
-            inplanes = planes * 4
-        d = 32 * w
-        exp["visual.attnpool.positional_embedding"] = ((s // 32) ** 2 + 1, d)
-        for n in ("q", "k", "v"):
-            exp[f"visual.attnpool.{n}_proj.weight"], exp[f"visual.attnpool.{n}_proj.bias"] = (d, d), (d,)
-        exp["visual.attnpool.c_proj.weight"], exp["visual.attnpool.c_proj.bias"] = (embed, d), (embed,)
+    s, w, p = vision["image_size"], vision["width"], vision["patch_size"]
+    exp["visual.class_embedding"] = (w,)
+    exp["visual.positional_embedding"] = ((s // p) ** 2 + 1, w)
+    exp["visual.proj"] = (w, embed)
+    exp["visual.conv1.weight"] = (w, 3, p, p)
+    _ln(exp, "visual.ln_pre", w)
+    _ln(exp, "visual.ln_post", w)
+    for i in range(vision["layers"]):
+        resblock(f"visual.transformer.resblocks.{i}", w)
     return exp
 
 
@@ -240,19 +201,17 @@ def test_tokenizer_is_offline(monkeypatch):
     assert ids[0, 0] == tok.sot_token_id and tok.eot_token_id in ids[0].tolist() and tok.vocab_size == 49408
 
 
-@pytest.mark.parametrize(
-    "preset,layout",
-    [
-        ("clip-vit-b16", dict(embed=512, vision=dict(width=768, layers=12, patch_size=16, image_size=224))),
-        ("audioclip-rn50", dict(embed=1024, vision=dict(width=64, layers=(3, 4, 6, 3), image_size=224))),
-    ],
-)
-def test_full_presets_match_openai_and_audioclip_layouts(preset, layout):
+@pytest.mark.parametrize("preset", ["clip-vit-b16", "audioclip-rn50"])
+def test_full_presets_match_openai_and_audioclip_layouts(preset):
     with torch.device("meta"):
         towers = tw.build_towers(preset, zero_factory)
-    assert shapes(non_moe_state(towers.clip)) == expected_openai_clip_layout(**layout)
-    assert shapes(towers.audio.state_dict()) == expected_esresnext_layout()
-    assert (towers.embed_dim, towers.audio_dim, towers.image_size) == (layout["embed"], 1024, 224)
+    clip_layout, audio_layout = audioclip_parts()
+    if preset == "clip-vit-b16":
+        clip_layout = expected_openai_clip_layout(512, dict(width=768, layers=12, patch_size=16, image_size=224))
+    embed = 512 if preset == "clip-vit-b16" else 1024
+    assert shapes(non_moe_state(towers.clip)) == clip_layout
+    assert list(shapes(towers.audio.state_dict()).items()) == list(audio_layout.items())  # names, shapes, order
+    assert (towers.embed_dim, towers.audio_dim, towers.image_size) == (embed, 1024, 224)
     n_blocks = 24 if preset == "clip-vit-b16" else 12 + 4
     assert towers.n_moe == n_blocks
     summary = wt.describe_clip_state(towers.clip.state_dict())
@@ -261,7 +220,7 @@ def test_full_presets_match_openai_and_audioclip_layouts(preset, layout):
         if preset == "clip-vit-b16"
         else "ModifiedResNet(layers=(3, 4, 6, 3), width=64) @ 224px"
     )
-    assert summary == f"{want}, text 12x512 (ctx 77, vocab 49408), embed_dim {layout['embed']}"
+    assert summary == f"{want}, text 12x512 (ctx 77, vocab 49408), embed_dim {embed}"
     blocks = tw._transformer_blocks(towers.clip)
     assert blocks and all(b.attn.batch_first for b in blocks)  # open_clip 3.x: (B, L, D)
     assert all(type(b.mlp.gelu).__name__ == "QuickGELU" for b in blocks)  # OpenAI weights need QuickGELU
@@ -272,9 +231,10 @@ def test_esresnext_full_layout_matches_reference_and_torchvision():
 
     model = esx.esresnext("full")
     got = shapes(model.state_dict())
-    expected = expected_esresnext_layout()
-    assert list(got) == list(expected)  # same names, shapes and registration order as the reference
-    assert got == expected
+    _, expected = audioclip_parts()
+    assert list(got.items()) == list(expected.items())  # same names, shapes and registration order as the reference
+    # AudioCLIP's LinearFBSP(bias=False) registers `bias` as Parameter(None): an empty (0,) tensor in every checkpoint
+    assert expected["fbsp.bias"] == (0,) and model.fbsp.bias.shape == (0,)
     with torch.device("meta"):
         tv = torchvision.models.resnext50_32x4d(weights=None)
     tv_shapes = {k: v for k, v in shapes(tv.state_dict()).items() if not k.startswith("fc.")}
@@ -486,6 +446,56 @@ def test_load_audioclip_plain_state_dict_splits_keys(tmp_path):
     rep = wt.load_esresnext(tw.build_towers("tiny-rn"), tmp_path / "ESRNXFBSP.pt")
     assert rep["skipped"] == ["fc.bias", "fc.weight"] and rep["missing"] == ["fc.bias", "fc.weight"]
     assert rep["loaded"] == len(esrnx) - 2
+
+
+def test_checkpoints_with_the_reference_audioclip_layout_load_end_to_end(tmp_path):
+    """AudioCLIP-Full-Training.pt and ESRNXFBSP.pt as the reference class saves them: every key of the
+    manifest (the empty `audio.fbsp.bias` included), random tensors, into the full paper-mode towers."""
+    layout = audioclip_layout()
+    assert layout["audio.fbsp.bias"] == (0,)
+    sd = random_state(layout, seed=0)
+    path = tmp_path / "AudioCLIP-Full-Training.pt"
+    torch.save(sd, path)
+    towers = tw.build_towers("audioclip-rn50", zero_factory)
+    report = wt.load_preset_weights(towers, {"towers": "audioclip-rn50", "audioclip_ckpt": str(path)})["audioclip"]
+    assert report["unexpected"] == [] and report["missing"] == sorted(tw.moe_parameter_names(towers.clip))
+    assert report["loaded"] == len(layout) - 2  # all but the two AudioCLIP logit scales, which are reported
+    assert report["logit_scale_ai"] == float(sd["logit_scale_ai"])
+    own_clip, own_audio = towers.clip.state_dict(), towers.audio.state_dict()
+    for k, v in sd.items():
+        if k not in wt.AUDIOCLIP_SCALE_KEYS:
+            own = own_audio[k[len("audio.") :]] if k.startswith("audio.") else own_clip[k]
+            assert torch.equal(own, v), k
+    del sd, own_clip, own_audio
+    # ESRNXFBSP.pt: the audio tower's entries alone, the `audio.` prefix stripped (other values, so the copy shows)
+    _, audio_layout = audioclip_parts()
+    esrnx = random_state(audio_layout, seed=1)
+    torch.save(esrnx, tmp_path / "ESRNXFBSP.pt")
+    rep = wt.load_esresnext(towers, tmp_path / "ESRNXFBSP.pt")
+    assert rep["missing"] == rep["unexpected"] == rep["skipped"] == [] and rep["loaded"] == len(audio_layout)
+    own_audio = towers.audio.state_dict()
+    assert all(torch.equal(own_audio[k], v) for k, v in esrnx.items())
+
+
+def test_code_mode_clip_weights_need_audio_weights(tmp_path, monkeypatch, caplog):
+    """A CLIP checkpoint without the audio tower's (or the reverse) is a ConfigError naming both options;
+    with --random-encoders it runs, warns, and the record says which tower is random."""
+    monkeypatch.setattr(wt, "REAL_PRESETS", (*wt.REAL_PRESETS, "tiny-vit"))  # the code-mode branch, small towers
+    torch.manual_seed(8)
+    sd = non_moe_state(tw.build_clip(tw.PRESETS["tiny-vit"]))
+    torch.save(sd, tmp_path / "ViT-tiny.pt")
+    cfg = {"towers": "tiny-vit", "clip_ckpt": str(tmp_path / "ViT-tiny.pt"), "resnext_imagenet_ckpt": None}
+    towers = tw.build_towers("tiny-vit", zero_factory)
+    with pytest.raises(ConfigError, match=r"clip_ckpt.*without.*resnext_imagenet_ckpt.*--random-encoders"):
+        wt.load_preset_weights(towers, cfg)
+    with pytest.raises(ConfigError, match=r"resnext_imagenet_ckpt.*without.*clip_ckpt"):
+        wt.load_preset_weights(towers, {"towers": "tiny-vit", "resnext_imagenet_ckpt": str(tmp_path / "r.pth")})
+    with caplog.at_level(logging.WARNING, logger=wt.__name__):
+        report = wt.load_preset_weights(towers, {**cfg, "random_encoders": True})
+    assert report["clip"]["loaded"] == len(sd) and report["random_towers"] == ["audio"]
+    assert "audio tower random" in report["init"] and "resnext_imagenet_ckpt" in report["init"]
+    assert any("resnext_imagenet_ckpt" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert torch.equal(towers.clip.state_dict()["text_projection"], sd["text_projection"])
 
 
 def test_loader_errors(tmp_path):
