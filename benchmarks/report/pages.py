@@ -374,7 +374,7 @@ def render(
 
     suites: {suite: {"missing": {dataset: message} | [message, ...], "missing_protocols": {dataset: [protocol]},
         "title": str, "notes": [str], "kind": "single-label" | "multilabel",
-        "reported": [{dataset, protocol, method, modality, <metric>: value, source}]}}, all keys
+        "reported": [{dataset, protocol, method, modality, <metric>: value, source, harness_differs?}]}}, all keys
         optional. A suite named here gets a page even with no records (e.g. every dataset missing);
         a suite found under results_dir but not named here gets one too.
     titles: dataset name -> display title (default: the name).

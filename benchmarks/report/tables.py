@@ -253,16 +253,33 @@ def details(summary: str, body: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the references' numbers, footnotes
+#: marks a reported number whose method the harness trains, by default, with a different loss (`harness_differs`)
+DIFFERS = "‡"
+
+
 def reported_table(entries: Sequence[Mapping], kind: Kind, titles: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """Numbers published by the references: a separate table, never mixed with the harness's."""
+    """Numbers published by the references: a separate table, never mixed with the harness's.
+
+    An entry with `harness_differs` (the harness's default row of that method uses a different loss than the
+    reference, e.g. a reference bug fixed) gets DIFFERS next to its method and its text in a note under the table,
+    so its number is not read as what the harness's row of the same name should reproduce."""
     keys = kind.metrics
     titles_ = ["Dataset", "Protocol", "Method", "Modality"] + [REGISTRY[k].name for k in keys] + ["Source"]
     lines = table_head(titles_, 4, 1)
     order = sorted(entries, key=lambda e: (e["dataset"], e["protocol"], e["method"], e.get("modality", "")))
+    notes: dict[str, str] = {}  # method -> its note, in table order
     for e in order:
-        where = [titles.get(e["dataset"], e["dataset"]), e["protocol"], e["method"], e.get("modality", "")]
+        differs = " ".join(str(e.get("harness_differs") or "").split())
+        method = e["method"] + (f" {DIFFERS}" if differs else "")
+        where = [titles.get(e["dataset"], e["dataset"]), e["protocol"], method, e.get("modality", "")]
         values = ["" if e.get(k) is None else f"{float(e[k]):.2f}" for k in keys]
         lines.append(table_line([md_cell(x) for x in where] + values + [md_cell(e["source"])]))
+        if differs and notes.get(e["method"], differs) != differs:
+            raise ValueError(f"reported {e['method']}: entries disagree on harness_differs")
+        if differs:
+            notes[e["method"]] = differs
+    if notes:
+        lines += ["", *(f"- {DIFFERS} **{md_cell(m)}**: {md_cell(text)}" for m, text in notes.items())]
     return lines, list(keys)
 
 

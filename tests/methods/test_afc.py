@@ -86,6 +86,28 @@ def test_nca_by_hand_in_both_margin_modes():
         nca_loss(sims, ys, 1.0, 0.6, "both")
 
 
+def test_nca_reference_mode_is_the_reference_formula():
+    # `nca_margin_mode: reference` against a direct computation of the reference's NCA (train_incremental_afc.py
+    # 43-63): z = scale (s - margin) on every class, z -= max_j z_j (not detached), the positive's entry of the
+    # denominator set to 0, loss = mean_i(log sum_j exp(d_ij) - z_iy). Values and gradients (similarities, scale).
+    torch.manual_seed(0)
+    sims, ys = -4 * torch.rand(9, 6), torch.randint(0, 6, (9,))
+    for scale_value in (1.0, 2.5):
+        a, b = sims.clone().requires_grad_(), sims.clone().requires_grad_()
+        scale_a, scale_b = torch.tensor(scale_value, requires_grad=True), torch.tensor(scale_value, requires_grad=True)
+        got = nca_loss(a, ys, scale_a, 0.6, "reference")
+        z = scale_b * (b - 0.6)
+        z = z - z.max(1)[0].view(-1, 1)
+        rows = torch.arange(len(z))
+        d = z - torch.zeros_like(z).index_put((rows, ys), z[rows, ys])
+        expected = -(z[rows, ys] - torch.log(torch.exp(d).sum(-1))).mean()
+        torch.testing.assert_close(got, expected)
+        got.backward()
+        expected.backward()
+        torch.testing.assert_close(a.grad, b.grad)
+        torch.testing.assert_close(scale_a.grad, scale_b.grad)
+
+
 def test_nca_scale_is_learnable():
     scale = torch.nn.Parameter(torch.tensor(1.0))
     nca_loss(torch.tensor([[0.0, -1.0], [-2.0, -0.5]]), torch.tensor([0, 0]), scale).backward()

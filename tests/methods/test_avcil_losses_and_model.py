@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.core.memory import herding
-from methods._avcil.losses import sigmoid_distillation, taskwise_kd
+from methods._avcil.losses import (
+    double_sigmoid_distillation,
+    icarl_distillation,
+    sigmoid_distillation,
+    taskwise_kd,
+)
 from methods._avcil.model import AVCILNet
 
 
@@ -50,6 +55,54 @@ def test_sigmoid_distillation_single_sigmoid_by_hand():
     # The reference's double sigmoid would give a different value: BCE-with-logits(sigmoid(ln 3), sigmoid(0)).
     double = F.binary_cross_entropy_with_logits(torch.sigmoid(torch.tensor([[math.log(3)]])), torch.tensor([[0.5]]))
     assert abs(double.item() - got.item()) > 0.05
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_reference_distillation_is_the_double_sigmoid_by_hand():
+    # The reference: BCE-with-logits(sigmoid(z), sigmoid(z_old)), i.e. p = sigmoid(sigmoid(z)), q = sigmoid(z_old),
+    # l = -(q ln p + (1 - q) ln(1 - p)), mean over samples and old classes. z = 0, z_old = 0: p = sigmoid(1/2),
+    # q = 1/2: l = 1/2 (ln(1 + e^-1/2) + ln(1 + e^1/2)).
+    got = double_sigmoid_distillation(torch.tensor([[0.0]]), torch.tensor([[0.0]]))
+    assert got.item() == pytest.approx(0.5 * (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(0.5))), rel=1e-6)
+    # 2 samples x 3 old classes, against the formula computed directly in Python floats.
+    z = [[2.0, -1.0, 0.5], [-3.0, 4.0, 0.0]]
+    z_old = [[1.0, 0.0, -2.0], [0.5, 3.0, -1.0]]
+    terms = [
+        -(sig(b) * math.log(sig(sig(a))) + (1 - sig(b)) * math.log(1 - sig(sig(a))))
+        for ra, rb in zip(z, z_old)
+        for a, b in zip(ra, rb)
+    ]
+    expected = sum(terms) / len(terms)
+    reference = icarl_distillation(torch.tensor(z), torch.tensor(z_old), "reference")
+    assert reference.item() == pytest.approx(expected, rel=1e-6)
+    # ... and exactly the reference's torch call.
+    direct = F.binary_cross_entropy_with_logits(torch.sigmoid(torch.tensor(z)), torch.sigmoid(torch.tensor(z_old)))
+    assert torch.equal(reference, direct)
+    # The default is the single sigmoid, unchanged: p = sigmoid(z).
+    single = [
+        -(sig(b) * math.log(sig(a)) + (1 - sig(b)) * math.log(1 - sig(a)))
+        for ra, rb in zip(z, z_old)
+        for a, b in zip(ra, rb)
+    ]
+    default = icarl_distillation(torch.tensor(z), torch.tensor(z_old))
+    assert default.item() == pytest.approx(sum(single) / len(single), rel=1e-6)
+    assert torch.equal(default, sigmoid_distillation(torch.tensor(z), torch.tensor(z_old)))
+    assert torch.equal(icarl_distillation(torch.tensor(z), torch.tensor(z_old), "single-sigmoid"), default)
+    with pytest.raises(ValueError, match="single-sigmoid"):
+        icarl_distillation(torch.tensor(z), torch.tensor(z_old), "double")
+
+
+def test_reference_distillation_gradient_is_the_chain_through_two_sigmoids():
+    # d/dz of BCE-with-logits(u, q) at u = sigmoid(z) is (sigmoid(u) - q) * sigmoid'(z), sigmoid'(z) = s (1 - s).
+    z = torch.tensor([[0.7, -1.2]], requires_grad=True)
+    z_old = torch.tensor([[0.3, 2.0]])
+    double_sigmoid_distillation(z, z_old).backward()
+    for j in range(2):
+        s, q = sig(z[0, j].item()), sig(z_old[0, j].item())
+        assert z.grad[0, j].item() == pytest.approx((sig(s) - q) * s * (1 - s) / 2, rel=1e-5)
 
 
 def test_herding_picks_by_hand_and_never_repeats():

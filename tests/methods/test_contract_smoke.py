@@ -66,6 +66,32 @@ def test_icarl_memory_holds_rows_of_the_right_classes(toy_store, toy_protocol):
         assert (toy_store.splits[rows.numpy()] == 0).all()  # exemplars come from the train split only
 
 
+def test_icarl_distillation_switch(toy_store, toy_protocol, monkeypatch):
+    # Default single-sigmoid (the fix); `reference` (the double sigmoid) is the form the loss calls, from step 1 on
+    # (no distillation at step 0). A bad value fails at construction.
+    from methods._avcil import losses
+
+    assert registry()["icarl-fc"].config("ave", "audio-visual", {})["distillation"] == "single-sigmoid"
+    assert registry()["icarl-nme"].config("ave", "audio-visual", {})["distillation"] == "single-sigmoid"
+    stream = build_stream(toy_store, toy_protocol)
+    with pytest.raises(ValueError, match="reference"):
+        make_strategy("icarl-fc", "audio", toy_store, stream, distillation="double")
+    for form in ("single-sigmoid", "reference"):
+        calls = {"single-sigmoid": [], "reference": []}
+        for name, fn in list(losses.ICARL_DISTILLATIONS.items()):
+            monkeypatch.setitem(
+                losses.ICARL_DISTILLATIONS, name, lambda z, o, n=name, f=fn, c=calls: c[n].append(1) or f(z, o)
+            )
+        s = make_strategy("icarl-fc", "audio", toy_store, stream, epochs=1, distillation=form)
+        exps = list(stream.benchmark.train_stream)
+        s.train(exps[0], eval_streams=[])
+        assert calls == {"single-sigmoid": [], "reference": []}
+        s.train(exps[1], eval_streams=[])
+        other = "reference" if form == "single-sigmoid" else "single-sigmoid"
+        assert calls[form] and not calls[other]
+        monkeypatch.undo()
+
+
 def test_upper_bound_starts_from_a_fresh_model(toy_store, toy_protocol):
     stream = build_stream(toy_store, toy_protocol)
     s = make_strategy("upper_bound", "audio", toy_store, stream, epochs=1)
