@@ -122,7 +122,7 @@ def features_store_path(adapter, data_root: Path, raw: FeatureStore | Path | Non
 def extraction_command(adapter, data_root: Path | str = "data") -> str:
     """The command that writes `adapter`'s features store (checkpoint paths as placeholders)."""
     parts = ["python -m datasets.extraction.paired"]
-    root = getattr(adapter, "_root", None)
+    root = getattr(adapter, "user_root", None)
     if root is not None:  # a run-time paired folder: it must be registered in the extraction process too
         parts.append(f"--paired-folder {root}={adapter.name}")
     parts.append(f"--dataset {adapter.name}")

@@ -136,12 +136,13 @@ class PairedFolderAdapter(DatasetAdapter):
         workers: int | None = None,
         title: str | None = None,
     ):
-        self._root = Path(root) if root is not None else None
+        #: the folder a user registered (run_all --paired-folder); None for a built-in dataset under the data root
+        self.user_root = Path(root) if root is not None else None
         if name is not None:
             self.name = name
         if title is not None:
             self.title = title
-        elif self._root is not None and name is not None and type(self) is PairedFolderAdapter:
+        elif self.user_root is not None and name is not None and type(self) is PairedFolderAdapter:
             self.title = name
         self._protocol = protocol
         self.image_size, self.sample_rate, self.clip_seconds = int(image_size), int(sample_rate), float(clip_seconds)
@@ -162,7 +163,7 @@ class PairedFolderAdapter(DatasetAdapter):
         return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes")
 
     def root(self, data_root: Path) -> Path:
-        return self._root if self._root is not None else Path(data_root) / self.folder
+        return self.user_root if self.user_root is not None else Path(data_root) / self.folder
 
     def store_dir(self, data_root: Path) -> Path:
         return Path(data_root) / "cache" / "store"
@@ -194,7 +195,7 @@ class PairedFolderAdapter(DatasetAdapter):
         """The class list without a full scan: CLASSES, or the image/train class folders."""
         if self.CLASSES is not None:
             return sorted(self.CLASSES)
-        if self._root is None and data_root is None:
+        if self.user_root is None and data_root is None:
             return []
         return subdirs(self.root(data_root) / "image" / "train")
 
@@ -211,14 +212,14 @@ class PairedFolderAdapter(DatasetAdapter):
     def protocol_source(self) -> tuple[dict | None, str, Path | None]:
         """(the generic adapter's protocol mapping or None, where it came from, its folder)."""
         if self._protocol is not None:
-            return dict(self._protocol), f"protocol of paired folder {self.name!r} (command line)", self._root
-        if self._root is None:
+            return dict(self._protocol), f"protocol of paired folder {self.name!r} (command line)", self.user_root
+        if self.user_root is None:
             return None, "", None
-        path = self._root / "protocol.yaml"
+        path = self.user_root / "protocol.yaml"
         if not path.is_file():
-            return None, str(path), self._root
+            return None, str(path), self.user_root
         data = read_yaml(path, "see `initial`, `per_step`, ... in datasets/adapters/paired_protocol.py")
-        return data, str(path), self._root
+        return data, str(path), self.user_root
 
     def _parsed_protocol(self) -> tuple[ProtocolSpec, str]:
         spec, source, base = self.protocol_source()

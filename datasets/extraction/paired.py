@@ -73,8 +73,6 @@ from datasets.extraction.common import (
 from datasets.io import config_hash, pick_device
 from datasets.paired_stores import (
     FEATURE_VIEWS,
-    LEGACY_IMAGE_VIEWS,
-    RAW_IMAGE_VIEW,
     STORE_INFIX,
     image_view,
     raw_store_of,
@@ -166,16 +164,6 @@ class PairedEncoders:
         with self._autocast():
             _, tokens = self.visual(x)
         return tokens.float().cpu().numpy()[:, None]
-
-
-def is_paired(adapter) -> bool:
-    """Whether `adapter` is a paired image + audio dataset (whose feature views this module extracts)."""
-    from datasets.adapters.paired_folder import PairedFolderAdapter
-
-    if isinstance(adapter, PairedFolderAdapter):
-        return True
-    views = set(getattr(adapter, "views", ()))
-    return bool(views & {RAW_IMAGE_VIEW, *LEGACY_IMAGE_VIEWS}) and "waveform" in views
 
 
 # ----------------------------------------------------------------------------- extraction
