@@ -12,19 +12,9 @@ import sys
 
 from benchmarks.core.method import MethodSpec
 from datasets.base import discover
-from datasets.errors import ConfigError
 
 
 def registry(suite: str | None = None) -> dict[str, MethodSpec]:
     """Every registered spec by name (only those run by `suite`, when given)."""
     found = discover(sys.modules[__name__], "METHODS", "method", packages_only=True)
     return {k: s for k, s in found.items() if suite is None or suite in s.suites}
-
-
-def get_method(name: str) -> MethodSpec:
-    methods = registry()
-    if name not in methods:
-        raise ConfigError(
-            f"unknown method {name!r}; known: {', '.join(sorted(methods))} (see `python run_all.py --list`)"
-        )
-    return methods[name]
