@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import yaml
 from benchmarks.core.method import SETTINGS_KEY, check_settings
 from benchmarks.run.cell import GridContext
 from benchmarks.run.grid import build_grid
-from benchmarks.run.launch import LAUNCHERS
+from benchmarks.run.launch import LAUNCHERS, LaunchOptions
 from benchmarks.suites import SUITES, get_suite
 from datasets.cli import setup_console
 from datasets.errors import ConfigError, HarnessError
@@ -141,7 +142,42 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--launcher",
         default="local",
         choices=sorted(LAUNCHERS),
-        help="how the cells run (default: local, in this process)",
+        help="how the cells run: local (in this process, one after another), ray (one Ray task per cell, packed "
+        "by the cell's declared GPU/CPU needs), slurm (a submitit job array, requeued on preemption); default local",
+    )
+    launch = p.add_argument_group("ray and slurm launchers")
+    launch.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster (e.g. HEAD:6379 or auto, after `ray start --head`); default: a local Ray "
+        "instance sized to this machine",
+    )
+    launch.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        help="GPU share every Ray task asks for, over each method's declaration (feature-level 0.25, raw media 1)",
+    )
+    launch.add_argument(
+        "--cpus-per-cell", type=float, help="CPUs (and torch threads) every Ray task asks for (default: the method's)"
+    )
+    launch.add_argument(
+        "--slurm-executor",
+        choices=["slurm", "local"],
+        default="slurm",
+        help="slurm (sbatch) or local (submitit's local executor: each array task a process here)",
+    )
+    launch.add_argument("--slurm-partition", help="Slurm partition of the array tasks")
+    launch.add_argument(
+        "--slurm-time", type=int, default=240, metavar="MIN", help="time limit per array task in minutes (default 240)"
+    )
+    launch.add_argument("--slurm-gpus-per-task", type=int, help="GPUs per array task (default 1, 0 with --device cpu)")
+    launch.add_argument("--slurm-cpus-per-task", type=int, default=4, help="CPUs per array task (default 4)")
+    launch.add_argument(
+        "--slurm-cells-per-task", type=int, default=1, help="cells each array task runs in turn (default 1)"
+    )
+    launch.add_argument("--slurm-array-parallelism", type=int, help="at most this many array tasks at once")
+    launch.add_argument(
+        "--slurm-folder", type=Path, help="submitit job files and logs (default: <results-dir>/.submitit)"
     )
     p.add_argument("--verbose", action="store_true", help="also show debug messages")
     return p.parse_args(argv)
@@ -225,6 +261,8 @@ log = logging.getLogger("run_all")
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # the command an interrupted run prints to resume: this one again (finished cells are skipped)
+    args.resume_command = shlex.join(["python", os.path.relpath(__file__), *(sys.argv[1:] if argv is None else argv)])
     setup_console(args.verbose)
     try:
         return run(args)
@@ -264,6 +302,7 @@ def run(args) -> int:
         "random_encoders": True if args.random_encoders else None,
         SETTINGS_KEY: settings,
     }
+    launch = launch_options(args)
     status, failed_any, outcomes = 0, False, {}
     for suite in suites:
         grid = grids[suite.name]
@@ -281,7 +320,7 @@ def run(args) -> int:
             options={"keep_phase_checkpoints": args.keep_phase_checkpoints},
         )
         print(f"suite {suite.name}: {len(grid.cells)} cells on {device}")
-        outcome = LAUNCHERS[args.launcher](grid.cells, grid.methods, ctx, dry_run=args.dry_run)
+        outcome = LAUNCHERS[args.launcher](grid.cells, grid.methods, ctx, dry_run=args.dry_run, options=launch)
         if outcome.interrupted:
             return 130
         if args.dry_run:
@@ -297,12 +336,31 @@ def run(args) -> int:
     return 1 if failed_any else status
 
 
+def launch_options(args) -> LaunchOptions:
+    return LaunchOptions(
+        resume_command=getattr(args, "resume_command", "python run_all.py"),
+        device_request=args.device,
+        gpus_per_cell=args.gpus_per_cell,
+        cpus_per_cell=args.cpus_per_cell,
+        ray_address=args.ray_address,
+        slurm_executor=args.slurm_executor,
+        slurm_partition=args.slurm_partition,
+        slurm_time_min=args.slurm_time,
+        slurm_gpus_per_task=args.slurm_gpus_per_task,
+        slurm_cpus_per_task=args.slurm_cpus_per_task,
+        slurm_cells_per_task=args.slurm_cells_per_task,
+        slurm_array_parallelism=args.slurm_array_parallelism,
+        slurm_folder=str(args.slurm_folder) if args.slurm_folder else None,
+    )
+
+
 def render_leaderboard(args, outcomes: dict) -> None:
     """Re-render every suite's page from the records: each with its missing datasets and reported numbers, and,
     for the suites just run, notes on failed and not-applicable cells."""
     from benchmarks.report import REPORTED
     from benchmarks.report.pages import render
     from datasets import registry as dataset_registry
+    from methods import registry as method_registry
 
     reported = yaml.safe_load(REPORTED.read_text())
     adapters = dataset_registry()
@@ -336,6 +394,7 @@ def render_leaderboard(args, outcomes: dict) -> None:
         info,
         titles={k: a.title for k, a in adapters.items()},
         produced_by="python run_all.py --suite <suite>",
+        families={name: spec.family for name, spec in method_registry().items()},
     )
     log.info("leaderboard written to %s", args.leaderboard_dir)
 

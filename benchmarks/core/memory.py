@@ -6,11 +6,12 @@ import torch
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
-    """Indices of up to m samples whose running mean best matches the class mean (iCaRL).
+    """Indices (on the features' device) of up to m samples whose running mean best matches the class mean (iCaRL).
 
     `features` should be L2-normalised. Greedy: at step k pick the sample minimising
     ||mu - (sum of picked + x) / k||. Already-picked samples are excluded (the AV-CIL
-    reference does not exclude them and can pick duplicates; fixed here).
+    reference does not exclude them and can pick duplicates; fixed here). Runs where the
+    features are, with no host synchronisation per pick (the chosen index stays a device tensor).
     """
     n = len(features)
     m = min(m, n)
@@ -18,15 +19,14 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
     mu = features.mean(0)
     running = torch.zeros_like(mu)
     available = torch.ones(n, dtype=torch.bool, device=features.device)
-    picked = []
+    picked = torch.empty(m, dtype=torch.long, device=features.device)
     for k in range(1, m + 1):
         dist = (mu[None, :] - (running[None, :] + features) / k).norm(dim=1)
-        dist[~available] = float("inf")
-        i = int(dist.argmin())
-        picked.append(i)
-        available[i] = False
-        running += features[i]
-    return torch.tensor(picked, dtype=torch.long)
+        i = dist.masked_fill(~available, float("inf")).argmin().view(1)
+        picked[k - 1 : k] = i
+        available.index_fill_(0, i, False)
+        running += features.index_select(0, i)[0]
+    return picked
 
 
 def random_exemplars(num: int, m: int, generator: torch.Generator) -> torch.Tensor:

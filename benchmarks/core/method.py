@@ -43,6 +43,31 @@ def feature_views(modality: str, cfg: dict) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class CellResources:
+    """What one cell asks a launcher for: a fraction of one GPU (Ray's `num_gpus`; ignored on a CPU-only
+    machine or run) and CPU cores (also its torch threads when a launcher packs cells)."""
+
+    gpus: float
+    cpus: float
+
+
+#: a cell on cached features: small models on store rows, so four share one GPU
+FEATURE_CELL = CellResources(gpus=0.25, cpus=1)
+#: a cell that decodes or encodes raw media (images, waveforms) through large towers: a whole GPU
+RAW_MEDIA_CELL = CellResources(gpus=1.0, cpus=2)
+
+
+def feature_resources(modality: str, cfg: dict) -> CellResources:
+    """A cell's needs by default: a feature-level cell."""
+    return FEATURE_CELL
+
+
+def raw_media_resources(modality: str, cfg: dict) -> CellResources:
+    """A raw-media row's needs (MCIL-AudioCLIP's towers over images and waveforms): a whole GPU."""
+    return RAW_MEDIA_CELL
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str  # leaderboard row name, e.g. "icarl-nme"
     strategy: type  # a HarnessTemplate subclass (benchmarks.suites.single_label / .multilabel)
@@ -60,6 +85,9 @@ class MethodSpec:
     #: required_views(modality, cfg) -> the store views the strategy gathers; a cell whose dataset
     #: lacks one is skipped with a note (e.g. a raw-media-only dataset for a feature-based method)
     required_views: Callable = feature_views
+    #: resources(modality, cfg) -> CellResources: what one cell of this row asks a packing launcher
+    #: (Ray) for; the dataset enters through cfg. `--gpus-per-cell` / `--cpus-per-cell` override it
+    resources: Callable = feature_resources
 
     #: the family's shared training-protocol file, read before the folder's config.yaml
     protocol_file: ClassVar[Path | None] = None

@@ -35,14 +35,25 @@ from datasets.store import FeatureStore
 
 
 class ResidentViews:
-    """Copies of some store rows' views on the training device, addressable by store row."""
+    """Copies of some store rows' views on the training device, addressable by store row.
+
+    The copies keep the store's dtype (fp16 rows stay fp16 on the device, half the memory);
+    `gather` converts each minibatch to fp32, so autocast (bf16) sees the same inputs as fp32.
+    `covers` answers from a host copy of the lookup, so asking costs no device synchronisation.
+    """
 
     def __init__(self, store: FeatureStore, views: list[str], rows: torch.Tensor, device):
         self.rows = torch.unique(rows.cpu())
-        self.lookup = torch.full((len(store),), -1, dtype=torch.long)
-        self.lookup[self.rows] = torch.arange(len(self.rows))
-        self.lookup = self.lookup.to(device)
+        self.host_lookup = torch.full((len(store),), -1, dtype=torch.long)
+        self.host_lookup[self.rows] = torch.arange(len(self.rows))
+        self.lookup = self.host_lookup.to(device)
         self.data = {v: store.gather(v, self.rows.numpy(), device=device) for v in views}
+
+    def covers(self, rows: torch.Tensor, views=()) -> bool:
+        """Whether every one of `rows` (host tensor) and every view in `views` is resident."""
+        if any(v not in self.data for v in views):
+            return False
+        return bool((self.host_lookup[rows.cpu()] >= 0).all()) if len(rows) else True
 
     def gather(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         pos = self.lookup[rows]
@@ -131,6 +142,7 @@ class HarnessTemplate(SupervisedTemplate):
     step_index: int  # the step (phase) being trained, from 0; -1 before the first
     old_model: torch.nn.Module | None  # the previous step's final model, frozen (None at step 0)
     resident: object | None  # the step's training views on the device (ResidentViews), None outside training
+    eval_resident: object | None  # the rows evaluated after every epoch (ResidentViews), None outside training
     history: list[dict]  # one entry per finished step, kept in the record
     precision: str  # "fp32" or "bf16" (autocast with fp32 master weights)
 
@@ -156,6 +168,7 @@ class HarnessTemplate(SupervisedTemplate):
         self.progress = progress
         self.old_model = None
         self.resident = None
+        self.eval_resident = None
         self.step_index = -1
         self.history: list[dict] = []  # per step: e.g. best_val_epoch, val_acc
         self.precision = config.get("precision", "fp32")
@@ -214,20 +227,31 @@ class HarnessTemplate(SupervisedTemplate):
         super()._after_training_iteration(**kwargs)
 
     def eval_batches(self, rows: torch.Tensor, model=None):
-        """(chunk of rows, its views gathered from the store) in chunks of eval_batch_size, with the
-        model in eval mode meanwhile (its mode is restored afterwards)."""
+        """(chunk of rows, its views) in chunks of eval_batch_size, with the model in eval mode meanwhile
+        (its mode is restored afterwards). The views come from the device-resident copies when they hold
+        every row (`resident`, then `eval_resident`: e.g. the val split evaluated after every epoch), else
+        from the store; either way fp32, so the numbers do not depend on where they came from."""
         model = model or self.model
         was_training = model.training
         model.eval()
+        source = self.resident_source(rows)
         try:
             for b in range(0, len(rows), self.eval_mb_size):
                 chunk = rows[b : b + self.eval_mb_size]
-                yield (
-                    chunk,
-                    {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views},
-                )
+                if source is not None:
+                    views = source.gather(chunk.to(source.lookup.device))
+                else:
+                    views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+                yield chunk, views
         finally:
             model.train(was_training)
+
+    def resident_source(self, rows: torch.Tensor):
+        """The resident copy (`resident` or `eval_resident`) holding all of `rows` in this method's views, or None."""
+        for source in (self.resident, getattr(self, "eval_resident", None)):
+            if isinstance(source, ResidentViews) and source.covers(rows, self.views):
+                return source
+        return None
 
     def autocast(self):
         enabled = self.precision == "bf16"

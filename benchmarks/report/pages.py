@@ -8,8 +8,9 @@ say: which datasets were missing and what to do about them, and optional dataset
 Rules the output keeps:
 - Records of different class streams (stream hash) are never averaged together, even for the
   same (dataset, protocol): each stream gets its own tables and the page says so.
-- A run whose epochs were overridden (`reference_protocol == false`) is its own row, marked
-  with a dagger, and never averaged with reference runs.
+- A run with command-line settings (`--epochs`, `--set KEY=VALUE`, `--precision`: the record's `settings`) is
+  its own row per distinct settings, marked with a dagger and its settings, never averaged with the default
+  runs and never ranked.
 - Output is deterministic: the same records give byte-identical markdown and CSV (sorted
   everywhere; the only time printed is the newest record's `created`).
 - Every file is written atomically (temp file, then os.replace).
@@ -88,12 +89,12 @@ class Figures:
 
 
 def single_label_series(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
-    runs = sorted({(r["method"], r["reference_protocol"]) for r in rows}, key=lambda k: (k[0], not k[1]))
     out = []
-    for method, ref in runs:
-        mrows = [r for r in rows if r["method"] == method and r["reference_protocol"] == ref and r["_R"]]
+    for method, settings in sorted({(r["method"], r["settings"]) for r in rows}):
+        mrows = [r for r in rows if (r["method"], r["settings"]) == (method, settings) and r["_R"]]
         if mrows:
-            out.append((plots.series_label(method, ref), method if ref else method + "-override", mrows))
+            part = f"{method}-set-{settings}" if settings else method
+            out.append((plots.series_label(method, settings), part, mrows))
     return out
 
 
@@ -101,8 +102,8 @@ def multilabel_series(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
     return [
         (
             plots.norm_label(*key),
-            f"{key[0]}-{key[1]}" + ("" if key[2] else "-override"),
-            [r for r in rows if (r["method"], r["norm"], r["reference_protocol"]) == key],
+            f"{key[0]}-{key[1]}" + (f"-set-{key[2]}" if key[2] else ""),
+            [r for r in rows if (r["method"], r["norm"], r["settings"]) == key],
         )
         for key in plots.ml_series(rows)
     ]
@@ -253,11 +254,16 @@ def stream_block(kind: Kind, stream: Stream, rows: list[dict], several: bool) ->
 
 
 def overrides_note(rows: list[dict]) -> list[str]:
-    """The dagger's meaning, with every --epochs value that was used."""
-    seen = sorted({r["_override"] or "?" for r in rows if not r["reference_protocol"]})
+    """The dagger's meaning, with every set of settings that was used."""
+    seen = sorted({r["settings"] for r in rows if r["settings"]})
     if not seen:
         return []
-    return [f"- {DAGGER} epochs overridden with --epochs {', '.join(seen)}: not the reference protocol."]
+    used = "; ".join(f"`{md_cell(s)}`" for s in seen)
+    return [
+        f"- {DAGGER} run with command-line settings (`--epochs`, `--set KEY=VALUE`, `--precision`), shown beside the "
+        "method: not the method's default configuration (with `epochs`: not the reference protocol). Each is its own "
+        f"row, never averaged with the default runs and never bold. Settings used: {used}."
+    ]
 
 
 def suite_page(
@@ -369,6 +375,7 @@ def render(
     *,
     titles: Mapping[str, str] | None = None,
     produced_by: str | None = None,
+    families: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Render README.md, one <suite>.md per suite, plots/ and the results CSVs into out_dir.
 
@@ -379,6 +386,8 @@ def render(
         a suite found under results_dir but not named here gets one too.
     titles: dataset name -> display title (default: the name).
     produced_by: how the results were produced, e.g. the command line (shown in README.md).
+    families: method name -> family (the method registry's MethodSpec.family), for records that do not carry their
+        `family`; without it such records count as seed methods (rows.family_of).
     Returns {"<suite>.md": path, "results-<suite>.csv": path, ..., "results.csv": path, "README.md": path}.
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -390,7 +399,7 @@ def render(
     for suite in sorted(set(suites) | set(suites_in(results_dir))):
         info = suites.get(suite, {})
         kind = KINDS[suite_kind(results_dir, suite, info)]
-        rows = load_rows(results_dir, suite, kind)
+        rows = load_rows(results_dir, suite, kind, families)
         errors = list(iter_errors(results_dir, suite)) if (results_dir / suite).is_dir() else []
         text, files = suite_page(suite, kind, rows, errors, info, titles, out_dir)
         if kind.name == MULTI:

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from benchmarks.report.rows import MODALITY_ORDER, NORM_ORDER, order_key  # noqa: E402
-from benchmarks.report.tables import DAGGER  # noqa: E402
+from benchmarks.report.tables import run_label  # noqa: E402
 from datasets.io import atomic_write_bytes  # noqa: E402
 
 #: the multi-label per-phase curves: (curve key in the record, axis label)
@@ -40,13 +40,14 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def series_label(method: str, reference: bool) -> str:
-    return method if reference else f"{method} {DAGGER}"
+def series_label(method: str, settings: str) -> str:
+    """A single-label series: the method, with a dagger and its settings for a run with settings."""
+    return run_label(method, settings)
 
 
-def norm_label(method: str, norm, reference: bool) -> str:
-    """A multi-label series: method (NORM), with a dagger for an overridden run."""
-    return f"{method} ({str(norm).upper()})" + ("" if reference else f" {DAGGER}")
+def norm_label(method: str, norm, settings: str) -> str:
+    """A multi-label series: method (NORM), with a dagger and its settings for a run with settings."""
+    return run_label(f"{method} ({str(norm).upper()})", settings)
 
 
 def seen_classes(rows: list[dict]):
@@ -93,18 +94,16 @@ def palette(labels) -> dict:
 def accuracy_curves(rows: list[dict], title: str, path: Path) -> None:
     """A_t vs number of seen classes: one panel per modality, one line per method, mean ± std band over seeds."""
     modalities = sorted({r["modality"] for r in rows}, key=lambda m: order_key(m, MODALITY_ORDER))
-    runs = sorted({(r["method"], r["reference_protocol"]) for r in rows}, key=lambda k: (k[0], not k[1]))
+    runs = sorted({(r["method"], r["settings"]) for r in rows})
     colours, seen = palette({series_label(*k) for k in runs}), seen_classes(rows)
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(modalities), figsize=(4.6 * len(modalities), 3.8), sharey=True, squeeze=False)
         for ax, modality in zip(axes[0], modalities):
-            for method, ref in runs:
+            for method, settings in runs:
                 curves = [
-                    r["_A"]
-                    for r in rows
-                    if (r["modality"], r["method"], r["reference_protocol"]) == (modality, method, ref)
+                    r["_A"] for r in rows if (r["modality"], r["method"], r["settings"]) == (modality, method, settings)
                 ]
-                label = series_label(method, ref)
+                label = series_label(method, settings)
                 draw_band(ax, seen, curves, colours[label], label, 0.2, ms=4)
             finish_axis(ax, seen, modality)
             ax.legend(fontsize=7, loc="lower left")
@@ -165,9 +164,9 @@ def r_heatmaps(rows: list[dict], title: str, path: Path) -> bool:
 
 
 def ml_series(rows: list[dict]) -> list[tuple]:
-    """(method, norm, reference) of every multi-label series, sorted: method, norm order, reference first."""
-    keys = {(r["method"], r["norm"], r["reference_protocol"]) for r in rows}
-    return sorted(keys, key=lambda k: (k[0], order_key(k[1], NORM_ORDER), not k[2]))
+    """(method, norm, settings) of every multi-label series, sorted: method, norm order, default run first."""
+    keys = {(r["method"], r["norm"], r["settings"]) for r in rows}
+    return sorted(keys, key=lambda k: (k[0], order_key(k[1], NORM_ORDER), k[2]))
 
 
 def ml_curves(rows: list[dict], title: str, path: Path) -> None:
@@ -179,9 +178,7 @@ def ml_curves(rows: list[dict], title: str, path: Path) -> None:
         fig, axes = plt.subplots(1, len(ML_CURVES), figsize=(4.4 * len(ML_CURVES), 3.9), squeeze=False)
         for ax, (metric, ylabel) in zip(axes[0], ML_CURVES):
             for key in keys:
-                curves = [
-                    r["_curves"].get(metric) for r in rows if (r["method"], r["norm"], r["reference_protocol"]) == key
-                ]
+                curves = [r["_curves"].get(metric) for r in rows if (r["method"], r["norm"], r["settings"]) == key]
                 draw_band(
                     ax,
                     seen,

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.core.records import iter_records
+from benchmarks.core.method import FAMILIES
+from benchmarks.core.records import iter_records, settings_label
 from benchmarks.metrics import accuracy, mcil
 
 SINGLE, MULTI = "single-label", "multilabel"
@@ -52,7 +53,7 @@ CSV_COLUMNS = (
     + METRICS
     + [f"last_epoch_{m}" for m in METRICS]
     + COST_COLUMNS
-    + ["reference_protocol", "epochs_override", "pretrained_encoders"]
+    + ["reference_protocol", "epochs_override", "settings", "family", "pretrained_encoders"]
     + ["selection", "mcil_m1", "mcil_m2", "mcil_m1_last_batch", "mcil_m2_last_batch", "towers"]
 )
 ML_CSV_COLUMNS = (
@@ -60,7 +61,7 @@ ML_CSV_COLUMNS = (
     + ML_METRICS
     + ML_CSV_EXTRA
     + COST_COLUMNS
-    + ["widths", "reference_protocol", "epochs_override"]
+    + ["widths", "reference_protocol", "epochs_override", "settings", "family"]
 )
 INT_COLUMNS = ["seed", "parameters", "epochs_override"]
 
@@ -84,10 +85,28 @@ def order_key(value, order: tuple[str, ...]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- record -> row
-def common_fields(suite: str, rec: Mapping) -> dict:
-    """The fields every row has, whatever the record kind."""
-    cell, stream, cost = rec["cell"], rec.get("stream") or {}, rec.get("cost") or {}
+def run_settings_of(rec: Mapping) -> dict:
+    """The command-line settings a record was run with: its `settings`; a record written before runs recorded them
+    has at most its --epochs value (`epochs_override`)."""
+    if rec.get("settings") is not None:
+        return dict(rec["settings"])
     override = rec.get("epochs_override")
+    return {} if is_missing(override) else {"epochs": override}
+
+
+def family_of(rec: Mapping, families: Mapping[str, str]) -> str:
+    """The method family of a record (MethodSpec.family): the record's own; else `families` (the method registry's,
+    given by the caller); else "seed" (MethodSpec's default: records from before families were recorded)."""
+    return str(rec.get("family") or families.get(rec["cell"]["method"]) or FAMILIES[0])
+
+
+def common_fields(suite: str, rec: Mapping) -> dict:
+    """The fields every row has, whatever the record kind.
+
+    settings: the run's command-line settings as text; "" = the method's own configuration under the reference
+    protocol (a default run: the only rows that are ranked)."""
+    cell, stream, cost = rec["cell"], rec.get("stream") or {}, rec.get("cost") or {}
+    override, settings = rec.get("epochs_override"), run_settings_of(rec)
     return {
         "suite": rec.get("suite", suite),
         "dataset": cell["dataset"],
@@ -97,9 +116,10 @@ def common_fields(suite: str, rec: Mapping) -> dict:
         **{c: cost.get(c) for c in COST_COLUMNS},
         "reference_protocol": bool(rec.get("reference_protocol", True)),
         "epochs_override": override,
+        "settings": settings_label(settings),
+        "family": family_of(rec, {}),
         "_classes_per_step": list(stream.get("classes_per_step") or []),
         "_created": rec.get("created", ""),
-        "_override": "" if is_missing(override) else str(override),
     }
 
 
@@ -215,15 +235,19 @@ def record_kind(rec: Mapping) -> str:
     return MULTI if (rec.get("results") or {}).get("kind") == MULTI else SINGLE
 
 
-def load_rows(results_dir: Path, suite: str, kind: Kind) -> list[dict]:
-    """The rows of every finished record of a suite (none when the suite has no folder)."""
+def load_rows(results_dir: Path, suite: str, kind: Kind, families: Mapping[str, str] | None = None) -> list[dict]:
+    """The rows of every finished record of a suite (none when the suite has no folder), each with its method family
+    (`family_of`; `families`: method name -> family, for records that do not say)."""
     if not (Path(results_dir) / suite).is_dir():
         return []
-    return [kind.row(suite, r) for r in iter_records(results_dir, suite)]
+    rows = []
+    for rec in iter_records(results_dir, suite):
+        rows.append({**kind.row(suite, rec), "family": family_of(rec, families or {})})
+    return rows
 
 
 def sorted_rows(rows: list[dict], kind: Kind) -> list[dict]:
-    """Deterministic order: suite, dataset, protocol, stream, method, variant, reference runs first, seed."""
+    """Deterministic order: suite, dataset, protocol, stream, method, variant, default runs first, settings, seed."""
 
     def key(r):
         seed = r["seed"] if r["seed"] is not None else -1
@@ -234,8 +258,7 @@ def sorted_rows(rows: list[dict], kind: Kind) -> list[dict]:
             r["stream_hash"],
             r["method"],
             kind.variant_key(r[kind.variant]),
-            not r["reference_protocol"],
-            str(r["epochs_override"]),
+            r["settings"],
             seed,
         )
 

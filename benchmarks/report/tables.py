@@ -3,7 +3,10 @@
 Why two tables per stream: a reader comparing methods wants one number pair per method and modality (the headline);
 a reader checking a run wants every metric and its costs (the full table, collapsed under the headline). Both average
 over seeds the same way (mean, sample std) and never mix streams or overridden runs: the caller passes one stream's
-rows, and a run with overridden epochs is always its own row, marked with a dagger.
+rows, and a run with command-line settings (--epochs, --set) is always its own row, marked with a dagger and its
+settings. The headline groups its rows by method family (MethodSpec.family: seed methods, continual-learning
+strategies, pretrained-feature baselines) and ends with one line per baseline family: its best minus the best seed
+method, per column, so the question "does the method beat the obvious baselines?" is answered at a glance.
 
 Every table returns its lines and the metric keys it shows; `footnotes` prints the registry's formula of exactly those
 keys, so a column on the page always has the formula of the code that computed it.
@@ -17,14 +20,25 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks.core.method import FAMILIES
 from benchmarks.metrics import REGISTRY
-from benchmarks.report.rows import MULTI, SINGLE, Kind, is_missing
+from benchmarks.report.rows import MULTI, SINGLE, Kind, is_missing, order_key
 
-DAGGER = "†"
+DAGGER = "†"  # a run with command-line settings (not the method's default configuration)
 EMPTY = "–"  # a headline cell without runs
 COST_HEADERS = ["Train time (s, mean)", "Peak memory (MB, max)", "Parameters"]
-#: the label fields of a reference/overridden row group, after the kind's own label fields
-RUN_FIELDS = ("reference_protocol", "_override")
+#: the field that tells a default run ("") from a run with settings; after the kind's own label fields
+RUN_FIELDS = ("settings",)
+#: the headline's group label of each method family (MethodSpec.family), in FAMILIES order; another family shows its
+#: name, after these
+FAMILY_TITLES = {
+    "seed": "Seed methods",
+    "cl-strategy": "Continual-learning strategies",
+    "feature-baseline": "Pretrained-feature baselines",
+}
+#: joint-training upper bounds: seed-family rows trained on all old data, so no class-incremental method for the
+#: baselines to be compared with (left out of the "best seed method" of the comparison lines, still shown and ranked)
+UPPER_BOUNDS = ("upper_bound", "ml_joint")
 
 
 def md_cell(text) -> str:
@@ -64,32 +78,35 @@ def fmt_stat(values: Sequence) -> str:
     return "n/a" if s is None else f"{s.mean:.2f} ± {s.std:.2f} (n={s.n})"
 
 
-def method_label(method: str, reference: bool) -> str:
-    return md_cell(method) if reference else f"{md_cell(method)} {DAGGER}"
+def run_label(method: str, settings: str) -> str:
+    """A method's run: the method for a default run; with a dagger and its settings for a run with settings."""
+    return f"{method} {DAGGER} ({settings})" if settings else method
 
 
 def group_rows(rows: list[dict], fields: Sequence[str], kind: Kind) -> list[tuple[tuple, list[dict]]]:
-    """Rows grouped by `fields` (method and/or the kind's variant, then RUN_FIELDS), sorted: method, variant order,
-    reference runs before overridden ones, then by override."""
+    """Rows grouped by `fields` (family, method and/or the kind's variant, then RUN_FIELDS), sorted: family order,
+    method, variant order, the default run before runs with settings, then by settings."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[f] for f in fields), []).append(r)
 
+    def order(f: str, v):
+        return kind.variant_key(v) if f == kind.variant else order_key(v, FAMILIES) if f == "family" else v
+
     def key(item):
-        values = dict(zip(fields, item[0]))
-        ordered = [kind.variant_key(v) if f == kind.variant else v for f, v in values.items() if f not in RUN_FIELDS]
-        return (*ordered, not values["reference_protocol"], values["_override"])
+        return tuple(order(f, v) for f, v in zip(fields, item[0]))
 
     return sorted(groups.items(), key=key)
 
 
 def label_cells(fields: Sequence[str], values: tuple, kind: Kind) -> list[str]:
-    """The left cells of a row group: the method (with a dagger for an overridden run), the variant label."""
+    """The left cells of a row group: the method (with a dagger and the settings for a run with settings), the
+    variant label; the family is the group's label row, not a cell."""
     v = dict(zip(fields, values))
     return [
-        method_label(v["method"], v["reference_protocol"]) if f == "method" else md_cell(kind.variant_label(v[f]))
+        md_cell(run_label(v["method"], v["settings"])) if f == "method" else md_cell(kind.variant_label(v[f]))
         for f in fields
-        if f not in RUN_FIELDS
+        if f not in RUN_FIELDS and f != "family"
     ]
 
 
@@ -160,7 +177,7 @@ HEADLINES = {
         modality_columns,
         f"Each cell: average incremental accuracy (**{REGISTRY['avg_inc_acc'].name}**), mean ± std "
         f"over seeds / last accuracy (**{REGISTRY['last_acc'].name}**), mean; in %. Bold: best of the "
-        f"column (reference-protocol rows). {EMPTY}: not run. Every metric and the costs: *All metrics "
+        f"column (default runs: no {DAGGER}). {EMPTY}: not run. Every metric and the costs: *All metrics "
         "and costs* below.",
     ),
     MULTI: Headline(
@@ -171,7 +188,7 @@ HEADLINES = {
         f"**{REGISTRY['mAP'].name}** ranks the sigmoid scores (the standard mAP); "
         f"**{REGISTRY['mAP_binarized'].name}** is the AP of the 0/1 predictions at threshold 0.5, the "
         "number the papers' tables report: compare the papers with that column. Bold: best of the column "
-        "(reference-protocol rows).",
+        f"(default runs: no {DAGGER}).",
     ),
 }
 
@@ -196,7 +213,7 @@ def column_best(stats: list[Stat | None], key: str) -> float | None:
 
 
 def bests(table: list[list[HeadCell]], eligible: list[bool], columns: list[Column]) -> list[tuple]:
-    """(best primary, best secondary) per column, over the eligible (reference-protocol) row groups only."""
+    """(best primary, best secondary) per column, over the eligible (default-run) row groups only."""
     rows = [row for row, ok in zip(table, eligible) if ok]
     return [
         (
@@ -222,11 +239,50 @@ def cell_text(cell: HeadCell, best: tuple, n_in_header: bool) -> str:
     return text if n_in_header else text + f" (n={'/'.join(map(str, cell.ns()))})"
 
 
+def family_title(family: str) -> str:
+    return FAMILY_TITLES.get(family, family)
+
+
+def versus_cells(
+    table: list[list[HeadCell]], columns: list[Column], runs: list[dict], labels: list[str], family: str
+) -> list[str] | None:
+    """Per column: the best default run of `family` minus the best default seed method (upper bounds left out), for
+    the primary and the secondary mean at the shown precision, then the two runs of the primary; None when either
+    side has no row."""
+    theirs = [i for i, run in enumerate(runs) if run["family"] == family and not run["settings"]]
+    ours = [
+        i
+        for i, run in enumerate(runs)
+        if run["family"] == FAMILIES[0] and not run["settings"] and run["method"] not in UPPER_BOUNDS
+    ]
+    if not theirs or not ours:
+        return None
+
+    def best(rows: list[int], col: int, which: str) -> tuple[float, str] | None:
+        stats = [(getattr(table[i][col], which), labels[i]) for i in rows]
+        found = [(round(x.mean, 1), label) for x, label in stats if x is not None]
+        lower = REGISTRY[getattr(columns[col], which)].higher_is_better is False
+        return (min if lower else max)(found, key=lambda x: x[0]) if found else None
+
+    cells = []
+    for col in range(len(columns)):
+        a, b = best(theirs, col, "primary"), best(ours, col, "primary")
+        if a is None or b is None:
+            cells.append(EMPTY)
+            continue
+        a2, b2 = best(theirs, col, "secondary"), best(ours, col, "secondary")
+        second = f" / {a2[0] - b2[0]:+.1f}" if a2 and b2 else ""
+        cells.append(f"{a[0] - b[0]:+.1f}{second} ({a[1]} vs {b[1]})")
+    return cells
+
+
 def headline_table(rows: list[dict], kind: Kind) -> tuple[list[str], list[str]]:
     """One row per method (multi-label: per method x normalisation), one column per modality (multi-label: per
-    metric); n in the header when every cell has the same number of seeds, else in every cell."""
+    metric); n in the header when every cell has the same number of seeds, else in every cell. With more than one
+    method family: a label row opens each family's rows (seed methods first) and one line per other family gives
+    its best minus the best seed method (`versus_cells`)."""
     spec = HEADLINES[kind.name]
-    columns, fields = spec.columns(rows, kind), (*spec.by, *RUN_FIELDS)
+    columns, fields = spec.columns(rows, kind), ("family", *spec.by, *RUN_FIELDS)
     groups = group_rows(rows, fields, kind)
     table = [
         [
@@ -235,16 +291,36 @@ def headline_table(rows: list[dict], kind: Kind) -> tuple[list[str], list[str]]:
         ]
         for _, g in groups
     ]
-    eligible = [dict(zip(fields, values))["reference_protocol"] for values, _ in groups]
+    runs = [dict(zip(fields, values)) for values, _ in groups]
+    eligible = [not run["settings"] for run in runs]  # default runs only are ranked
+    families = [run["family"] for run in runs]
+    labels = [" ".join(label_cells(fields, values, kind)) for values, _ in groups]
     best = bests(table, eligible, columns)
     ns = {n for row in table for cell in row for n in cell.ns()}
     n = ns.pop() if len(ns) == 1 else None
     first = ["Method" + (f" (n = {n} seed{'s' if n != 1 else ''})" if n else "")]
     lines = table_head(first + [f.capitalize() for f in spec.by[1:]] + [c.title for c in columns], len(spec.by))
-    for (values, _), row, ok in zip(groups, table, eligible):
+    grouped = len(set(families)) > 1
+    blank = [""] * (len(spec.by) - 1 + len(columns))
+    for i, ((values, _), row, ok) in enumerate(zip(groups, table, eligible)):
+        if grouped and (i == 0 or families[i] != families[i - 1]):
+            lines.append(table_line([f"**{md_cell(family_title(families[i]))}**"] + blank))
         cells = [cell_text(cell, b if ok else (None, None), n is not None) for cell, b in zip(row, best)]
         lines.append(table_line(label_cells(fields, values, kind) + cells))
-    return lines + ["", spec.legend], [k for c in columns for k in (c.primary, c.secondary)]
+    legend = [spec.legend]
+    if grouped:
+        for family in dict.fromkeys(families):
+            cells = versus_cells(table, columns, runs, labels, family) if family != FAMILIES[0] else None
+            if cells is not None:
+                label = f"**Best of {md_cell(family_title(family).lower())} − best seed method**"
+                lines.append(table_line([label] + [""] * (len(spec.by) - 1) + cells))
+        legend.append(
+            "Rows are grouped by method family, seed methods first. A *Best of … − best seed method* line gives, per "
+            "column, the family's best default run minus the best seed method (both numbers of the cell, each at the "
+            "shown precision; > 0: the family's best is higher), then the two methods of the first number; "
+            f"the joint-training upper bounds ({', '.join(UPPER_BOUNDS)}) are left out of the seed methods there."
+        )
+    return lines + ["", " ".join(legend)], [k for c in columns for k in (c.primary, c.secondary)]
 
 
 def details(summary: str, body: list[str]) -> list[str]:

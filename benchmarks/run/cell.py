@@ -27,12 +27,14 @@ from pathlib import Path
 import torch
 
 from benchmarks import metrics
-from benchmarks.core.method import MethodSpec
-from benchmarks.core.records import load_record, record_path, write_error, write_record
+from benchmarks.core.method import SETTINGS_KEY, MethodSpec
+from benchmarks.core.records import load_record, record_path, run_settings, write_error, write_record
 from benchmarks.suites import Suite
 from datasets import get_adapter
+from datasets.errors import HarnessError
 from datasets.io import atomic_write_bytes, config_hash
 from datasets.store import FeatureStore
+from methods import registry as method_registry
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,12 @@ def environment(device: torch.device) -> dict:
 
 
 class GridContext:
-    """Stores and streams shared by all cells of one suite's grid (each built once)."""
+    """Stores and streams shared by all cells of one suite's grid (each built once per process).
+
+    A launcher that runs cells in other processes (Ray workers, Slurm tasks) sends `for_workers(...)`:
+    the same settings with the dataset adapters resolved here (run-time registrations such as
+    `--paired-folder` exist only in this process) and no stores or streams; each worker opens
+    its own from the data root, never receives pickled tensors."""
 
     def __init__(
         self,
@@ -136,21 +143,42 @@ class GridContext:
         )
         self.overrides = overrides or {}  # enter the resolved config (and so the cell key)
         self.options = options or {}  # run options that do not change results (e.g. keep_phase_checkpoints)
+        self.adapters: dict = {}  # name -> adapter, set for workers (else the registry of this process)
         self._stores: dict[str, FeatureStore] = {}
         self._streams: dict[tuple[str, str], object] = {}
 
+    def adapter(self, dataset: str):
+        return self.adapters[dataset] if dataset in self.adapters else get_adapter(dataset)
+
     def store(self, dataset: str) -> FeatureStore:
         if dataset not in self._stores:
-            self._stores[dataset] = get_adapter(dataset).open(self.data_root, progress=self.progress)
+            self._stores[dataset] = self.adapter(dataset).open(self.data_root, progress=self.progress)
         return self._stores[dataset]
 
     def stream(self, dataset: str, protocol: str):
         key = (dataset, protocol)
         if key not in self._streams:
             self._streams[key] = self.kind.build_stream(
-                get_adapter(dataset), self.store(dataset), self.data_root, protocol
+                self.adapter(dataset), self.store(dataset), self.data_root, protocol
             )
         return self._streams[key]
+
+    def for_workers(self, datasets, device: torch.device | None = None) -> GridContext:
+        """A copy to send to other processes: adapters of `datasets` resolved, nothing opened, `device` if given."""
+        ctx = GridContext(
+            self.suite,
+            self.data_root,
+            self.results_dir,
+            self.device if device is None else device,
+            self.progress,
+            self.overrides,
+            self.options,
+        )
+        ctx.adapters = {name: self.adapter(name) for name in sorted(set(datasets))}
+        return ctx
+
+    def __getstate__(self):  # stores and streams are opened again in the receiving process
+        return {**self.__dict__, "_stores": {}, "_streams": {}}
 
 
 @dataclass
@@ -171,9 +199,11 @@ class CellRun:
 
 
 def resolve(cell: Cell, spec: MethodSpec, ctx: GridContext) -> CellRun:
-    """The cell's config (checked before anything trains), stream, key and record path."""
+    """The cell's config (checked before anything trains), stream, key and record path. A run whose command-line
+    values change the method's config (its settings, recorded) is filed apart from the default run's record."""
     stream = ctx.stream(cell.dataset, cell.protocol)
     cfg = spec.config(cell.dataset, cell.modality, ctx.overrides)
+    settings = run_settings(spec.config(cell.dataset, cell.modality), cfg, ctx.overrides.get("epochs"))
     ctx.kind.adjust_config(cfg, stream, ctx.overrides)
     spec.check_config(cfg, cell.dataset)
     store = ctx.store(cell.dataset)
@@ -186,8 +216,9 @@ def resolve(cell: Cell, spec: MethodSpec, ctx: GridContext) -> CellRun:
             "metrics": metrics.VERSION,
         }
     )
-    path = record_path(ctx.results_dir, cell.suite, cell.dataset, cell.protocol, cell.method, cell.modality, cell.seed)
-    return CellRun(cell, spec, cfg, stream, key, path, ctx.options)
+    c = cell
+    path = record_path(ctx.results_dir, c.suite, c.dataset, c.protocol, c.method, c.modality, c.seed, settings)
+    return CellRun(cell, spec, cfg, stream, key, path, {**ctx.options, "settings": settings})
 
 
 def is_done(cell: Cell, spec: MethodSpec, ctx: GridContext) -> bool:
@@ -248,6 +279,8 @@ def _train_and_record(run: CellRun, ctx: GridContext) -> dict:
         "config": run.cfg,
         "reference_protocol": ctx.overrides.get("epochs") is None,
         "epochs_override": ctx.overrides.get("epochs"),
+        "settings": run.options["settings"],
+        "family": run.spec.family,
         "stream": run.stream.describe(),
         "results": kind.results(strategy, run.stream, run.cfg, rows, run),
         "cost": {
@@ -288,7 +321,7 @@ def save_checkpoint(ckpt_dir: Path, t: int, state: dict) -> None:
     atomic_write_bytes(final, buf.getvalue())
     for old in ckpt_dir.glob("step*.pt"):
         if old != final:
-            old.unlink()
+            old.unlink(missing_ok=True)  # a run that took the cell over may have removed it already
 
 
 def latest_checkpoint(ckpt_dir: Path, key: str) -> dict | None:
@@ -306,6 +339,20 @@ def latest_checkpoint(ckpt_dir: Path, key: str) -> dict | None:
     return None
 
 
-def fail_cell(cell: Cell, ctx: GridContext, message: str) -> None:
-    path = record_path(ctx.results_dir, cell.suite, cell.dataset, cell.protocol, cell.method, cell.modality, cell.seed)
+def fail_cell(cell: Cell, ctx: GridContext, message: str, spec: MethodSpec | None = None) -> None:
+    """Write the cell's error file where its record would be (beside a run with the same settings), so that the
+    cell's next success removes it. The settings come from `spec` (else the method registry's); when the config
+    itself cannot be read, from every command-line value given."""
+    spec, epochs, settings = spec or method_registry().get(cell.method), ctx.overrides.get("epochs"), None
+    if spec is not None:
+        try:
+            own = spec.config(cell.dataset, cell.modality)
+            settings = run_settings(own, spec.config(cell.dataset, cell.modality, ctx.overrides), epochs)
+        except HarnessError:  # its config files are broken (the failure itself)
+            pass
+    if settings is None:
+        given = {k: v for k, v in ctx.overrides.items() if k != SETTINGS_KEY and v is not None}
+        settings = run_settings({}, {**(ctx.overrides.get(SETTINGS_KEY) or {}), **given}, epochs)
+    c = cell
+    path = record_path(ctx.results_dir, c.suite, c.dataset, c.protocol, c.method, c.modality, c.seed, settings)
     write_error(path, asdict(cell), message)

@@ -202,7 +202,9 @@ def masked_bce(
 
 # ============================================================================ template
 class StreamedViews:
-    """`ResidentViews`' interface without the copy: each minibatch is gathered from the memory map."""
+    """`ResidentViews`' interface without the copy: each minibatch is gathered from the memory map (the fallback
+    when a phase's views exceed `resident_gb`; reading the host memory map costs a copy of the batch's row ids
+    back to the host, so this path synchronises once per batch, by construction)."""
 
     def __init__(self, store: FeatureStore, views: list[str], device):
         self.store, self.views, self.device = store, views, device
@@ -333,8 +335,8 @@ class MultiLabelTemplate(HarnessTemplate):
         for _, views in self.eval_batches(rows, model):
             with self.autocast():
                 logits = model(views)["logits"][:, : self.seen_classes]
-            out.append(torch.sigmoid(logits.float()).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.seen_classes)
+            out.append(torch.sigmoid(logits.float()))  # stays on the device: one copy back at the end
+        return torch.cat(out).cpu() if out else torch.empty(0, self.seen_classes)
 
     # ------------------------------------------------------------------ checkpoints
     def resume_state(self) -> dict:

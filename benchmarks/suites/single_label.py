@@ -87,6 +87,7 @@ class StoreTemplate(HarnessTemplate):
 
     def make_train_dataloader(self, shuffle=True, **kwargs):
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.step_index, salt=2))
+        self.resident = self.eval_resident = None  # the previous step's copies go before the new ones arrive
         resident_rows = self.train_rows
         exemplars = None
         if self.separate_exemplar_batches and self.memory:
@@ -95,6 +96,10 @@ class StoreTemplate(HarnessTemplate):
             size = min(self.cfg["exemplar_batch_size"], len(mem_rows))
             exemplars = IndexBatches(mem_rows, mem_targets, size, True, True, generator, self.device)
         self.resident = ResidentViews(self.store, self.views, resident_rows, self.device)
+        if self.selects_on_val:  # evaluated after every epoch: resident too, so no epoch reads the store
+            val_rows, _ = self.stream.seen("val", self.step_index)
+            if not self.resident.covers(val_rows):
+                self.eval_resident = ResidentViews(self.store, self.views, val_rows, self.device)
         self.dataloader = IndexBatches(
             self.train_rows,
             self.train_targets,
@@ -184,7 +189,7 @@ class StoreTemplate(HarnessTemplate):
 
     def _after_training_exp(self, **kwargs):
         self.bar.close()
-        self.resident = None
+        self.eval_resident = None
         # the last-epoch model, for comparison (None: it is the selected model, so the runner reuses its test pass)
         self.last_epoch_test = self.predict_split("test") if self.selects_on_val else None
         if self.best["state"] is not None:
@@ -193,7 +198,8 @@ class StoreTemplate(HarnessTemplate):
             {"best_val_epoch": self.best["epoch"], "val_acc": self.best["acc"] if self.selects_on_val else None}
         )
         self.best = None
-        self.after_step()
+        self.after_step()  # e.g. herding, on the still-resident training views
+        self.resident = None
         super()._after_training_exp(**kwargs)
 
     def after_step(self):
@@ -222,7 +228,7 @@ class StoreTemplate(HarnessTemplate):
         generator = torch.Generator().manual_seed(step_seed(self.seed, self.step_index, salt=3))
         for c in range(*self.step_bounds):
             idx = torch.nonzero(targets == c).squeeze(1)
-            if self.exemplar_selection == "herding":
+            if self.exemplar_selection == "herding":  # on the features' device
                 chosen = herding(feats[idx.to(feats.device)], m).cpu()
             else:
                 chosen = random_exemplars(len(idx), m, generator)
@@ -261,8 +267,9 @@ class StoreTemplate(HarnessTemplate):
 
     @torch.no_grad()
     def predict_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        preds = [self.predict_batch(views).cpu() for _, views in self.eval_batches(rows)]
-        return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+        """Predictions (host tensor) of store rows; the batches stay on the device, one copy back at the end."""
+        preds = [self.predict_batch(views) for _, views in self.eval_batches(rows)]
+        return torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)
 
     @torch.no_grad()
     def features_of(
@@ -270,21 +277,11 @@ class StoreTemplate(HarnessTemplate):
     ) -> torch.Tensor:
         """Model features of store rows (L2-normalised by default), in eval mode, in chunks."""
         model = model or self.model
-        was_training = model.training
-        model.eval()
         out = []
-        for b in range(0, len(rows), self.eval_mb_size):
-            chunk = rows[b : b + self.eval_mb_size]
-            if self.resident is not None and bool(
-                (self.resident.lookup[chunk.to(self.resident.lookup.device)] >= 0).all()
-            ):
-                views = self.resident.gather(chunk.to(self.resident.lookup.device))
-            else:
-                views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
+        for _, views in self.eval_batches(rows, model):  # resident views when they hold the rows
             with self.autocast():
                 f = model(views)[key].float()
             out.append(torch.nn.functional.normalize(f, dim=1) if normalize else f)
-        model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, model.feature_dim, device=self.device)
 
     def predict_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

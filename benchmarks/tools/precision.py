@@ -2,10 +2,11 @@
 
     python -m benchmarks.tools.precision                 # AVE-sized inputs on CUDA, reduced on CPU
     python -m benchmarks.tools.precision --device cpu --grid 8,49,256
+    python -m benchmarks.tools.precision --json out.json   # every figure, and the verdict, in one JSON file
 
 Reports, for each modality: the relative error of the logits (||bf16 - fp32|| / ||fp32||), the
 max abs error of the attention weights, top-1 agreement of the predictions, the relative error
-of the CE loss and the cosine similarity of the parameter gradients. `check()` is what the test
+of the CE loss, the cosine similarity and the relative error of the parameter gradients. `check()` is what the test
 suite asserts on: bf16 within TOLERANCES of fp32.
 
 The same figures for MCIL-AudioCLIP's towers (`compare_mcil`): image, text and audio towers with
@@ -62,6 +63,7 @@ def compare(
         "logits_rel": float((b["logits"] - a["logits"]).norm() / a["logits"].norm()),
         "loss_rel": float((b["loss"] - a["loss"]).abs() / a["loss"].abs()),
         "grad_cos": float(F.cosine_similarity(a["grad"], b["grad"], dim=0)),
+        "grad_rel": float((b["grad"] - a["grad"]).norm() / a["grad"].norm()),
         "agreement": float((a["logits"].argmax(1) == b["logits"].argmax(1)).float().mean()),
     }
     if a["attention"] is not None:
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--audio-dim", type=int, default=768)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--classes", type=int, default=28)
+    p.add_argument("--no-mcil", action="store_true", help="skip the MCIL-AudioCLIP towers")
+    p.add_argument("--json", help="write every figure and the verdict to this JSON file")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     grid = (
@@ -142,13 +146,25 @@ def main(argv=None) -> int:
     reports = [(f"{m:13s}", compare(m, args.audio_dim, grid, args.batch, args.classes, device)) for m in MODALITIES]
     presets = ("audioclip-rn50", "clip-vit-b16") if device.type == "cuda" else ("tiny-rn", "tiny-vit")
     samples = 220500 if device.type == "cuda" else 16000
-    reports += [(f"mcil {p:14s}", compare_mcil(p, min(args.batch, 16), device, audio_samples=samples)) for p in presets]
-    failures = 0
+    if not args.no_mcil:
+        reports += [
+            (f"mcil {p:14s}", compare_mcil(p, min(args.batch, 16), device, audio_samples=samples)) for p in presets
+        ]
+    failures, figures = 0, {}
     for label, report in reports:
         bad = check(report)
         failures += bool(bad)
+        figures[label.strip()] = {**report, "out_of_tolerance": bad}
         values = "  ".join(f"{k} {v:.4g}" for k, v in report.items())
         print(f"  {label} {values}" + ("  OK" if not bad else "  OUT OF TOLERANCE: " + ", ".join(bad)))
+    if args.json:
+        import json
+        from pathlib import Path
+
+        from datasets.io import atomic_write_text
+
+        summary = {"device": str(device), "grid": list(grid), "batch": args.batch, "tolerances": TOLERANCES}
+        atomic_write_text(Path(args.json), json.dumps({**summary, "ok": not failures, "reports": figures}, indent=2))
     return 1 if failures else 0
 
 

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.core.records import iter_records
+from benchmarks.core.records import iter_records, settings_label
 
 #: record fields that two identical runs may differ in (and, in `encoders`, every `*_seconds` timing)
 VOLATILE = ("cost", "created", "environment", "schema")
@@ -29,6 +29,8 @@ def digest(results_dir: Path) -> dict:
     for rec in iter_records(results_dir):
         c = rec["cell"]
         cell_id = f"{rec['suite']}/{c['dataset']}/{c['protocol']}/{c['method']}/{c['modality']}/seed{c['seed']}"
+        settings = settings_label(rec.get("settings"))
+        cell_id += f" [{settings}]" if settings else ""
         kept = {k: v for k, v in rec.items() if k not in VOLATILE}
         # the feature store's meta also times its own extraction
         kept["encoders"] = {k: v for k, v in kept.get("encoders", {}).items() if not k.endswith("_seconds")}

@@ -14,6 +14,13 @@ the reference's hard-coded 768 / 8 x 196.
       v~_d = sum_t beta_{t,d} sum_k alpha_{t,k,d} V_{t,k,d}   (pooled from the RAW tokens)
       f = ReLU(W_a a) + ReLU(W_v v~)                      -> classifier
 The classifier is a linear layer that grows as classes arrive, keeping old rows.
+
+Where the FLOPs go (audio-visual, per clip, T x P tokens of width D, hidden H = D): the two projections of every
+visual token, W_av V (attention) and, in the backward pass, its weight gradient: 2 x 2 T P D^2 (7.4 GFLOP for
+8 x 196 x 768); W_v, W_a, W_aa and the classifier act once per clip (~4 D^2). Everything else is elementwise over
+the (T, P, D) grid (tanh, the channel-wise softmax, two weighted sums: memory traffic, not FLOPs). The
+elementwise chain is `channel_attention_pool`, a plain function so that `use_compiled_attention` can hand it to
+`torch.compile` (fusing it into a few kernels) without touching the eager numbers (README of benchmarks/tools).
 """
 
 from __future__ import annotations
@@ -23,6 +30,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.base import MODALITIES
+
+
+def channel_attention_pool(a_proj: torch.Tensor, v_proj: torch.Tensor, visual: torch.Tensor):
+    """The audio-guided channel-wise attention and pooling after the two projections (module docstring):
+    a_proj = W_aa audio (B, D), v_proj = W_av V (B, T, P, D), visual = the raw tokens V.
+    Returns spatial alpha (B, T, P, D), temporal beta (B, T, D) and the pooled visual v~ (B, D)."""
+    a, v = torch.tanh(a_proj), torch.tanh(v_proj)
+    spatial = torch.softmax(v * a[:, None, None, :], dim=2)
+    attended = (spatial * v).sum(2)  # (B, T, D)
+    temporal = torch.softmax(attended * a[:, None, :], dim=1)
+    pooled = (temporal * (spatial * visual).sum(2)).sum(1)  # from the raw tokens
+    return spatial, temporal, pooled
+
+
+#: the implementation AVCILNet calls (eager by default; `use_compiled_attention` swaps in a compiled one)
+_attention_pool = channel_attention_pool
+
+
+def use_compiled_attention(enabled: bool = True, **compile_kwargs) -> None:
+    """Run `channel_attention_pool` through `torch.compile` (dynamic batch size) in every AVCILNet, or back to
+    eager. Opt-in: compiled kernels fuse and reorder the elementwise sums, so results move in the last bits;
+    eager is what the records are made with (benchmarks/tools/speed.py --compile measures the difference)."""
+    global _attention_pool
+    if enabled:
+        _attention_pool = torch.compile(channel_attention_pool, dynamic=True, **compile_kwargs)
+    else:
+        _attention_pool = channel_attention_pool
 
 
 class AVCILNet(nn.Module):
@@ -60,13 +94,10 @@ class AVCILNet(nn.Module):
         self.classifier = new
 
     def attention(self, audio: torch.Tensor, visual: torch.Tensor):
-        """Spatial (B,T,P,D) and temporal (B,T,D) attention weights, audio-guided and channel-wise."""
-        a = torch.tanh(self.attn_audio_proj(audio))  # (B, D)
-        v = torch.tanh(self.attn_visual_proj(visual))  # (B, T, P, D)
-        spatial = torch.softmax(v * a[:, None, None, :], dim=2)
-        attended = (spatial * v).sum(2)  # (B, T, D)
-        temporal = torch.softmax(attended * a[:, None, :], dim=1)
-        return spatial, temporal
+        """Spatial (B,T,P,D) and temporal (B,T,D) attention weights, audio-guided and channel-wise, and the
+        visual tokens pooled with them (B,D)."""
+        # W_av over every visual token (B, T, P, D): the run's FLOPs; the rest is elementwise
+        return _attention_pool(self.attn_audio_proj(audio), self.attn_visual_proj(visual), visual)
 
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -78,8 +109,7 @@ class AVCILNet(nn.Module):
             f = out["visual_features"] = F.relu(self.visual_proj(pooled))
         else:
             audio, visual = views["audio"], views["visual"]
-            spatial, temporal = self.attention(audio, visual)
-            pooled = (temporal * (spatial * visual).sum(2)).sum(1)  # from the raw tokens
+            spatial, temporal, pooled = self.attention(audio, visual)
             out["spatial_attention"], out["temporal_attention"], out["pooled_visual"] = spatial, temporal, pooled
             out["audio_features"] = F.relu(self.audio_proj(audio))
             out["visual_features"] = F.relu(self.visual_proj(pooled))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.core.method import raw_media_resources
 from methods._avcil import AVCILSpec
 from methods.mcil_audioclip.strategy import MCILStrategy
 
@@ -40,6 +41,7 @@ METHODS = [
         options={"mode": mode},
         model_builder=no_model,
         required_views=mcil_views,
+        resources=raw_media_resources,
     )
     for name, mode in (("mcil_audioclip", "paper"), ("mcil_audioclip-code", "code"))
 ]

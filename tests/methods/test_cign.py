@@ -29,8 +29,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def strategy(store, stream, modality, **over):
-    spec = registry()["cign"]
+def strategy(store, stream, modality, method="cign", **over):
+    spec = registry()[method]
     cfg = spec.config("toy", modality, {"epochs": over.pop("epochs", 2)})
     cfg.update(batch_size=8, eval_batch_size=16, memory=0, log_terms=True, **over)
     return spec.build(
@@ -95,6 +95,48 @@ def test_continual_grouping_growth_leaves_old_class_outputs_unchanged(toy_store)
         full.expand_classifier(4)
         full.tokens[1].mul_(50)
         assert not torch.allclose(full(views)["audio_logits"][:, :2], b)
+
+
+def test_reference_coupling_variant_is_the_codes_coupling_and_nothing_else(toy_store):
+    """`cign-refcoupling`: unmasked attention and one assignment softmax over all groups (stoneMo/CIGN grouping.py
+    ModalityTrans.forward, AssignAttention.get_attn dim -2); every other config value is cign's."""
+    specs = registry()
+    for dataset in ("synth_av", "ave", "vgg_instruments", "toy"):
+        ref = specs["cign-refcoupling"].config(dataset, "audio-visual")
+        own = specs["cign"].config(dataset, "audio-visual")
+        assert (own["attention"], own["assign_scope"]) == ("continual", "step")
+        assert (ref["attention"], ref["assign_scope"]) == ("full", "all")
+        assert {k: v for k, v in ref.items() if k not in ("attention", "assign_scope")} == {
+            k: v for k, v in own.items() if k not in ("attention", "assign_scope")
+        }
+    torch.manual_seed(0)
+    cfg = {**TINY, **{k: ref[k] for k in ("attention", "assign_scope")}, "assignment": "soft"}
+    net = build_cign("audio-visual", toy_store, 2, cfg).eval()
+    net.expand_classifier(4)
+    assert net.assign_blocks is None and all(net.branch[m].attention == "full" for m in net.branches)
+    views = {v: toy_store.gather(v, np.arange(5), dtype=torch.float32) for v in ("audio", "visual")}
+    with torch.no_grad():
+        out = net(views)
+        a = out["visual_assign"]  # (B, C, N): one softmax over all 4 groups, not one per step's 2
+        torch.testing.assert_close(a.sum(1), torch.ones(5, a.shape[2]))
+        assert not torch.allclose(a[:, :2].sum(1), torch.ones(5, a.shape[2]))
+        torch.testing.assert_close(a, torch.softmax(out["visual_assign_logits"].float(), 1))
+        # unmasked attention: the modality tokens see the class tokens (under the continual mask they do not)
+        tokens = out["visual_tokens"].clone()
+        net.tokens[1].mul_(50)
+        assert not torch.allclose(net(views)["visual_tokens"], tokens)
+
+
+def test_reference_coupling_variant_trains(toy_store, toy_protocol):
+    stream = build_stream(toy_store, toy_protocol)
+    s = strategy(toy_store, stream, "audio-visual", method="cign-refcoupling", epochs=1)
+    for t, exp in enumerate(stream.benchmark.train_stream):
+        s.train(exp, eval_streams=[])
+        assert s.model.assign_blocks is None and s.model.step_sizes == [2] * (t + 1)
+        if t > 0:  # the continual-grouping term is one KL over all old groups (one block)
+            assert np.isfinite(s.loss_terms["cg"]) and s.loss_terms["ctd_logit"] > 0
+    pred, _ = s.predict_split("test")
+    assert len(pred) == 24 and pred.max() < 6
 
 
 def test_continual_mask():

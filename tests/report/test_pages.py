@@ -205,7 +205,7 @@ def test_rows_sorted_by_method_then_modality(rendered):
         ("finetune", "audio-visual"),
         ("icarl-nme", "audio"),
         ("icarl-nme", "audio-visual"),
-        (f"icarl-nme {DAGGER}", "audio-visual"),
+        (f"icarl-nme {DAGGER} (epochs=2)", "audio-visual"),
     ]
 
 
@@ -216,7 +216,7 @@ def test_headline_bold_best_per_column_last_accuracy_and_per_cell_n(rendered):
     assert table[0] == ["Method", "audio", "audio-visual"]  # n differs (2 and 1): no n in the header
     assert table[1] == ["finetune", "61.7 ± 7.1 / 50.0 (n=2)", "**66.7** ± 7.1 / **55.0** (n=2)"]
     assert table[2] == ["icarl-nme", "**63.7** ± 7.1 / **52.0** (n=2)", "65.7 ± 7.1 / 54.0 (n=2)"]
-    assert table[3] == [f"icarl-nme {DAGGER}", "–", "66.7 ± 0.0 / 55.0 (n=1)"]
+    assert table[3] == [f"icarl-nme {DAGGER} (epochs=2)", "–", "66.7 ± 0.0 / 55.0 (n=1)"]
     assert len(table) == 4
 
 
@@ -246,8 +246,8 @@ def test_override_marked_and_not_averaged(rendered):
     page = rendered["page"]
     # the reference icarl-nme / audio-visual row has its 2 seeds only; the --epochs run is its own row (n=1)
     assert _row(page, "icarl-nme", "audio-visual")[2].endswith("(n=2)")
-    assert _row(page, f"icarl-nme {DAGGER}", "audio-visual")[2] == "66.67 ± 0.00 (n=1)"
-    assert f"{DAGGER} epochs overridden with --epochs 2: not the reference protocol" in page
+    assert _row(page, f"icarl-nme {DAGGER} (epochs=2)", "audio-visual")[2] == "66.67 ± 0.00 (n=1)"
+    assert f"{DAGGER} run with command-line settings" in page and "Settings used: `epochs=2`." in page
 
 
 def test_streams_never_averaged(rendered):

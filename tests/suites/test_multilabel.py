@@ -98,10 +98,10 @@ def test_suite_records_leaderboard_skip_and_cka(tmp_path, ml_registry, capsys):
     )
     page = (tmp_path / "lb" / "audio-multilabel.md").read_text()
     assert (
-        "| ml_indl † | BN |" in page
-        and "| ml_indl-persample † | BN |" in page
-        and "| ml_joint † | CN |" in page
-        and "| ml_fine_tuning † | GN |" in page
+        "| ml_indl † (epochs=1) | BN |" in page
+        and "| ml_indl-persample † (epochs=1) | BN |" in page
+        and "| ml_joint † (epochs=1) | CN |" in page
+        and "| ml_fine_tuning † (epochs=1) | GN |" in page
     )  # † = --epochs
     assert (
         "Avg mAP" in page

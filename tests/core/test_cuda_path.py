@@ -1,0 +1,361 @@
+"""The device path: no host synchronisation per training iteration, resident views, herding on the device.
+
+On CPU (always): a guard patches the Python-level ways of pulling a value to the host (`.item()`, `float(t)`,
+`bool(t)`, `.cpu()`, `.tolist()`, `.numpy()`, `nonzero`, `unique`, boolean-mask indexing ...) and fails when
+harness or method code calls one inside a training epoch (torch's own internals are left to the CUDA test).
+On CUDA (skipped without one): the same runs under `torch.cuda.set_sync_debug_mode("error")`, which catches
+every synchronising CUDA call, bf16 within tolerance of fp32, and herding giving the CPU's picks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.core.memory import herding
+from benchmarks.core.protocols import Protocol
+from benchmarks.core.streams import build_stream
+from benchmarks.core.template import ResidentViews
+from methods import registry
+from tests.conftest import make_toy_paired_store, make_toy_store
+
+ROOT = str(Path(__file__).resolve().parents[2])
+VENV = str(Path(ROOT) / ".venv")
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run by benchmarks/tools/device_check.sh)")
+
+#: (owner, attribute) of every Python-level host pull the guard watches
+WATCHED = [
+    (torch.Tensor, "item"),
+    (torch.Tensor, "tolist"),
+    (torch.Tensor, "cpu"),
+    (torch.Tensor, "numpy"),
+    (torch.Tensor, "nonzero"),
+    (torch.Tensor, "unique"),
+    (torch.Tensor, "__bool__"),
+    (torch.Tensor, "__float__"),
+    (torch.Tensor, "__int__"),
+    (torch.Tensor, "__index__"),
+    (torch, "nonzero"),
+    (torch, "unique"),
+    (torch, "masked_select"),
+]
+
+
+def _project_caller() -> str | None:
+    """`file:line` of the calling frame when it is project code (not torch or another installed package), or None."""
+    frame = sys._getframe(2)
+    if frame is None:
+        return None
+    path = frame.f_code.co_filename
+    if path.startswith(ROOT) and not path.startswith(VENV):
+        return f"{Path(path).relative_to(ROOT)}:{frame.f_lineno}"
+    return None
+
+
+class HostSyncGuard:
+    """Records project call sites of host pulls while `active`; `watch(strategy)` makes it active inside every
+    training epoch (the per-iteration path: batch indexing, view gathering, forward, loss, backward, step)."""
+
+    def __init__(self):
+        self.active = False
+        self.calls: list[str] = []
+
+    def _wrap(self, name, fn):
+        guard = self
+
+        def wrapper(*args, **kwargs):
+            if guard.active:
+                where = _project_caller()
+                if where is not None:
+                    guard.calls.append(f"{name} at {where}")
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def _getitem(self, fn):
+        guard = self
+
+        def getitem(t, index):
+            if guard.active:
+                parts = index if isinstance(index, tuple) else (index,)
+                if any(torch.is_tensor(p) and p.dtype == torch.bool for p in parts):
+                    where = _project_caller()
+                    if where is not None:
+                        guard.calls.append(f"boolean-mask indexing at {where}")
+            return fn(t, index)
+
+        return getitem
+
+    @contextlib.contextmanager
+    def installed(self):
+        with pytest.MonkeyPatch.context() as mp:
+            for owner, name in WATCHED:
+                mp.setattr(owner, name, self._wrap(name, getattr(owner, name)))
+            mp.setattr(torch.Tensor, "__getitem__", self._getitem(torch.Tensor.__getitem__))
+            yield self
+
+    def watch(self, strategy) -> None:
+        epoch = strategy.training_epoch
+
+        def guarded(**kwargs):
+            self.active = True
+            try:
+                return epoch(**kwargs)
+            finally:
+                self.active = False
+
+        strategy.training_epoch = guarded
+
+
+def make_strategy(name, modality, store, stream, device="cpu", **overrides):
+    spec = registry()[name]
+    cfg = spec.config("toy", modality, {"epochs": overrides.pop("epochs", 1)})
+    cfg.update(batch_size=8, eval_batch_size=16, memory=12, **overrides)
+    return spec.build(
+        modality=modality, store=store, stream=stream, cfg=cfg, device=torch.device(device), seed=0, progress=False
+    )
+
+
+FEATURE_METHODS = sorted(
+    n
+    for n, s in registry().items()
+    if "audio-visual" in s.modalities
+    and "audio-visual" in s.suites
+    and set(s.required_views("audio-visual", s.config("toy", "audio-visual"))) <= {"audio", "visual"}
+)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    store = make_toy_store(tmp_path_factory.mktemp("cuda_path") / "toy")
+    return store, build_stream(store, Protocol("3x2", tuple(range(6)), (2, 2, 2), memory=12))
+
+
+def train_two_steps(strategy, stream):
+    for exp in list(stream.benchmark.train_stream)[:2]:
+        strategy.train(exp, eval_streams=[])
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_training_iterations_pull_nothing_to_the_host(name, toy):
+    store, stream = toy
+    s = make_strategy(name, "audio-visual", store, stream)
+    guard = HostSyncGuard()
+    guard.watch(s)
+    with guard.installed():
+        train_two_steps(s, stream)
+    assert guard.calls == [], f"{name}: host synchronisation inside a training iteration: {guard.calls[:5]}"
+
+
+@pytest.fixture(scope="module")
+def tags(tmp_path_factory):
+    """A tiny SynthTags store and stream (built once for the module)."""
+    import benchmarks.run.grid
+    import datasets
+    from benchmarks.run.cell import GridContext
+    from benchmarks.suites import get_suite
+    from datasets.adapters.synth_tags import SynthTags, SynthTagsConfig
+
+    adapter = SynthTags(SynthTagsConfig(train_base=24, train_new=6, test_base=12, test_new=4))
+    root = tmp_path_factory.mktemp("tags")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets, "registry", lambda: {"synth_tags": adapter})
+        mp.setattr(benchmarks.run.grid, "dataset_registry", lambda: {"synth_tags": adapter})
+        ctx = GridContext(get_suite("audio-multilabel"), root / "data", root / "r", torch.device("cpu"), False)
+        yield ctx.stream("synth_tags", adapter.protocols()[0].name), ctx.store("synth_tags")
+
+
+@pytest.mark.parametrize("name", ["ml_fine_tuning-gn", "ml_indl-bn"])  # the template path; indl adds a teacher
+def test_multilabel_iterations_pull_nothing_to_the_host(name, tags):
+    stream, store = tags
+    spec = registry()[name]
+    cfg = {**spec.config("synth_tags", "audio"), "epochs": 1, "batch_size": 4}
+    s = spec.build(modality="audio", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0)
+    s.progress = False
+    guard = HostSyncGuard()
+    guard.watch(s)
+    with guard.installed():
+        train_two_steps(s, stream)
+    assert guard.calls == [], f"{name}: host synchronisation inside a training iteration: {guard.calls[:5]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="methods/mcil_audioclip/strategy.py forward(): `self.train_fired[0] += int(info['fired'].sum())` pulls a "
+    "count to the host every iteration (fix: accumulate a device tensor, read it once in metric_inputs)",
+)
+def test_mcil_iterations_pull_nothing_to_the_host(tmp_path):
+    store = make_toy_paired_store(tmp_path / "paired")
+    stream = build_stream(store, Protocol("3x2", tuple(range(6)), (2, 2, 2), memory=0))
+    spec = registry()["mcil_audioclip"]
+    cfg = spec.config("synth_av", "audio-visual", {"epochs": 1})
+    cfg.update(batch_size=8, eval_batch_size=8)
+    s = spec.build(
+        modality="audio-visual", store=store, stream=stream, cfg=cfg, device=torch.device("cpu"), seed=0, progress=False
+    )
+    guard = HostSyncGuard()
+    guard.watch(s)
+    with guard.installed():
+        train_two_steps(s, stream)
+    assert guard.calls == [], guard.calls[:5]
+
+
+def test_the_guard_catches_a_host_pull(toy):
+    """A method whose loss reads `.item()` and indexes with a boolean mask is caught, with its file and line."""
+    store, stream = toy
+    s = make_strategy("fine_tuning", "audio-visual", store, stream, epochs=1)
+    loss_fn = s.loss_fn
+
+    def leaky(out, y):
+        loss = loss_fn(out, y)
+        if loss.item() > 0:  # a host sync per iteration
+            _ = out["logits"][y >= 0]
+        return loss
+
+    s.loss_fn = leaky
+    guard = HostSyncGuard()
+    guard.watch(s)
+    with guard.installed():
+        train_two_steps(s, stream)
+    assert any(c.startswith("item at tests/core/test_cuda_path.py") for c in guard.calls)
+    assert any(c.startswith("boolean-mask indexing at tests/core/test_cuda_path.py") for c in guard.calls)
+
+
+def reference_herding(features: torch.Tensor, m: int) -> list[int]:
+    """The greedy iCaRL selection, one host-side pick at a time (what `herding` must reproduce)."""
+    mu, running, picked = features.mean(0), torch.zeros(features.shape[1]), []
+    for k in range(1, min(m, len(features)) + 1):
+        dist = (mu - (running + features) / k).norm(dim=1)
+        dist[picked] = float("inf")
+        i = int(dist.argmin())
+        picked.append(i)
+        running += features[i]
+    return picked
+
+
+def test_herding_matches_the_host_loop_and_stays_on_the_features_device():
+    x = torch.nn.functional.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(3)), dim=1)
+    picked = herding(x, 12)
+    assert picked.device == x.device and picked.dtype == torch.long
+    assert picked.tolist() == reference_herding(x, 12)
+
+
+def test_epoch_validation_reads_resident_views_not_the_store(toy, monkeypatch):
+    """During training no val pass reads the store (the val rows are resident); predictions match the store path."""
+    store, stream = toy
+    s = make_strategy("fine_tuning", "audio-visual", store, stream, epochs=3)
+    reads = []
+    gather = type(store).gather
+
+    def counting(self, view, rows, *a, **k):
+        reads.append(len(rows))
+        return gather(self, view, rows, *a, **k)
+
+    monkeypatch.setattr(type(store), "gather", counting)
+    exp = next(iter(stream.benchmark.train_stream))
+    s.train(exp, eval_streams=[])
+    # the store is read to build the two resident copies (train rows, val rows: 2 views each) and by the test
+    # pass of the last-epoch model after training; never once per epoch
+    val_rows, _ = stream.seen("val", 0)
+    train_rows, _ = stream.step("train", 0)
+    assert reads[:4] == [len(train_rows)] * 2 + [len(val_rows)] * 2
+    assert len(reads) == 4 + 2  # + the last-epoch test pass (one eval batch, 2 views)
+    assert s.resident is None and s.eval_resident is None  # released after the step
+    resident = ResidentViews(store, s.views, val_rows, torch.device("cpu"))
+    s.eval_resident = resident
+    from_resident = s.predict_rows(val_rows)
+    s.eval_resident = None
+    assert torch.equal(from_resident, s.predict_rows(val_rows))
+
+
+def test_resident_views_keep_the_store_dtype_and_gather_fp32(toy):
+    store, _ = toy
+    rows = torch.tensor([5, 1, 9])
+    r = ResidentViews(store, ["audio", "visual"], rows, torch.device("cpu"))
+    assert r.data["visual"].dtype == torch.from_numpy(np.asarray(store.array("visual")[:1])).dtype
+    assert r.covers(torch.tensor([1, 9])) and not r.covers(torch.tensor([1, 2]))
+    assert not r.covers(torch.tensor([1]), views=["logmel"])
+    views = r.gather(torch.tensor([9, 5]))
+    assert views["visual"].dtype == torch.float32
+    assert torch.equal(views["audio"], store.gather("audio", [9, 5], dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------- CUDA only
+@needs_cuda
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_cuda_training_iterations_do_not_synchronise(name, toy):
+    """Every synchronising CUDA call inside a training iteration (from `_unpack_minibatch` to the end of
+    `_after_training_iteration`) raises under sync debug mode "error"."""
+    store, stream = toy
+    s = make_strategy(name, "audio-visual", store, stream, device="cuda")
+    unpack, after = s._unpack_minibatch, s._after_training_iteration
+
+    def unpack_guarded():
+        torch.cuda.set_sync_debug_mode("error")
+        unpack()
+
+    def after_guarded(**kw):
+        try:
+            after(**kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    s._unpack_minibatch, s._after_training_iteration = unpack_guarded, after_guarded
+    try:
+        train_two_steps(s, stream)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert s.model.classifier.weight.is_cuda
+
+
+@needs_cuda
+def test_cuda_resident_views_stay_in_the_store_dtype(toy):
+    store, stream = toy
+    s = make_strategy("fine_tuning", "audio-visual", store, stream, device="cuda", epochs=1)
+    seen = {}
+    make = s.make_train_dataloader
+
+    def spy(**kw):
+        make(**kw)
+        seen.update({v: (x.device.type, x.dtype) for v, x in s.resident.data.items()})
+        seen["batch"] = s.resident.gather(s.dataloader.rows[:4])["visual"].dtype
+
+    s.make_train_dataloader = spy
+    s.train(next(iter(stream.benchmark.train_stream)), eval_streams=[])
+    dtype = torch.from_numpy(np.asarray(store.array("visual")[:1])).dtype
+    assert seen["visual"] == ("cuda", dtype) and seen["batch"] == torch.float32
+
+
+@needs_cuda
+def test_cuda_herding_picks_what_the_cpu_picks():
+    x = torch.nn.functional.normalize(torch.randn(200, 64, generator=torch.Generator().manual_seed(5)), dim=1)
+    picked = herding(x.cuda(), 30)
+    assert picked.is_cuda and picked.cpu().tolist() == reference_herding(x.double().float(), 30)
+
+
+@needs_cuda
+@pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
+def test_cuda_bf16_matches_fp32_at_ave_size(modality):
+    from benchmarks.tools.precision import check, compare
+
+    report = compare(modality, 768, (8, 196, 768), 64, 28, torch.device("cuda"))
+    assert check(report) == [], report
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_run_matches_cpu_predictions(precision, toy):
+    """One step on CUDA and on CPU from the same seed: the test predictions agree on nearly every sample."""
+    store, stream = toy
+    preds = {}
+    for device in ("cpu", "cuda"):
+        s = make_strategy("av_cil", "audio-visual", store, stream, device=device, epochs=3, precision=precision)
+        s.train(next(iter(stream.benchmark.train_stream)), eval_streams=[])
+        preds[device] = s.predict_split("test")[0]
+    assert (preds["cpu"] == preds["cuda"]).float().mean() >= 0.75
