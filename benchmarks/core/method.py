@@ -33,7 +33,7 @@ from datasets.base import MODALITIES, MODALITY_VIEWS
 from datasets.errors import ConfigError
 from datasets.io import read_yaml
 
-FAMILIES = ("seed", "cl-strategy", "feature-baseline")  # MethodSpec.family, in leaderboard order
+FAMILIES = ("seed", "cl-strategy", "feature-baseline", "upper-bound")  # MethodSpec.family, in leaderboard order
 SETTINGS_KEY = "settings"  # overrides[SETTINGS_KEY]: run_all --set values, applied only to keys a method's config has
 
 
@@ -77,7 +77,8 @@ class MethodSpec:
     options: dict = field(default_factory=dict)
     #: the leaderboard group of the row: "seed" (the CIL methods the benchmark was built around),
     #: "cl-strategy" (standard continual-learning strategies) or "feature-baseline" (analytic
-    #: baselines on the frozen features); the report groups the headline rows by it
+    #: baselines on the frozen features) or "upper-bound" (joint training on all data so far, no CL method);
+    #: the report groups the headline rows by it
     family: str = "seed"
     #: model_builder(modality, store, num_classes, cfg) -> nn.Module with `num_classes`,
     #: `feature_dim`, `expand_classifier(n)` and forward(views) -> {"logits", "features", ...}

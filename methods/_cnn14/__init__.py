@@ -34,11 +34,18 @@ class CNN14Spec(MethodSpec):
 
 
 def variants(
-    name: str, strategy: type, folder: Path, options: dict | None = None, norms: tuple[str, ...] = NORMS
+    name: str,
+    strategy: type,
+    folder: Path,
+    options: dict | None = None,
+    norms: tuple[str, ...] = NORMS,
+    family: str = "seed",
 ) -> list[CNN14Spec]:
     """One leaderboard row per normalisation: `<name>-bn`, `<name>-gn`, `<name>-cn` (`norms`), each with the
     config `options` on top of the folder's config.yaml (`method: <name>` names the row's method column)."""
     return [
-        CNN14Spec(f"{name}-{n}", strategy, folder, options={**(options or {}), "norm": n, "method": name})
+        CNN14Spec(
+            f"{name}-{n}", strategy, folder, options={**(options or {}), "norm": n, "method": name}, family=family
+        )
         for n in norms
     ]

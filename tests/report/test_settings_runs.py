@@ -141,9 +141,9 @@ def test_old_records_take_their_settings_from_the_epochs_override(tmp_path):
 
 # ----------------------------------------------------------------------------- the headline by method family
 def family_rows(tmp_path, *, with_family=True):
-    """Seed methods lwf (+0), upper_bound (+30, joint training); strategies ewc (+5), er (+2); baselines ranpac (-4)."""
+    """Seed method lwf (+0); strategies ewc (+5), er (+2); baselines ranpac (-4); upper bound upper_bound (+30)."""
     results = tmp_path / "results"
-    methods = {"lwf": ("seed", 0.0), "upper_bound": ("seed", 30.0), "ewc": ("cl-strategy", 5.0)}
+    methods = {"lwf": ("seed", 0.0), "upper_bound": ("upper-bound", 30.0), "ewc": ("cl-strategy", 5.0)}
     methods |= {"er": ("cl-strategy", 2.0), "ranpac": ("feature-baseline", -4.0)}
     for method, (family, shift) in methods.items():
         for seed in (0, 1):
@@ -163,20 +163,21 @@ def test_headline_groups_rows_by_family_and_compares_the_bests(tmp_path):
     assert labels == [
         "**Seed methods**",
         "lwf",
-        "upper_bound",
         "**Continual-learning strategies**",
         "er",
         "ewc",
         f"ewc {DAGGER} (lr=1.0)",
         "**Pretrained-feature baselines**",
         "ranpac",
+        "**Joint-training upper bounds**",
+        "upper_bound",
         "**Best of continual-learning strategies − best seed method**",
         "**Best of pretrained-feature baselines − best seed method**",
     ]
-    # best seed method = lwf (upper_bound is joint training, left out): 61.7 / 50.0 audio, 71.7 / 60.0 audio-visual
-    assert rows[9].endswith("| +5.0 / +5.0 (ewc vs lwf) | +5.0 / +5.0 (ewc vs lwf) |")
-    assert rows[10].endswith("| -4.0 / -4.0 (ranpac vs lwf) | -4.0 / -4.0 (ranpac vs lwf) |")
-    assert rows[2].startswith("| upper_bound | **91.7** ± 7.1 / **80.0** (n=2) |")  # still the best overall (bold)
+    # best seed method = lwf (upper_bound is its own family, not compared): 61.7 / 50.0 audio, 71.7 / 60.0 audio-visual
+    assert rows[10].endswith("| +5.0 / +5.0 (ewc vs lwf) | +5.0 / +5.0 (ewc vs lwf) |")
+    assert rows[11].endswith("| -4.0 / -4.0 (ranpac vs lwf) | -4.0 / -4.0 (ranpac vs lwf) |")
+    assert rows[9].startswith("| upper_bound | **91.7** ± 7.1 / **80.0** (n=2) |")  # still the best overall (bold)
     assert "Rows are grouped by method family, seed methods first." in lines[-1]
 
 
@@ -185,7 +186,8 @@ def test_family_falls_back_to_the_registry_then_to_seed(tmp_path):
     rows = LB.load_rows(results, "audio-visual", KINDS[SINGLE], {"ewc": "cl-strategy"})
     fam = {r["method"]: r["family"] for r in rows}
     assert fam == {"lwf": "seed", "upper_bound": "seed", "ewc": "cl-strategy", "er": "seed", "ranpac": "seed"}
-    LB.render(results, tmp_path / "out", families={"ewc": "cl-strategy", "ranpac": "feature-baseline"})
+    families = {"ewc": "cl-strategy", "ranpac": "feature-baseline", "upper_bound": "upper-bound"}
+    LB.render(results, tmp_path / "out", families=families)
     page = (tmp_path / "out" / "audio-visual.md").read_text()
     # er has no family in its record nor in `families`: a seed method, and now the best one
     assert "| **Pretrained-feature baselines** |" in page and "| -6.0 / -6.0 (ranpac vs er) |" in page
