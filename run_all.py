@@ -6,9 +6,14 @@
     python run_all.py --datasets synth_av --epochs 2  # quick check (marked: not the reference protocol)
     python run_all.py --suite audio-multilabel        # multi-label audio suite (embedded SynthTags by default)
     python run_all.py --suite audio-visual audio-multilabel   # both (what `make run` does)
+    python run_all.py --launcher ray                  # one Ray task per cell, packed on this machine's GPUs/CPUs
+    python run_all.py --launcher slurm --slurm-partition gpu --slurm-time 120   # a Slurm job array (submitit)
 
 A second run with nothing changed skips every finished cell (same resolved config and
 stream hash). A failing cell is reported and recorded as failed; the rest of the grid runs.
+Runs sharing a results directory run each cell once (cell claims); SIGTERM or Ctrl-C stops
+after releasing the claims, keeps the last finished step of every started cell and prints
+the command that resumes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import yaml
 from benchmarks.core.method import SETTINGS_KEY, check_settings
 from benchmarks.run.cell import GridContext
 from benchmarks.run.grid import build_grid
-from benchmarks.run.launch import LAUNCHERS, LaunchOptions
+from benchmarks.run.launch import LaunchOptions
+from benchmarks.run.launchers import LAUNCHERS
 from benchmarks.suites import SUITES, get_suite
 from datasets.cli import setup_console
 from datasets.errors import ConfigError, HarnessError

@@ -1,10 +1,11 @@
 """Launching a grid: who runs each cell, their one-line results, failures, claims and stop signals.
 
-A launcher takes the grid's cells, their method specs, a GridContext and `LaunchOptions`, runs every
-cell through `attempt` (claim, skip if recorded, train with resume, write the record or the error
-record, release the claim) and returns an `Outcome`. Records are the only shared state, so the
-leaderboard does not care who ran a cell, and runs that share a results directory (two `run_all.py`,
-a Ray grid plus a local run, Slurm tasks) run each cell once (`benchmarks.run.claims`).
+A launcher (by name in `benchmarks.run.launchers.LAUNCHERS`) takes the grid's cells, their method
+specs, a GridContext and `LaunchOptions`, runs every cell through `attempt` (claim, skip if recorded,
+train with resume, write the record or the error record, release the claim) and returns an `Outcome`.
+Records are the only shared state, so the leaderboard does not care who ran a cell, and runs that
+share a results directory (two `run_all.py`, a Ray grid plus a local run, Slurm tasks) run each cell
+once (`benchmarks.run.claims`).
 
 - `local`: the cells one after another in this process (`run_local`, below);
 - `ray`: one Ray task per cell, packed by the cell's declared resources (`benchmarks.run.ray_launch`);
@@ -19,6 +20,7 @@ command that resumes.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -34,7 +36,7 @@ from benchmarks.core.records import load_record
 from benchmarks.run import cell as cell_runner
 from benchmarks.run import claims
 from benchmarks.run.cell import Cell, GridContext
-from datasets.errors import HarnessError
+from datasets.errors import ConfigError, HarnessError
 from datasets.io import config_hash
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,17 @@ def still_to_run(cells: list[Cell], methods: dict, ctx: GridContext, out: Outcom
     return todo
 
 
+def progress_bar(finished: int, pending: list[cell_runner.CellRun], out: Outcome, n: int) -> str:
+    """`[done 3 · running 2 · queued 1 · failed 0 / 6]`, for a launcher with cells in flight elsewhere: the running
+    ones are the unfinished cells whose claim exists (a queued cell has none yet); cells left to another run count
+    as done here."""
+    running = sum(claims.claim_path(run.path).exists() for run in pending)
+    return (
+        f"[done {finished - len(out.failed)} · running {running} · queued {len(pending) - running} · "
+        f"failed {len(out.failed)} / {n}]"
+    )
+
+
 def resources(run: cell_runner.CellRun, options: LaunchOptions) -> CellResources:
     """The resolved cell's declared needs (its spec's `resources` on its config), with the command line's overrides."""
     declared = run.spec.resources(run.cell.modality, run.cfg)
@@ -261,6 +274,17 @@ def classify(cells: list[Cell], methods: dict, ctx: GridContext) -> Outcome:
 _WORKER_CONTEXTS: dict[str, GridContext] = {}
 
 
+def require(package: str, launcher: str):
+    """Import a launcher's engine, or say how to get it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ConfigError(
+            f"--launcher {launcher} needs the {package} package, which is not installed: "
+            f"install the pinned requirements (.venv/bin/pip install -r requirements.txt)"
+        ) from None
+
+
 def worker_context(ctx: GridContext, device: torch.device, cwd: str, threads: int | None = None) -> GridContext:
     """In a Ray worker or Slurm task: the grid's context for this process, on `device`, in the driver's working
     directory (relative data and results paths, as in the records, mean the same there)."""
@@ -281,19 +305,3 @@ def worker_context(ctx: GridContext, device: torch.device, cwd: str, threads: in
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     return mine
-
-
-def _ray(cells, methods, ctx, dry_run=False, options=None):
-    from benchmarks.run.ray_launch import run_ray
-
-    return run_ray(cells, methods, ctx, dry_run=dry_run, options=options)
-
-
-def _slurm(cells, methods, ctx, dry_run=False, options=None):
-    from benchmarks.run.slurm_launch import run_slurm
-
-    return run_slurm(cells, methods, ctx, dry_run=dry_run, options=options)
-
-
-#: name -> launcher(cells, methods, ctx, dry_run, options) -> Outcome; ray and submitit are imported on use
-LAUNCHERS = {"local": run_local, "ray": _ray, "slurm": _slurm}

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.run import cell as cell_runner
-from benchmarks.run import claims
 from benchmarks.run.cell import Cell, GridContext
 from benchmarks.run.launch import (
     CellResult,
@@ -32,6 +31,8 @@ from benchmarks.run.launch import (
     classify,
     failure_message,
     interrupted_message,
+    progress_bar,
+    require,
     resources,
     still_to_run,
     stop_on_signals,
@@ -54,7 +55,7 @@ def run_cell_task(cell: Cell, spec, ctx: GridContext, cwd: str, cpus: float) -> 
 
 def start(options: LaunchOptions) -> bool:
     """Join the cluster at --ray-address, or start a local instance sized to this machine; True if started here."""
-    import ray
+    ray = require("ray", "ray")
 
     if ray.is_initialized():
         return False
@@ -81,7 +82,7 @@ def run_ray(
     options = options or LaunchOptions()
     if dry_run:
         return classify(cells, methods, ctx)
-    import ray
+    ray = require("ray", "ray")
 
     out = Outcome()
     todo = still_to_run(cells, methods, ctx, out)
@@ -126,7 +127,7 @@ def _run_tasks(todo, methods, ctx: GridContext, options: LaunchOptions, out: Out
                     result = CellResult(cell, "failed", f"Ray task failed: {failure_message(e)}")
                     cell_runner.fail_cell(cell, ctx, result.summary, spec=methods[cell.method])
                 finished += 1
-                tally(out, result, f"{bar(finished, pending, out, n)} {cell.label()}")
+                tally(out, result, f"{progress_bar(finished, list(pending.values()), out, n)} {cell.label()}")
         except KeyboardInterrupt as e:
             out.interrupted = True
             for ref in pending:
@@ -136,13 +137,3 @@ def _run_tasks(todo, methods, ctx: GridContext, options: LaunchOptions, out: Out
     if out.busy:
         log.info("%d cell(s) were claimed by another live run and left to it", len(out.busy))
     return out
-
-
-def bar(finished: int, pending: dict, out: Outcome, n: int) -> str:
-    """`[done 3 · running 2 · queued 1 · failed 0 / 6]`: running cells are the pending ones holding a claim (a
-    queued task has none yet); cells left to another run count as done here."""
-    running = sum(claims.claim_path(run.path).exists() for run in pending.values())
-    return (
-        f"[done {finished - len(out.failed)} · running {running} · queued {len(pending) - running} · "
-        f"failed {len(out.failed)} / {n}]"
-    )

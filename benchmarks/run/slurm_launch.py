@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -34,12 +35,15 @@ from benchmarks.run.launch import (
     classify,
     failure_message,
     interrupted_message,
+    progress_bar,
     recorded,
+    require,
     still_to_run,
     stop_on_signals,
     tally,
     worker_context,
 )
+from datasets.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,12 @@ def _task_class():
 
 
 def executor(ctx: GridContext, options: LaunchOptions):
-    import submitit
+    submitit = require("submitit", "slurm")
+    if options.slurm_executor != "local" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--launcher slurm: there is no `sbatch` on this machine; run it on a Slurm login node, or use "
+            "--slurm-executor local to run the array as local processes"
+        )
 
     folder = Path(options.slurm_folder or Path(ctx.results_dir) / ".submitit") / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster="local" if options.slurm_executor == "local" else "slurm")
@@ -137,9 +146,8 @@ def collect(submitted, ctx: GridContext, options: LaunchOptions, out: Outcome, p
                         ]
                     for result in results:
                         finished += 1
-                        left = sum(len(r) for _, r in waiting)
-                        prefix = f"[done {finished - len(out.failed)} · left {left} · failed {len(out.failed)} / {n}]"
-                        tally(out, result, f"{prefix} {result.cell.label()}")
+                        left = [run for _, unfinished in waiting for run in unfinished]
+                        tally(out, result, f"{progress_bar(finished, left, out, n)} {result.cell.label()}")
                 if waiting:
                     time.sleep(poll_s)
         except KeyboardInterrupt as e:

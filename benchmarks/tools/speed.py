@@ -380,6 +380,7 @@ def run_preset(
             memory=cfg_p["memory"],
             precision=precision,
         )
+        torch.manual_seed(0)  # the model's initial weights, as the cell runner seeds them
         strategy = spec.build(
             modality="audio-visual", store=store, stream=stream, cfg=cfg, device=device, seed=0, progress=False
         )

@@ -23,7 +23,7 @@ What avalanche-lib 0.6.0 gets wrong for this harness, and what this module does 
   per iteration (`extract_weights`/`extract_grad`: `.cpu()`, lines 207-226), a device sync per
   step, and its path integral uses the gradient of the total loss including its own penalty
   (lines 252-266) where Zenke et al. integrate the unregularised loss's gradient. `SynapticIntelligence`
-  keeps avalanche's formulas (importance c * w / (delta^2 + eps), cumulative, clipped at 0.001,
+  keeps avalanche's formulas (importance c * w / (delta^2 + eps), cumulative, optionally clipped (avalanche: 0.001),
   penalty lambda/2 * sum Omega (theta - theta*)^2, BatchNorm parameters excluded) on the device,
   with the penalty's own gradient removed from the path integral.
 - Resume: the plugins' state is plain tensors (`export_state`/`import_state`), saved in the step
@@ -246,13 +246,13 @@ class SynapticIntelligence(SupervisedPlugin):
     """SI (Zenke et al., ICML 2017) with avalanche's formulas, on the device:
 
         during step t, per iteration: w += g_unreg * (theta_after - theta_before)
-        after step t: W <- W + w / ((theta_end - theta_start)^2 + eps);  Omega = min(-W, clip);  theta* = theta_end
+        after step t: W <- W + w / ((theta_end - theta_start)^2 + eps); Omega = min(-W, clip) or -W; theta* = end
         penalty: lambda / 2 * sum Omega (theta - theta*)^2
 
     g_unreg is the gradient of the strategy's loss without this penalty: the penalty's own gradient
     lambda * Omega * (theta - theta*) is subtracted from the parameter's gradient (see the module)."""
 
-    def __init__(self, si_lambda: float, eps: float = 1e-7, clip: float = 1e-3):
+    def __init__(self, si_lambda: float, eps: float = 1e-7, clip: float | None = 1e-3):
         super().__init__()
         self.si_lambda, self.eps, self.clip = si_lambda, eps, clip
         self.anchor: dict[str, torch.Tensor] = {}  # theta*, the parameters after the previous step
@@ -300,7 +300,7 @@ class SynapticIntelligence(SupervisedPlugin):
             end = p.detach().float()
             step = si_omega(self.path[k], end - self.start[k].float(), self.eps)
             self.cum[k] = self.cum.get(k, torch.zeros_like(end)) + step
-            self.omega[k] = torch.clamp(-self.cum[k], max=self.clip)
+            self.omega[k] = -self.cum[k] if self.clip is None else torch.clamp(-self.cum[k], max=self.clip)
             self.anchor[k] = end.clone()
         self.path, self.start, self.theta_prev = {}, {}, {}
 

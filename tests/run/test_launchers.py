@@ -68,9 +68,9 @@ def test_cells_declare_their_resources():
 
     specs = registry()
 
-    def need(method, modality="audio-visual", options=LaunchOptions(), **cfg):
+    def need(method, modality="audio-visual", options=None, **cfg):
         cell = SimpleNamespace(modality=modality)
-        return resources(SimpleNamespace(cell=cell, spec=specs[method], cfg=cfg), options)
+        return resources(SimpleNamespace(cell=cell, spec=specs[method], cfg=cfg), options or LaunchOptions())
 
     assert need("fine_tuning") == need("cign", input="features") == FEATURE_CELL
     assert FEATURE_CELL.gpus == 0.25
@@ -78,3 +78,43 @@ def test_cells_declare_their_resources():
     assert RAW_MEDIA_CELL.gpus == 1
     assert need("lwf", options=LaunchOptions(gpus_per_cell=0.5)) == CellResources(0.5, FEATURE_CELL.cpus)
     assert need("mcil_audioclip", options=LaunchOptions(cpus_per_cell=3)) == CellResources(1.0, 3)
+
+
+def test_a_live_claim_is_left_to_its_holder(tmp_path, toy_registry, capsys):
+    """A cell another live run has claimed is listed as running by --dry-run and left alone by a run; once the
+    claim is released, the next run trains it."""
+    import torch
+
+    from benchmarks.core.method import SETTINGS_KEY
+    from benchmarks.run import claims, launch
+    from benchmarks.run.cell import GridContext
+    from benchmarks.run.grid import build_grid
+    from benchmarks.suites import get_suite
+
+    suite, data = get_suite("audio-visual"), tmp_path / "data"
+    grid = build_grid(suite, data, ["toy"], ["fine_tuning"], ["audio"], [0])
+    overrides = {"epochs": 2, "precision": None, "random_encoders": None, SETTINGS_KEY: {}}  # as run_all's
+    ctx = GridContext(suite, data, tmp_path / "held", torch.device("cpu"), progress=False, overrides=overrides)
+    [run] = launch.still_to_run(grid.cells, grid.methods, ctx, launch.Outcome())
+    held = claims.try_claim(run.path)  # "another run": this process, holding the claim
+    try:
+        assert run_all.main(argv(tmp_path, "held", "--dry-run")) == 0
+        out = capsys.readouterr().out
+        assert "fine_tuning audio seed0: running (claimed by" in out and "icarl-nme audio seed0: to run" in out
+        assert run_all.main(argv(tmp_path, "held", "--no-leaderboard")) == 0
+        out = capsys.readouterr().out
+        assert "fine_tuning audio seed0: claimed by another live run, left to it" in out
+        assert "done: 1 ran, 0 already recorded" in out
+    finally:
+        held.release()
+    assert run_all.main(argv(tmp_path, "held", "--no-leaderboard")) == 0
+    assert "done: 1 ran, 1 already recorded" in capsys.readouterr().out
+    assert len(numbers(tmp_path / "held")) == 2
+
+
+def test_slurm_without_sbatch_says_what_to_do(tmp_path, toy_registry, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert run_all.main(argv(tmp_path, "nosbatch", "--launcher", "slurm", "--no-leaderboard")) == 2
+    assert "no `sbatch` on this machine" in capsys.readouterr().err

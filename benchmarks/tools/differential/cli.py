@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each single-threaded)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--python", default=sys.executable, help="interpreter for the reference scripts")
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing: tabulate the runs already in --out with these settings"
+    )
     p.add_argument("--tolerance", type=float, default=2.0, help="mark differences beyond this many points")
     return p
 
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     if path.is_file() and (old := json.loads(path.read_text())).get("key") == key:
                         results[(side, method, modality, seed)] = old  # already run with these settings
-                    else:
+                    elif not args.report_only:
                         jobs.append(job)
     print(f"{len(jobs)} run(s) to do, {len(results)} reused from {args.out / 'runs'}")
     t0 = time.time()

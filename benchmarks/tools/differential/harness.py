@@ -68,7 +68,7 @@ def run(
     threads: int = 1,
     extra: dict | None = None,
 ) -> dict:
-    """One harness cell. Returns {"A", "best_val_epoch", "trajectory", "seconds", "config"}."""
+    """One harness cell. Returns {"A", "R", "best_val_epoch", "trajectory", "seconds", "config"}."""
     torch.set_num_threads(threads)
     suite = get_suite(SUITE)
     spec = registry(SUITE)[method]
@@ -110,6 +110,7 @@ def run(
     results = ctx.kind.results(strategy, run_.stream, run_.cfg, rows, run_)
     return {
         "A": results["A"],
+        "R": results["R"],  # per step, the accuracy on each earlier step's classes
         "best_val_epoch": results["best_val_epoch"],
         "trajectory": trajectory.steps,
         "seconds": time.time() - t0,
