@@ -48,7 +48,9 @@ def last_values(rows: list[dict], key: str) -> list:
 def method_facts(rows: list[dict]) -> list[str]:
     """What a reader must know about one method's rows: model selection, towers, MCIL diagnostics."""
     facts = []
-    if any(r["selection"] == "last" for r in rows):
+    if any(r["selection"] == "training-free" for r in rows):
+        facts.append("training-free: one closed-form statistics pass per step (no epochs, nothing selected)")
+    elif any(r["selection"] == "last" for r in rows):
         facts.append("last-epoch model of each step (no validation selection, as its reference)")
     towers = sorted({str(r["towers"]) for r in rows if r.get("towers")})
     if towers:
