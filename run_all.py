@@ -219,7 +219,6 @@ def register_paired(args) -> None:
     """--paired-folder / --paired-protocol / --skip-bad -> run-time dataset registrations (before the grid is built)."""
     from datasets.adapters.paired_folder import configure, parse_paired_protocol, register_paired_folder
 
-    configure(skip_bad=True if args.skip_bad else None)
     protocol = parse_paired_protocol(args.paired_protocol) if args.paired_protocol else None
     for value in args.paired_folder or []:
         path, sep, name = value.rpartition("=")
@@ -235,6 +234,7 @@ def register_paired(args) -> None:
                 "[note] %s is used; --paired-protocol applies only to folders without one", Path(path) / "protocol.yaml"
             )
         register_paired_folder(Path(path), name, None if (Path(path) / "protocol.yaml").is_file() else protocol)
+    configure(skip_bad=True if args.skip_bad else None)  # after the registrations: it sets every paired adapter
 
 
 def list_everything(args) -> None:

@@ -94,13 +94,15 @@ log = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 2  # bump whenever preprocessing changes the stored views
 
-_SKIP_BAD_DEFAULT: bool | None = None  # set by configure() (run_all --skip-bad)
-
-
 def configure(skip_bad: bool | None = None) -> None:
-    """Run-time default for every paired adapter without an explicit `skip_bad` (None: unset, the env var decides)."""
-    global _SKIP_BAD_DEFAULT
-    _SKIP_BAD_DEFAULT = skip_bad
+    """`run_all --skip-bad`: the run-time `skip_bad` of every registered paired adapter not given one in its
+    constructor (None: unset, the env var decides). Kept on the adapter objects, not as a module default, because
+    the Ray and Slurm launchers send the adapters to their workers, which never run this."""
+    from datasets import registry
+
+    for adapter in registry().values():
+        if isinstance(adapter, PairedFolderAdapter):
+            adapter.run_skip_bad = skip_bad
 
 
 class PairedFolderAdapter(DatasetAdapter):
@@ -148,6 +150,7 @@ class PairedFolderAdapter(DatasetAdapter):
         self.image_size, self.sample_rate, self.clip_seconds = int(image_size), int(sample_rate), float(clip_seconds)
         self.clip_samples = int(round(self.sample_rate * self.clip_seconds))
         self._skip_bad = skip_bad
+        self.run_skip_bad: bool | None = None  # set by configure() (run_all --skip-bad)
         self.batch_size = batch_size
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         self.report: dict = {}  # what the last open skipped / resampled
@@ -158,8 +161,8 @@ class PairedFolderAdapter(DatasetAdapter):
     def skip_bad(self) -> bool:
         if self._skip_bad is not None:
             return self._skip_bad
-        if _SKIP_BAD_DEFAULT is not None:
-            return _SKIP_BAD_DEFAULT
+        if self.run_skip_bad is not None:
+            return self.run_skip_bad
         return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes")
 
     def root(self, data_root: Path) -> Path:

@@ -7,6 +7,7 @@ images of a few dozen pixels stored at S = 16 or 32, clips of a fraction of a se
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -721,6 +722,7 @@ def test_register_paired_folder_and_run_all_options(generic, monkeypatch, capsys
         assert "my_pairs" in out and "[present]" in out.split("my_pairs")[1][:20] and "1+2x1" in out
         a = datasets.get_adapter("my_pairs")
         assert isinstance(a, PairedFolderAdapter) and a.skip_bad and a.suites == ("audio-visual",)
+        assert pickle.loads(pickle.dumps(a)).skip_bad  # the Ray / Slurm workers get the adapter object, not the run
         bare = data / "bare"
         shutil.copytree(root / "image", bare / "image")
         shutil.copytree(root / "audio", bare / "audio")
