@@ -239,10 +239,9 @@ class HarnessTemplate(SupervisedTemplate):
             for b in range(0, len(rows), self.eval_mb_size):
                 chunk = rows[b : b + self.eval_mb_size]
                 if source is not None:
-                    views = source.gather(chunk.to(source.lookup.device))
+                    yield chunk, source.gather(chunk.to(source.lookup.device))
                 else:
-                    views = {v: self.store.gather(v, chunk, device=self.device, dtype=torch.float32) for v in self.views}
-                yield chunk, views
+                    yield chunk, {v: self.store.gather(v, chunk, self.device, torch.float32) for v in self.views}
         finally:
             model.train(was_training)
 

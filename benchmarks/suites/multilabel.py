@@ -192,7 +192,7 @@ def masked_bce(
 ) -> torch.Tensor:
     """BCE-with-logits with a scalar pos_weight, mean over the labelled (batch, class) entries.
     Without a mask this is `BCEWithLogitsLoss(pos_weight=...)` with its default 'mean'."""
-    pw = torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    pw = logits.new_full((), pos_weight)  # filled on the device: no host-to-device copy per batch
     loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), pos_weight=pw, reduction="none")
     if mask is None:
         return loss.mean()

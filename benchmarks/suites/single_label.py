@@ -149,7 +149,8 @@ class StoreTemplate(HarnessTemplate):
 
     @property
     def selects_on_val(self) -> bool:
-        """`model_selection: best-val` (default, the AV-CIL family) or `last` (keep the last epoch's model)."""
+        """`model_selection: best-val` (default, the AV-CIL family), `last` (keep the last epoch's model) or
+        `training-free` (methods/_frozen: one statistics pass, nothing to select)."""
         return self.cfg.get("model_selection", "best-val") == "best-val"
 
     @property

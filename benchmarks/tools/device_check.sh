@@ -10,7 +10,7 @@
 #
 # Environment: PYTHON (default python3), DEVICE_CHECK_WHEELS (default .whl), DEVICE_CHECK_DEVICE (cuda; cpu runs
 # the tiny presets, for testing the script without a GPU), DEVICE_CHECK_BUDGET_S, DEVICE_CHECK_PARTS,
-# DEVICE_CHECK_COMPILE=1 (also time the AVE preset with the compiled attention chain); see device_check.py.
+# DEVICE_CHECK_COMPILE (1 on CUDA: also time the AVE preset with the compiled attention chain); see device_check.py.
 set -u
 if [ $# -ne 1 ]; then
     echo "usage: $0 OUT_DIR   (writes OUT_DIR/device_check.json)" >&2

@@ -301,7 +301,23 @@ class FlopTally:
     def __init__(self, strategy):
         from torch.utils.flop_counter import FlopCounterMode
 
-        self.mode = FlopCounterMode
+        from methods._avcil.model import compiled_attention, use_compiled_attention
+
+        compiled = compiled_attention()
+
+        class EagerCounter(FlopCounterMode):
+            """Counts in eager mode: the compiled attention chain holds no matmul (the FLOPs are the same) and
+            compiled regions are not traced under a dispatch mode."""
+
+            def __enter__(self):
+                use_compiled_attention(False)
+                return super().__enter__()
+
+            def __exit__(self, *exc):
+                use_compiled_attention(compiled)
+                return super().__exit__(*exc)
+
+        self.mode = EagerCounter
         self.train = self.val = self.once = 0
         epoch, after = strategy.training_epoch, strategy._after_training_epoch
 

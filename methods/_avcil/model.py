@@ -46,6 +46,7 @@ def channel_attention_pool(a_proj: torch.Tensor, v_proj: torch.Tensor, visual: t
 
 #: the implementation AVCILNet calls (eager by default; `use_compiled_attention` swaps in a compiled one)
 _attention_pool = channel_attention_pool
+_compiled: dict = {}  # compiled versions by torch.compile options, so switching back and forth compiles once
 
 
 def use_compiled_attention(enabled: bool = True, **compile_kwargs) -> None:
@@ -53,10 +54,18 @@ def use_compiled_attention(enabled: bool = True, **compile_kwargs) -> None:
     eager. Opt-in: compiled kernels fuse and reorder the elementwise sums, so results move in the last bits;
     eager is what the records are made with (benchmarks/tools/speed.py --compile measures the difference)."""
     global _attention_pool
-    if enabled:
-        _attention_pool = torch.compile(channel_attention_pool, dynamic=True, **compile_kwargs)
-    else:
+    if not enabled:
         _attention_pool = channel_attention_pool
+        return
+    key = tuple(sorted(compile_kwargs.items()))
+    if key not in _compiled:
+        _compiled[key] = torch.compile(channel_attention_pool, dynamic=True, **compile_kwargs)
+    _attention_pool = _compiled[key]
+
+
+def compiled_attention() -> bool:
+    """Whether AVCILNet currently runs the compiled attention chain."""
+    return _attention_pool is not channel_attention_pool
 
 
 class AVCILNet(nn.Module):

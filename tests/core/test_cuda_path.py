@@ -1,9 +1,10 @@
 """The device path on CPU: no host synchronisation per training iteration, resident views, herding on the device.
 
 A guard patches the Python-level ways of pulling a value to the host (`.item()`, `float(t)`, `bool(t)`, `.cpu()`,
-`.tolist()`, `.numpy()`, `nonzero`, `unique`, boolean-mask indexing ...) and fails when harness or method code
-calls one inside a training epoch; torch's own internals are left to tests/gpu/test_cuda.py, which runs the same
-training under `torch.cuda.set_sync_debug_mode("error")` on a GPU.
+`.tolist()`, `.numpy()`, `nonzero`, `unique`, boolean-mask indexing ...) or of copying Python data to the device
+(`torch.tensor(..., device=)`) and fails when harness or method code calls one inside a training epoch; torch's
+own internals are left to tests/gpu/test_cuda.py, which runs the same training under
+`torch.cuda.set_sync_debug_mode("error")` on a GPU.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ class HostSyncGuard:
 
         return wrapper
 
+    def _host_data(self, name, fn):
+        """torch.tensor / as_tensor with a device: a host-to-device copy of Python data (synchronous on CUDA)."""
+        guard = self
+
+        def wrapper(*args, **kwargs):
+            if guard.active and kwargs.get("device") is not None:
+                where = _project_caller()
+                if where is not None:
+                    guard.calls.append(f"{name}(..., device=) at {where}")
+            return fn(*args, **kwargs)
+
+        return wrapper
+
     def _getitem(self, fn):
         guard = self
 
@@ -95,6 +109,8 @@ class HostSyncGuard:
             for owner, name in WATCHED:
                 mp.setattr(owner, name, self._wrap(name, getattr(owner, name)))
             mp.setattr(torch.Tensor, "__getitem__", self._getitem(torch.Tensor.__getitem__))
+            for name in ("tensor", "as_tensor"):
+                mp.setattr(torch, name, self._host_data(name, getattr(torch, name)))
             yield self
 
     def watch(self, strategy) -> None:
@@ -217,7 +233,7 @@ def test_mcil_iterations_pull_nothing_to_the_host(tmp_path):
 
 
 def test_the_guard_catches_a_host_pull(toy):
-    """A method whose loss reads `.item()` and indexes with a boolean mask is caught, with its file and line."""
+    """A loss that reads `.item()`, indexes with a boolean mask and builds a tensor on the device is caught."""
     store, stream = toy
     s = make_strategy("fine_tuning", "audio-visual", store, stream, epochs=1)
     loss_fn = s.loss_fn
@@ -225,7 +241,7 @@ def test_the_guard_catches_a_host_pull(toy):
     def leaky(out, y):
         loss = loss_fn(out, y)
         if loss.item() > 0:  # a host sync per iteration
-            _ = out["logits"][y >= 0]
+            _ = out["logits"][y >= 0] + torch.tensor(1.0, device=y.device)
         return loss
 
     s.loss_fn = leaky
@@ -235,6 +251,7 @@ def test_the_guard_catches_a_host_pull(toy):
         train_two_steps(s, stream)
     assert any(c.startswith("item at tests/core/test_cuda_path.py") for c in guard.calls)
     assert any(c.startswith("boolean-mask indexing at tests/core/test_cuda_path.py") for c in guard.calls)
+    assert any(c.startswith("tensor(..., device=) at tests/core/test_cuda_path.py") for c in guard.calls)
 
 
 def reference_herding(features: torch.Tensor, m: int) -> list[int]:

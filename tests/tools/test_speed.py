@@ -43,3 +43,24 @@ def test_flop_tally_counts_one_epoch_per_step_times_the_epochs(tmp_path):
 
 def test_matmul_peak_is_a_positive_rate():
     assert speed.matmul_peak(torch.device("cpu"), "fp32", seconds=0.05) > 1e6
+
+
+def test_compiled_attention_traces_in_one_graph_and_matches_eager():
+    """The attention chain compiles without a graph break (dynamo with the eager backend: tracing only, fast on
+    CPU) and gives the eager numbers; switching back restores eager."""
+    from methods._avcil.model import AVCILNet, compiled_attention, use_compiled_attention
+
+    torch.manual_seed(0)
+    net = AVCILNet("audio-visual", 16, 16, 5)
+    views = {"audio": torch.randn(3, 16), "visual": torch.randn(3, 2, 4, 16)}
+    eager = net(views)
+    try:
+        use_compiled_attention(True, backend="eager", fullgraph=True)
+        assert compiled_attention()
+        compiled = net(views)
+        compiled["logits"].sum().backward()
+    finally:
+        use_compiled_attention(False)
+    assert not compiled_attention()
+    for key in ("spatial_attention", "temporal_attention", "pooled_visual", "logits"):
+        torch.testing.assert_close(compiled[key], eager[key], rtol=0, atol=0)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a harness config value, applied to methods whose config has KEY (e.g. distillation=reference)",
+        help="a harness config value for every selected method (e.g. distillation=reference, selection_ties=last)",
     )
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each single-threaded)")
     p.add_argument("--device", default="cpu")

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from avalanche.training.plugins import SupervisedPlugin
 
-from benchmarks.core.method import SETTINGS_KEY
 from benchmarks.run.cell import Cell, GridContext, resolve, trained_steps
 from benchmarks.suites import get_suite
 from datasets import get_adapter
@@ -53,7 +52,7 @@ def harness_overrides(settings: dict, modality: str, extra: dict | None = None) 
         "memory": settings["memory"],
         "lr": settings["lr"],
         "weight_decay": settings["weight_decay"],
-        SETTINGS_KEY: dict(extra or {}),
+        **dict(extra or {}),  # --harness-set: any config key, e.g. distillation=reference, selection_ties=last
     }
 
 
