@@ -94,6 +94,7 @@ log = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 2  # bump whenever preprocessing changes the stored views
 
+
 def configure(skip_bad: bool | None = None) -> None:
     """`run_all --skip-bad`: the run-time `skip_bad` of every registered paired adapter not given one in its
     constructor (None: unset, the env var decides). Kept on the adapter objects, not as a module default, because

@@ -115,7 +115,7 @@ def slda_update(
     means: torch.Tensor,
     counts: torch.Tensor,
     sigma: torch.Tensor,
-    num_updates: int,
+    num_updates: int | torch.Tensor,
     update_sigma: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deep SLDA's streaming update (Hayes & Kanan, CVPRW 2020; `supervised/deep_slda.py` `fit`) for a whole batch

@@ -54,7 +54,7 @@ class StreamingLDAHead(nn.Module):
     @torch.no_grad()
     def fit(self, features: torch.Tensor, y: torch.Tensor) -> None:
         """One streaming pass over a batch, in its row order."""
-        n = int(self.updates)  # one host read per batch
+        n = self.updates.to(features.dtype)  # a device tensor: no host read per batch
         means, counts, sigma = slda_update(features, y, self.means.data, self.counts, self.sigma, n)
         self.means.data.copy_(means)
         self.counts.copy_(counts)

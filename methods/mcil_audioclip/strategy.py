@@ -186,7 +186,7 @@ class MCILStrategy(StoreTemplate):
             f, info = self.model.fusion(v, a)
             protos = self.model.text_prototypes(torch.arange(lo, hi), "train", with_grad=True)
             logits = self.model.logits(f, protos.float())
-        self.train_fired[0] += int(info["fired"].sum())
+        self.train_fired[0] = self.train_fired[0] + info["fired"].sum()  # a device tensor: no host read per batch
         self.train_fired[1] += len(rows)
         return {"logits": logits, "v": v, "a": a, "f": f}
 
@@ -292,7 +292,7 @@ class MCILStrategy(StoreTemplate):
             "nmi_vf_last_batch": float(softmax_nmi(v[last], f[last])),
             "nmi_af_last_batch": float(softmax_nmi(a[last], f[last])),
             "fusion_fired_test": float(fired.float().mean()),
-            "fusion_fired_train": self.train_fired[0] / max(1, self.train_fired[1]),
+            "fusion_fired_train": float(self.train_fired[0]) / max(1, self.train_fired[1]),
             "task_selection_acc": float(100.0 * (routed == true_task).float().mean())
             if self.cfg["task_selection"] != "none"
             else None,

@@ -156,10 +156,7 @@ def train_two_steps(strategy, stream):
 
 
 #: methods known to pull to the host per iteration (strict xfail: fixing one makes its test fail until removed here)
-KNOWN_SYNCS = {
-    "slda": "methods/_clstrategies/slda_model.py:74 reads `int(label)` per sample (streaming update); index the "
-    "class statistics with the label tensor instead",
-}
+KNOWN_SYNCS: dict[str, str] = {}  # method -> why it still reads the host per iteration (none today)
 
 
 @pytest.mark.parametrize(
@@ -213,8 +210,9 @@ def test_multilabel_iterations_pull_nothing_to_the_host(name, tags):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="methods/mcil_audioclip/strategy.py forward(): `self.train_fired[0] += int(info['fired'].sum())` pulls a "
-    "count to the host every iteration (fix: accumulate a device tensor, read it once in metric_inputs)",
+    reason="methods/mcil_audioclip: fusion.py forward() skips the fusion branch when no sample fires "
+    "(`bool(mask.any())`, a host read per batch) and model.py text_embeddings() indexes the token table with "
+    "`classes.cpu()`; the fired count no longer syncs (a device tensor)",
 )
 def test_mcil_iterations_pull_nothing_to_the_host(tmp_path):
     store = make_toy_paired_store(tmp_path / "paired")

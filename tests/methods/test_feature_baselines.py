@@ -161,7 +161,10 @@ def test_fecam_head_matches_a_direct_computation(toy_store, toy_protocol):
         off = [cov[i, j] for i in range(d) for j in range(d) if i != j and cov[i, j] != 0]
         shrunk = cov + 0.5 * torch.diagonal(cov).mean() * torch.eye(d).double()
         shrunk = shrunk + 0.25 * (sum(off) / len(off)) * (1 - torch.eye(d).double())
-        corr = torch.tensor([[shrunk[i, j] / (shrunk[i, i] * shrunk[j, j]) ** 0.5 for j in range(d)] for i in range(d)])
+        corr = shrunk.clone()  # correlation normalisation, entry by entry
+        for i in range(d):
+            for j in range(d):
+                corr[i, j] = shrunk[i, j] / (shrunk[i, i] * shrunk[j, j]).sqrt()
         p = torch.linalg.inv(corr.double())
         distances.append(torch.stack([(v - mu) @ p @ (v - mu) for v in x]))
     direct = torch.stack(distances, 1)

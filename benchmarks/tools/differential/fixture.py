@@ -48,9 +48,9 @@ class FixtureSpec:
 
 
 SIZES = {
-    # 28 classes x (8 train, 3 val, 4 test), 2 tokens: seconds per cell; the end-to-end test
+    # 28 classes x (10 train, 3 val, 4 test), 2 tokens: seconds per cell; the end-to-end test
     "tiny": FixtureSpec(train_per_class=10, val_per_class=3, test_per_class=4, tokens=2),
-    # 28 classes x (20, 5, 10), 4 tokens: an audio-visual cell takes a minute or two on one CPU core
+    # 28 classes x (20, 5, 10), 4 tokens: an audio-visual run takes 2-8 min on one shared CPU core
     "small": FixtureSpec(),
     # 28 classes x (60, 10, 14), 8 tokens: closer to AVE's per-class counts (~118 train, 14 val, 14 test)
     "medium": FixtureSpec(train_per_class=60, val_per_class=10, test_per_class=14, tokens=8),
