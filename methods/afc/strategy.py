@@ -6,8 +6,9 @@ Per step t:
    taken BEFORE imprinting (the reference's `old_model = deepcopy(model)`, lines 257 and 272), so
    its new-class proxies are the random init and its scale is 1;
 2. imprinting (t >= 1): KMeans(K) on each new class's L2-normalised features (the previous
-   step's selected model); the normalised centres, scaled by the mean norm of the old proxies,
-   become that class's proxies (lines 66-128);
+   step's selected model); the centres (raw, norm < 1, as the reference; or L2-normalised with
+   `imprint_centres: normalised`), scaled by the mean norm of the old proxies, become that class's
+   proxies (lines 66-128);
 3. training on new-class data + herded exemplars: NCA on the LSC similarities, plus for t >= 1
    lambda_disc * sqrt(t+1) * importance-weighted feature distillation (lines 334-360);
 4. prediction: `nme` (herding and class means recomputed before every val/test prediction, as
@@ -26,6 +27,7 @@ from sklearn.cluster import KMeans
 
 from benchmarks.core.template import step_seed
 from benchmarks.suites.single_label import StoreTemplate
+from datasets.errors import ConfigError
 from methods.afc.losses import feature_distillation, importance_weights, nca_loss
 
 _FEATURE_KEYS = {
@@ -59,6 +61,14 @@ class AFC(StoreTemplate):
                 f"kmeans_clusters ({self.cfg['kmeans_clusters']}) must equal proxies_per_class ({head.K}): each "
                 "centre becomes one proxy"
             )
+        # reference: raw centres (means of unit vectors, norm < 1) times the old mean norm (lines 118-123);
+        # normalised: unit centres times the old mean norm. Same directions; the norm sets the Adam step's angle.
+        mode = self.cfg.get("imprint_centres", "reference")
+        if mode not in ("reference", "normalised"):
+            raise ConfigError(
+                f"imprint_centres must be 'reference' or 'normalised', got {mode!r}: fix methods/afc/config.yaml "
+                "or the --set override"
+            )
         lo, hi = self.step_bounds
         rows, targets = self.stream.step("train", self.step_index)  # new-class rows only
         feats = self.features_of(rows).float().cpu().numpy()  # L2-normalised f of the current model
@@ -76,7 +86,9 @@ class AFC(StoreTemplate):
             centres = torch.from_numpy(km.fit(x).cluster_centers_).float()
             if k < head.K:  # fewer samples than proxies: repeat the centres (not reached on the reference data)
                 centres = centres[torch.arange(head.K) % k]
-            new[(c - lo) * head.K : (c - lo + 1) * head.K] = F.normalize(centres, dim=1).to(new.device) * old_norm
+            if mode == "normalised":  # every new proxy gets exactly the old mean norm (PODNet's imprinting)
+                centres = F.normalize(centres, dim=1)
+            new[(c - lo) * head.K : (c - lo + 1) * head.K] = centres.to(new.device) * old_norm
         head.proxies.copy_(new)
 
     def make_optimizer(self, **kwargs):

@@ -6,8 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
 
 from benchmarks.core.streams import build_stream
+from benchmarks.core.template import step_seed
+from datasets.errors import ConfigError
 from methods import registry
 from methods.afc.losses import feature_distillation, importance_weights, lsc_similarity, nca_loss, reduce_proxies
 from methods.afc.model import AFCNet, LSCHead
@@ -178,10 +181,15 @@ def test_imprinting_and_the_teacher_taken_before_it(toy_store, toy_protocol):
     head, old_head = s.model.classifier, s.old_model.classifier
     torch.testing.assert_close(head.old_proxies, step0_proxies)
     old_norm = step0_proxies.norm(dim=1).mean()
-    torch.testing.assert_close(head.proxies.norm(dim=1), old_norm.expand(len(head.proxies)))
-    # each imprinted proxy is a normalised KMeans centre of its class's normalised features
+    # default `imprint_centres: reference`: each proxy is a raw KMeans centre of its class's normalised features
+    # (norm < 1, the reference's lines 118-123) times the old proxies' mean norm, not a unit centre times it
     rows, targets = stream.step("train", 1)
-    feats = s.features_of(rows)
+    feats = s.features_of(rows)  # imprinting changes only the classifier: the features it clustered
+    for j, c in enumerate(range(2, 4)):
+        km = KMeans(n_clusters=10, n_init=10, random_state=step_seed(0, 1, salt=100 + c))
+        centres = torch.from_numpy(km.fit(feats[targets == c].numpy()).cluster_centers_).float()
+        torch.testing.assert_close(head.proxies[j * 10 : (j + 1) * 10], centres * old_norm)
+        assert (centres.norm(dim=1) < 0.999).any()  # the normalised form would give norms exactly old_norm
     for j, c in enumerate(range(2, 4)):
         cls_feats, centres = feats[targets == c], F.normalize(head.proxies[j * 10 : (j + 1) * 10], dim=1)
         assert (cls_feats @ centres.t()).max(0).values.min() > 0.5  # every centre sits near its class's features
@@ -196,6 +204,18 @@ def test_imprinting_and_the_teacher_taken_before_it(toy_store, toy_protocol):
     s2.train_epochs = 0
     s2.train(exps[1], eval_streams=[])
     torch.testing.assert_close(s2.model.classifier.proxies, head.proxies)
+    # `imprint_centres: normalised`: the same directions, every norm exactly the old mean norm
+    torch.manual_seed(0)
+    s3 = make_strategy("afc-lsc", "audio-visual", toy_store, stream, epochs=2, imprint_centres="normalised")
+    _train_steps(s3, stream, 1)
+    s3.train_epochs = 0
+    s3.train(exps[1], eval_streams=[])
+    p3 = s3.model.classifier.proxies
+    torch.testing.assert_close(p3.norm(dim=1), old_norm.expand(len(p3)))
+    torch.testing.assert_close(F.normalize(p3, dim=1), F.normalize(head.proxies, dim=1))
+    s3.cfg["imprint_centres"] = "unit"
+    with pytest.raises(ConfigError, match="imprint_centres"):
+        s3.imprint_new_classes()
 
 
 def test_distillation_is_zero_at_the_start_of_a_step_and_weights_sum_to_one(toy_store, toy_protocol):
@@ -290,6 +310,7 @@ def test_config_sources():
     ave = spec.config("ave", "audio-visual")
     assert (ave["epochs"], ave["lambda_disc"], ave["nca_margin"], ave["nca_margin_mode"]) == (150, 0.5, 0.6, "intended")
     assert ave["proxies_per_class"] == ave["kmeans_clusters"] == 10 and ave["kmeans_n_init"] == 10
+    assert ave["imprint_centres"] == "reference"
     assert [spec.config("ksounds", m)["epochs"] for m in ("audio", "visual", "audio-visual")] == [300, 100, 100]
     assert [spec.config("vggsound100", m)["epochs"] for m in ("audio", "visual", "audio-visual")] == [300, 200, 200]
     assert spec.config("synth_av", "audio")["epochs"] == 30
