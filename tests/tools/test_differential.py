@@ -73,6 +73,7 @@ Saving best model at Epoch 1
 Epoch:2 train_loss:0.50000
 Epoch:2 val_res:0.700000
 Incremental step 0 Testing res: 0.800000
+Exemplar vids: ["v1", "v7"]
 Incremental step: 1
 Imprint weights
 Epoch:0 train_loss:3.00000
@@ -92,6 +93,7 @@ def test_parse_reference_log():
         {"epoch": 2, "loss": 1.0, "val": 75.0},
         {"epoch": 3, "loss": 0.5, "val": pytest.approx(70.0)},
     ]
+    assert parsed["exemplars"] == [["v1", "v7"]]
 
 
 def test_summary_and_table():
@@ -110,6 +112,58 @@ def test_summary_and_table():
     assert "| ssil | audio | reference | 2 | 85.0 ± 7.1, 65.0 ± 7.1 | 75.0 ± 7.1 | 80.0, 70.0 |  | 15 |" in md
     one_side = table.summarize({"harness": runs["harness"]})
     assert math.isnan(one_side["diff"]) and one_side["reference"]["n"] == 0
+
+
+def test_trajectory_shows_exemplar_memory_and_overlap():
+    epochs = [{"epoch": 1, "loss": 1.0, "val": 50.0}]
+    ref = {"A": [90.0, 70.0], "seed": 0, "trajectory": [epochs, epochs], "exemplars": [["a", "b", "c"]]}
+    har = {"A": [80.0, 60.0], "seed": 0, "trajectory": [epochs, epochs], "exemplars": [["b", "c", "d", "e"]]}
+    runs = {"reference": [ref], "harness": [har]}
+    md = table.trajectory_markdown("ssil", "audio", runs)
+    assert "| reference | 0 | 0 | None | – | 1.000 | 90.0 | 3 (2) |" in md
+    assert "| harness | 0 | 0 | None | – | 1.000 | 80.0 | 4 (2) |" in md
+    assert "| harness | 0 | 1 | None | – | 1.000 | 60.0 | – |" in md  # no memory recorded after the last step
+
+
+def test_exemplar_prints_patch_the_sampling_and_herding_scripts(tmp_path):
+    line = "        self.exemplar_vids_set = [vid for vid in self.exemplar_vids_set if vid is not None]\n"
+    (tmp_path / "SSIL").mkdir()
+    (tmp_path / "SSIL" / "dataloader_ssil.py").write_text("class L:\n    def u(self):\n" + line)
+    applied = reference.patch_tree(tmp_path, {"SSIL"})
+    patched = (tmp_path / "SSIL" / "dataloader_ssil.py").read_text()
+    assert len(applied) == 1 and "print('Exemplar vids: '" in patched
+    namespace = {}
+    exec(patched, namespace)  # the patched method runs and prints the line parse_log reads
+    loader = namespace["L"]()
+    loader.exemplar_vids_set = ["v3", None, "v9"]
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        loader.u()
+    assert reference.parse_log(out.getvalue())["exemplars"] == [["v3", "v9"]]
+
+
+def test_cached_harness_run_is_redone_when_the_method_defaults_changed():
+    settings = {
+        "epochs": {"audio": 2, "visual": 2, "audio-visual": 2},
+        "batch_size": 32,
+        "exemplar_batch_size": 16,
+        "eval_batch_size": 128,
+        "herding_batch_size": 64,
+        "memory": 84,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+    }
+    from benchmarks.tools.differential import harness
+
+    now = harness.expected_config("afc-lsc", "audio", settings, {})
+    cached = {"side": "harness", "method": "afc-lsc", "modality": "audio", "config": dict(now)}
+    assert cli.stale_config(cached, settings, {}) == ""
+    cached["config"]["imprint_centres"] = "normalised"  # run before the default became the reference's
+    assert cli.stale_config(cached, settings, {}) == "imprint_centres"
+    assert cli.stale_config({**cached, "side": "reference"}, settings, {}) == ""
 
 
 def test_patches_apply_and_fail_on_changed_text(tmp_path):

@@ -106,6 +106,17 @@ def run_key(side: str, method: str, modality: str, seed: int, fx: dict, settings
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def stale_config(old: dict, settings: dict, extra: dict) -> str:
+    """For a cached harness run: the config keys whose value the method's defaults now give differently ('' if
+    none). The run key covers the settings and --harness-set, not the method's own defaults."""
+    if old.get("side") != "harness":
+        return ""
+    from benchmarks.tools.differential import harness
+
+    now = harness.expected_config(old["method"], old["modality"], settings, extra)
+    return ", ".join(sorted(k for k in set(now) | set(old["config"]) if now.get(k) != old["config"].get(k)))
+
+
 def _job(job: dict) -> dict:
     """One run (in a worker process): the side's result plus its identity."""
     side, method, modality, seed = job["side"], job["method"], job["modality"], job["seed"]
@@ -174,9 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                         "device": args.device,
                         "python": args.python,
                     }
-                    if path.is_file() and (old := json.loads(path.read_text())).get("key") == key:
+                    old = json.loads(path.read_text()) if path.is_file() else {}
+                    if old.get("key") == key and not (stale := stale_config(old, settings, extra)):
                         results[(side, method, modality, seed)] = old  # already run with these settings
-                    elif not args.report_only:
+                    elif args.report_only:
+                        continue
+                    else:
+                        if old.get("key") == key:
+                            print(f"  re-run {side} {method} {modality} seed {seed}: method config changed ({stale})")
                         jobs.append(job)
     print(f"{len(jobs)} run(s) to do, {len(results)} reused from {args.out / 'runs'}")
     t0 = time.time()

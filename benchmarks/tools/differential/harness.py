@@ -56,6 +56,12 @@ def harness_overrides(settings: dict, modality: str, extra: dict | None = None) 
     }
 
 
+def expected_config(method: str, modality: str, settings: dict, extra: dict, dataset: str = "ave") -> dict:
+    """The config a harness run with these settings resolves to now (the method's defaults may have changed since
+    a cached run; the differential then runs it again)."""
+    return registry(SUITE)[method].config(dataset, modality, harness_overrides(settings, modality, extra))
+
+
 def run(
     data_root: Path,
     method: str,
@@ -67,7 +73,7 @@ def run(
     threads: int = 1,
     extra: dict | None = None,
 ) -> dict:
-    """One harness cell. Returns {"A", "R", "best_val_epoch", "trajectory", "seconds", "config"}."""
+    """One harness cell. Returns {"A", "R", "best_val_epoch", "trajectory", "exemplars", "seconds", "config"}."""
     torch.set_num_threads(threads)
     suite = get_suite(SUITE)
     spec = registry(SUITE)[method]
@@ -103,15 +109,19 @@ def run(
         return value
 
     strategy.evaluate_split = recording_evaluate_split
-    rows, t0 = ctx.kind.new_rows(), time.time()
+    rows, t0, exemplars = ctx.kind.new_rows(), time.time(), []
     for t, _ in trained_steps(run_.stream, strategy, 0, ctx.device):
         ctx.kind.evaluate_step(strategy, run_.stream, t, rows)
+        if getattr(strategy, "memory", None):  # the memory after step t, as store ids (= the reference's vids)
+            ids = strategy.store.ids
+            exemplars.append(sorted(ids[r] for rows_c in strategy.memory.values() for r in rows_c.tolist()))
     results = ctx.kind.results(strategy, run_.stream, run_.cfg, rows, run_)
     return {
         "A": results["A"],
         "R": results["R"],  # per step, the accuracy on each earlier step's classes
         "best_val_epoch": results["best_val_epoch"],
         "trajectory": trajectory.steps,
+        "exemplars": exemplars,
         "seconds": time.time() - t0,
         "config": run_.cfg,
     }

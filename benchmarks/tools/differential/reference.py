@@ -10,6 +10,7 @@ val accuracy, selected (best-val) epoch and per-step test accuracy (the `print` 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,13 @@ class Patch:
     new: str
     why: str
 
+
+# a line the log parser reads: the exemplar video ids after a step (None marks an empty slot in the reference)
+_PRINT_EXEMPLARS = (
+    "        print('Exemplar vids: ' + __import__('json').dumps([str(v) for v in {} if v is not None]))  # differential"
+    "\n"
+)
+_HERDED = "exemplar_class_mean = train(args, step, train_set, val_set, exemplar_class_vids)\n"
 
 PATCHES = (
     Patch(
@@ -60,6 +68,25 @@ PATCHES = (
         "loss = loss_KD + CE_loss",
         "loss = loss_KD + loss_CE",
         "(the same fix, where the renamed value is used)",
+    ),
+    *(
+        Patch(
+            f"{folder}/dataloader_{name}.py",
+            "        self.exemplar_vids_set = [vid for vid in self.exemplar_vids_set if vid is not None]\n",
+            "        self.exemplar_vids_set = [vid for vid in self.exemplar_vids_set if vid is not None]\n"
+            f"{_PRINT_EXEMPLARS.format('self.exemplar_vids_set')}",
+            "print the exemplar set the next step trains with (SS-IL / AV-CIL sample it when a step starts)",
+        )
+        for folder, name in (("SSIL", "ssil"), ("ours", "ours"))
+    ),
+    *(
+        Patch(
+            f"{folder}/train_incremental_{name}.py",
+            _HERDED,
+            _HERDED + f"{_PRINT_EXEMPLARS.format('np.asarray(exemplar_class_vids).reshape(-1)')}",
+            "print the exemplar set herded at the end of each step (iCaRL / AFC)",
+        )
+        for folder, name in (("iCaRL", "icarl"), ("AFC", "afc"))
     ),
     Patch(
         "AFC/train_incremental_afc.py",
@@ -202,15 +229,20 @@ _EPOCH_VAL = re.compile(r"^Epoch:(\d+) val_res:([-\d.eE+]+)")
 _BEST = re.compile(r"^Saving best model at Epoch (\d+)")
 _STEP = re.compile(r"^Incremental step: (\d+)")
 _TEST = re.compile(r"^Incremental step (\d+) Testing res: ([-\d.eE+]+)")
+_EXEMPLARS = re.compile(r"^Exemplar vids: (\[.*\])$")
 
 
 def parse_log(text: str) -> dict:
-    """Per step: epochs [{epoch, loss, val}], the selected epoch (last 'Saving best'), test accuracy (%).
-    Epochs are numbered from 1 (the harness's numbering; the reference prints from 0)."""
+    """Per step: epochs [{epoch, loss, val}], the selected epoch (last 'Saving best'), test accuracy (%); and the
+    exemplar sets in the order printed (the k-th: the memory after step k). Epochs are numbered from 1 (the
+    harness's numbering; the reference prints from 0)."""
     steps: list[dict] = []
+    exemplars: list[list[str]] = []
     for line in text.splitlines():
         line = line.strip()
-        if m := _STEP.match(line):
+        if m := _EXEMPLARS.match(line):
+            exemplars.append(json.loads(m[1]))
+        elif m := _STEP.match(line):
             steps.append({"epochs": [], "best_epoch": None, "acc": None})
         elif not steps:
             continue
@@ -226,6 +258,7 @@ def parse_log(text: str) -> dict:
         "A": [s["acc"] for s in steps],
         "best_val_epoch": [s["best_epoch"] for s in steps],
         "trajectory": [s["epochs"] for s in steps],
+        "exemplars": exemplars,
     }
 
 

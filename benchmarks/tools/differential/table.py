@@ -69,22 +69,30 @@ def markdown(summaries: dict[tuple[str, str], dict], tolerance: float = 2.0) -> 
 
 
 def trajectory_markdown(method: str, modality: str, runs: dict[str, list[dict]]) -> str:
-    """Per seed and step: the selected epoch, its val accuracy, the final train loss, the test accuracy."""
+    """Per seed and step: the selected epoch, its val accuracy, the final train loss, the test accuracy, and the
+    exemplar memory after the step (its size; in brackets, how many of its samples the other side's run with the
+    same seed also kept -- a diagnostic: the two sides draw from different random streams)."""
     lines = [
         f"#### {method} / {modality}",
         "",
-        "| side | seed | step | selected epoch | val at selected | final train loss | test acc |",
-        "|---|---|---|---|---|---|---|",
+        "| side | seed | step | selected epoch | val at selected | final train loss | test acc | exemplars (shared) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    memories = {(side, r.get("seed")): r.get("exemplars") or [] for side in SIDES for r in runs.get(side) or []}
     for side in SIDES:
+        other = SIDES[1 - SIDES.index(side)]
         for r in runs.get(side) or []:
+            mine, theirs = memories[(side, r.get("seed"))], memories.get((other, r.get("seed"))) or []
             for t, epochs in enumerate(r.get("trajectory") or []):
+                kept = "–"
+                if t < len(mine):
+                    kept = f"{len(mine[t])}" + (f" ({len(set(mine[t]) & set(theirs[t]))})" if t < len(theirs) else "")
                 best = (r.get("best_val_epoch") or [None] * (t + 1))[t]
                 val = next((e["val"] for e in epochs if e["epoch"] == best), None)
                 loss = epochs[-1]["loss"] if epochs else None
                 acc = r["A"][t] if t < len(r["A"]) else None
                 lines.append(
                     f"| {side} | {r.get('seed')} | {t} | {best} | {'–' if val is None else f'{val:.1f}'} | "
-                    f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if acc is None else f'{acc:.1f}'} |"
+                    f"{'–' if loss is None else f'{loss:.3f}'} | {'–' if acc is None else f'{acc:.1f}'} | {kept} |"
                 )
     return "\n".join(lines) + "\n"
