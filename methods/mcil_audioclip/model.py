@@ -11,10 +11,12 @@ Forward pieces (the strategy composes them):
   training prototypes, `models.py:335-336`, and, as the release scores test images against
   L2-normalised text features, `models.py:209-210`, the normalised mean for the `eval` pool);
 - `logits(f, protos)`: scale * f protos^T, scale = exp(logit_scale) (`exp`) or the raw
-  2.6593 init value the release multiplies by (`raw`).
+  ln(1/0.07) init value (float32) the release multiplies by (`raw`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,9 @@ from methods.mcil_audioclip.moe import MoEAdapter, moe_modules, set_routing
 from methods.mcil_audioclip.towers import build_towers
 from methods.mcil_audioclip.weights import load_preset_weights
 
-RAW_LOGIT_SCALE = 2.6593  # ln(1/0.07): CLIP's logit_scale init, used un-exponentiated by the release
+#: CLIP's logit_scale parameter at its init, ln(1/0.07) in float32 (2.6592600), which the release multiplies by
+#: un-exponentiated (continual_clip/models.py:217, 346-347); the differential found the former rounded 2.6593
+RAW_LOGIT_SCALE = torch.tensor(math.log(1 / 0.07), dtype=torch.float32).item()
 
 
 class MCILAudioCLIP(nn.Module):

@@ -126,8 +126,10 @@ class MCILStrategy(StoreTemplate):
 
         def schedule(i: int) -> float:
             """Multiplier of lr at iteration i: `utils.cosine_lr(optimizer, lr, warmup, total)` of the release
-            (continual_clip/utils.py:56-75); the extra iteration i = total gets 0. The release divides by
-            total - warmup, which is 0 or negative for tasks of at most `warmup` batches; here at least 1."""
+            (continual_clip/utils.py:56-75); the extra iteration i = total gets 0 when total > warmup. The release
+            divides by total - warmup: a task of exactly `warmup` batches raises ZeroDivisionError there (utils.py:72)
+            and fewer batches give a negative divisor; here the divisor is at least 1, so such a task's extra
+            iteration runs at the full lr."""
             if i < warmup:
                 return (i + 1) / warmup
             return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, total - warmup)))
