@@ -163,7 +163,17 @@ def test_cached_harness_run_is_redone_when_the_method_defaults_changed():
     assert cli.stale_config(cached, settings, {}) == ""
     cached["config"]["imprint_centres"] = "normalised"  # run before the default became the reference's
     assert cli.stale_config(cached, settings, {}) == "imprint_centres"
-    assert cli.stale_config({**cached, "side": "reference"}, settings, {}) == ""
+
+
+def test_cached_reference_run_is_redone_for_other_reference_code(tmp_path):
+    for sub in ("model", "LwF"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "a.py").write_text("x = 1\n")
+    cached = {"side": "reference", "method": "lwf", "code_sha": reference.code_sha(tmp_path, "lwf")}
+    assert cli.stale_config(cached, {}, {}, tmp_path) == ""
+    (tmp_path / "model" / "a.py").write_text("x = 2\n")  # another commit of the checkout
+    assert cli.stale_config(cached, {}, {}, tmp_path) == "reference code"
+    assert cli.stale_config({k: v for k, v in cached.items() if k != "code_sha"}, {}, {}, tmp_path) == "reference code"
 
 
 def test_patches_apply_and_fail_on_changed_text(tmp_path):

@@ -37,10 +37,14 @@ class Check:
         return math.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance
 
 
+def _float64(x) -> torch.Tensor:
+    # a Python number goes straight to float64 (through float32 it would differ by ~1e-8)
+    return x.detach().double().cpu() if torch.is_tensor(x) else torch.as_tensor(x, dtype=torch.float64)
+
+
 def compare(name: str, harness, reference, tolerance: float, where: str, note: str = "") -> Check:
     """A Check of two tensors (or numbers); a shape mismatch is an infinite difference, named in the note."""
-    h = torch.as_tensor(harness).detach().double().cpu()
-    r = torch.as_tensor(reference).detach().double().cpu()
+    h, r = (_float64(x) for x in (harness, reference))
     if h.shape != r.shape:
         return Check(name, math.inf, tolerance, where, f"shape {tuple(h.shape)} vs {tuple(r.shape)}. {note}".strip())
     diff = (h - r).abs().max().item() if h.numel() else 0.0

@@ -10,6 +10,7 @@ val accuracy, selected (best-val) epoch and per-step test accuracy (the `print` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -149,6 +150,16 @@ METHODS = {
 
 # reference folder name of each harness dataset (datasets.adapters.avcil_features.INFOS) and its flags
 DATASET_FLAGS = {"ave": ("AVE", 28, 7), "ksounds": ("ksounds", 30, 6), "vggsound100": ("VGGSound_100", 100, 10)}
+
+
+def code_sha(reference: Path, method: str) -> str:
+    """sha256 over the Python files a run of `method` copies from the checkout (its folder and `model/`), before
+    patching: a cached reference run is reused only for the same code."""
+    digest = hashlib.sha256()
+    for sub in ("model", METHODS[method].folder):
+        for path in sorted((Path(reference) / sub).rglob("*.py")):
+            digest.update(str(path.relative_to(reference)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def check_checkout(reference: Path) -> None:
@@ -307,4 +318,10 @@ def run(
         if proc.returncode != 0:
             raise RuntimeError(f"reference {method} {modality} seed {seed} failed:\n{log[-3000:]}")
     parsed = parse_log(proc.stdout)
-    return {**parsed, "seconds": seconds, "patches": applied, "command": " ".join(args[2:])}
+    return {
+        **parsed,
+        "seconds": seconds,
+        "patches": applied,
+        "command": " ".join(args[2:]),
+        "code_sha": code_sha(reference, method),
+    }
