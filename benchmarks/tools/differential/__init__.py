@@ -13,5 +13,12 @@
   same seeds), the difference, seconds per run; per seed and step, the selected epoch and final train loss.
 
 Writes DIR/differential.{md,json} and DIR/runs/<side>/<method>-<modality>-seed<s>.json (+ .log for the reference,
-its full stdout: every epoch's loss and val accuracy); runs already done with the same settings are reused.
+its full stdout: every epoch's loss and val accuracy); runs already done with the same settings, the same reference
+code and (harness) the same method config are reused.
+
+The other references, compared function by function on identical weights and tensors (`functional`: the reference's
+own code in a subprocess, one `Check` per quantity), each `python -m benchmarks.tools.differential.<name>`:
+- `cil_ml_audio` (mulimani/CIL-ML-Audio; `cil_ml_audio_run`: whole runs of its main script on generated phase files),
+- `mcil` (chenyukun924/MCIL-AudioCLIP: MoE block, loss, scoring, metrics, schedule),
+- `cign` (stoneMo/CIGN: grouping and model forward, one training iteration, the tie rule).
 """
