@@ -19,6 +19,7 @@ import torch
 
 from benchmarks.tools.differential import cil_ml_audio as fn
 from benchmarks.tools.differential import cil_ml_audio_run as whole
+from benchmarks.tools.differential.patches import apply_patches
 from datasets.adapters.audio_multilabel import format_record, parse_phase_file
 from methods._cnn14.model import CNN14
 
@@ -136,7 +137,7 @@ def test_reference_log_parser_and_table():
 
 def test_whole_run_patches_are_distinct_and_scaled():
     todo = whole.patches("/data/x/", 0.64, (4, 8, 16, 32, 64, 128), 0.0)
-    olds = [(p.file, p.old) for p in todo]
+    olds = [(p.files, p.old) for p in todo]
     assert len(set(olds)) == len(olds)
     assert any("int(round(self.sample_rate * 0.64))" in p.new for p in todo)
     assert any(p.new == "nn.Linear(128, classes_num)" for p in todo)
@@ -162,8 +163,8 @@ def test_whole_run_patches_apply_to_the_checkout(tmp_path):
     for part in ("main_audioset.py", "data", "models"):
         src = Path(REFERENCE) / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / part)
-    notes = whole.apply_patches(tmp_path, whole.patches("/data/x/", 0.64, (4, 8, 16, 32, 64, 128), 0.0))
+    notes = apply_patches(tmp_path, whole.patches("/data/x/", 0.64, (4, 8, 16, 32, 64, 128), 0.0))
     assert len(notes) == len(whole.patches("/data/x/", 0.64, (4, 8, 16, 32, 64, 128), 0.0))
     assert "p=0.2" not in (tmp_path / "models/cnn14_pann_lin.py").read_text()
-    with pytest.raises(RuntimeError, match="expected 1"):  # applying twice: the old text is gone, said loudly
-        whole.apply_patches(tmp_path, whole.patches("/data/x/", 0.64, (4, 8, 16, 32, 64, 128), 0.0)[2:3])
+    with pytest.raises(RuntimeError, match="not found"):  # applying twice: the old text is gone, said loudly
+        apply_patches(tmp_path, whole.patches("/data/x/", 0.64, (4, 8, 16, 32, 64, 128), 0.0)[2:3])

@@ -45,8 +45,6 @@ by replacing `torch.distributions.Gumbel.sample` there with a queue of those dra
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 import types
@@ -58,7 +56,7 @@ from torch import nn
 
 from benchmarks.tools.differential import functional
 from benchmarks.tools.differential.functional import Check, compare
-from datasets.io import atomic_write_text
+from datasets.errors import ConfigError
 
 REFERENCE = "stoneMo/CIGN"
 REFERENCE_COMMIT = "c64d839"
@@ -672,37 +670,18 @@ def report(checks: list[Check], reference: Path, info: dict) -> str:
     return functional.markdown("CIGN: the harness against the reference's grouping network", checks, header)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reference", type=Path, required=True, help="a checkout of stoneMo/CIGN")
-    p.add_argument("--out", type=Path, required=True, help="folder for cign.md and cign.json")
-    p.add_argument("--python", default=sys.executable, help="interpreter for the reference (needs einops, timm)")
-    p.add_argument("--seed", type=int, default=0)
-    return p
+def build_parser():
+    return functional.parser("cign", REFERENCE, python_needs=" (needs einops and timm)")
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if not (a.reference / "grouping.py").is_file() or not (a.reference / "model.py").is_file():
-        from datasets.errors import ConfigError
-
         raise ConfigError(f"--reference {a.reference}: no grouping.py / model.py there; give a stoneMo/CIGN checkout")
     checks, info = run(a.reference, a.python, a.seed)
-    md = report(checks, a.reference, info)
-    a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.out / "cign.md", md)
-    payload = {
-        "reference": REFERENCE,
-        "reference_commit": REFERENCE_COMMIT,
-        "reference_path": str(a.reference),
-        "seed": a.seed,
-        "expected_coupling": EXPECTED,
-        **info,
-        "checks": functional.as_json(checks),
-    }
-    atomic_write_text(a.out / "cign.json", json.dumps(payload, indent=1) + "\n")
-    print(md)
-    return 0 if all(c.ok for c in checks) else 1
+    payload = {"reference": REFERENCE, "reference_commit": REFERENCE_COMMIT, "reference_path": str(a.reference)}
+    payload.update({"seed": a.seed, "expected_coupling": EXPECTED, **info})
+    return functional.write_report(a.out, "cign", report(checks, a.reference, info), payload, checks)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ Checks marked "deviation" have an infinite tolerance: they show the size of a do
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 import sys
@@ -40,7 +38,6 @@ import torch
 
 from benchmarks.tools.differential import functional
 from benchmarks.tools.differential.functional import Check, compare
-from datasets.io import atomic_write_text
 
 REFERENCE = "mulimani/CIL-ML-Audio"
 REFERENCE_COMMIT = "ed8e0d0"
@@ -642,15 +639,8 @@ def report(checks: list[Check], reference: Path, seconds: float, frames: int) ->
     return functional.markdown("CIL-ML-Audio function-level differential", checks, header)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.tools.differential.cil_ml_audio",
-        description="Run the CIL-ML-Audio reference's functions and the harness's on identical tensors; compare.",
-    )
-    p.add_argument("--reference", type=Path, required=True, help=f"a checkout of {REFERENCE}")
-    p.add_argument("--out", type=Path, required=True, help="output folder: cil_ml_audio.md and .json")
-    p.add_argument("--python", default=sys.executable, help="interpreter for the reference side (default: this one)")
-    p.add_argument("--seed", type=int, default=0)
+def build_parser():
+    p = functional.parser("cil_ml_audio", REFERENCE)
     p.add_argument("--frames", type=int, default=201, help="log-mel frames of the CNN14 batch (1001 = 10 s)")
     return p
 
@@ -658,20 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     checks, seconds = run(a.reference, a.python, a.seed, a.frames)
-    md = report(checks, a.reference, seconds, a.frames)
-    a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.out / "cil_ml_audio.md", md)
-    payload = {
-        "reference": REFERENCE,
-        "reference_path": str(a.reference),
-        "seed": a.seed,
-        "frames": a.frames,
-        "seconds": seconds,
-        "checks": functional.as_json(checks),
-    }
-    atomic_write_text(a.out / "cil_ml_audio.json", json.dumps(payload, indent=1) + "\n")
-    print(md)
-    return 0 if all(c.ok for c in checks) else 1
+    payload = {"reference": REFERENCE, "reference_path": str(a.reference), "seed": a.seed, "frames": a.frames}
+    payload["seconds"] = seconds
+    text = report(checks, a.reference, seconds, a.frames)
+    return functional.write_report(a.out, "cil_ml_audio", text, payload, checks)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from benchmarks.tools.differential.patches import Patch, apply_patches
 from datasets.io import atomic_write_text
 
 REFERENCE = "mulimani/CIL-ML-Audio"
@@ -47,15 +47,6 @@ MARK = "DIFFERENTIAL "
 HARNESS_METHODS = ("ml_indl-bn", "ml_fine_tuning-bn")
 COMPARED = {"ml_indl-bn": "reference --kd (IODFD)"}  # harness row -> reference run it is compared with
 METRICS = (("mAP", "mAP_binarized"), ("f1_micro", "micro_f1"), ("f1_macro", "macro_f1"))  # reference, harness
-
-
-@dataclass(frozen=True)
-class Patch:
-    file: str
-    old: str
-    new: str
-    why: str
-    count: int = 1  # occurrences replaced (all of them must be there)
 
 
 def patches(wav_prefix: str, seconds: float, widths: tuple[int, ...], dropout: float) -> list[Patch]:
@@ -125,20 +116,6 @@ def patches(wav_prefix: str, seconds: float, widths: tuple[int, ...], dropout: f
         ),
     ]
     return out
-
-
-def apply_patches(root: Path, todo: list[Patch]) -> list[str]:
-    lines = []
-    for p in todo:
-        path = root / p.file
-        text = path.read_text()
-        if text.count(p.old) != p.count:
-            raise RuntimeError(
-                f"{p.file}: expected {p.count} x {p.old!r}, found {text.count(p.old)}; is this {REFERENCE}?"
-            )
-        path.write_text(text.replace(p.old, p.new))
-        lines.append(f"patched {p.file}: {p.why}")
-    return lines
 
 
 def reference_phase_files(phases: Path, dataset_folder: Path, out: Path) -> None:

@@ -12,6 +12,8 @@ A comparison is a list of `Check`s, one per quantity, rendered by `markdown` and
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import subprocess
@@ -22,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from datasets.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -88,3 +92,30 @@ def markdown(title: str, checks: list[Check], header: list[str] | None = None) -
 
 def as_json(checks: list[Check]) -> list[dict]:
     return [{**asdict(c), "ok": c.ok} for c in checks]
+
+
+def parser(name: str, reference: str, python_needs: str = "") -> argparse.ArgumentParser:
+    """The command line every function-level differential shares: --reference, --out, --python, --seed."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.tools.differential.{name}",
+        description=f"Run {reference}'s own functions and the harness's on identical tensors; compare.",
+    )
+    p.add_argument("--reference", type=Path, required=True, help=f"a checkout of {reference}")
+    p.add_argument("--out", type=Path, required=True, help=f"output folder: {name}.md and {name}.json")
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help=f"interpreter for the reference side{python_needs} (default: this one)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def write_report(out: Path, name: str, text: str, payload: dict, checks: list[Check]) -> int:
+    """Write OUT/<name>.md and .json (the payload plus every check), print the table; the exit code is 1 when a
+    quantity that should agree does not (documented deviations have an infinite tolerance and never fail)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.md", text)
+    atomic_write_text(out / f"{name}.json", json.dumps({**payload, "checks": as_json(checks)}, indent=1) + "\n")
+    print(text)
+    return 0 if all(c.ok for c in checks) else 1

@@ -22,14 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Patch:
-    files: str  # glob, relative to the copied tree
-    old: str
-    new: str
-    why: str
-
+from benchmarks.tools.differential.patches import Patch, apply_patches, describe
 
 # a line the log parser reads: the exemplar video ids after a step (None marks an empty slot in the reference)
 _PRINT_EXEMPLARS = (
@@ -57,6 +50,7 @@ PATCHES = (
         "import librosa\n",
         "",
         "the iCaRL, AFC and AV-CIL dataloaders import librosa (feature extraction only) and never call it",
+        optional=True,
     ),
     Patch(
         "LwF/train_incremental_lwf.py",
@@ -172,26 +166,12 @@ def check_checkout(reference: Path) -> None:
 
 
 def patch_tree(root: Path, folders: set[str]) -> list[str]:
-    """Apply PATCHES to the copied tree; return one line per applied patch. A patch whose text is missing in a
-    file it targets is an error (the reference changed: the patch list must be reviewed)."""
-    applied = []
-    for patch in PATCHES:
-        for path in sorted(root.glob(patch.files)):
-            if path.parent.name not in folders:
-                continue
-            text = path.read_text()
-            count = text.count(patch.old)
-            if count == 0 and "*" in patch.files and patch.new == "":
-                continue  # an import removal: files without the import need nothing
-            if count == 0:
-                raise RuntimeError(f"patch text {patch.old!r} not found in {path.relative_to(root)}: review PATCHES")
-            path.write_text(text.replace(patch.old, patch.new))
-            applied.append(f"{path.relative_to(root)} x{count}: {patch.why}")
-    return applied
+    """Apply PATCHES to the copied method folders; one line per applied patch."""
+    return apply_patches(root, PATCHES, folders)
 
 
 def describe_patches() -> list[str]:
-    return [f"{p.files}: {p.old.strip()!r} -> {p.new.strip()!r}  ({p.why})" for p in PATCHES]
+    return describe(PATCHES)
 
 
 def command(method: str, modality: str, seed: int, settings: dict, dataset: str = "ave") -> list[str]:
