@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{stream.counts()['test']} test clips per phase); CNN14 widths {list(shared['widths'])}, dropout "
         f"{shared['dropout']}, {shared['epochs']} epochs per phase, lr {shared['lr']} / {shared['lr_ft']}.",
         "Reference patches (a temporary copy):",
-        *(f"- {p.removeprefix('patched ')}" for p in first["patches"]),
+        *(f"- {p}" for p in first["patches"]),
         "",
         f"Seconds per run: reference {statistics.mean(r['seconds'] for r in ref_runs):.0f}, harness "
         + ", ".join(f"{m} {statistics.mean(r['seconds'] for r in runs):.0f}" for m, runs in harness_runs.items())
