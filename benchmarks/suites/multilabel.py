@@ -193,9 +193,12 @@ def masked_bce(
     """BCE-with-logits with a scalar pos_weight, mean over the labelled (batch, class) entries.
     Without a mask this is `BCEWithLogitsLoss(pos_weight=...)` with its default 'mean'."""
     pw = logits.new_full((), pos_weight)  # filled on the device: no host-to-device copy per batch
-    loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), pos_weight=pw, reduction="none")
     if mask is None:
-        return loss.mean()
+        # the fused 'mean' reduction, as the reference's BCEWithLogitsLoss (main_audioset.py:96): `reduction="none"`
+        # then `.mean()` gives the same value but a gradient one ulp apart, and phase-0 training is chaotic enough
+        # for that ulp to move a seed by several points (the CIL-ML-Audio differential, README "Fidelity")
+        return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), pos_weight=pw)
+    loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), pos_weight=pw, reduction="none")
     m = mask.to(loss.dtype)
     return (loss * m).sum() / m.sum().clamp(min=1.0)
 
