@@ -17,6 +17,16 @@ from datasets import get_adapter
 from datasets.adapters import avcil_features as av
 
 TINY = replace(fixture.SIZES["tiny"], train_per_class=2, val_per_class=1, test_per_class=1, tokens=2)
+#: the settings both sides share (cli.settings_of), at the differential's defaults
+SETTINGS = {
+    "batch_size": 32,
+    "exemplar_batch_size": 16,
+    "eval_batch_size": 128,
+    "herding_batch_size": 64,
+    "memory": 84,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+}
 
 
 def test_fixture_is_the_layout_the_adapter_reads(tmp_path):
@@ -146,16 +156,7 @@ def test_exemplar_prints_patch_the_sampling_and_herding_scripts(tmp_path):
 
 
 def test_cached_harness_run_is_redone_when_the_method_defaults_changed():
-    settings = {
-        "epochs": {"audio": 2, "visual": 2, "audio-visual": 2},
-        "batch_size": 32,
-        "exemplar_batch_size": 16,
-        "eval_batch_size": 128,
-        "herding_batch_size": 64,
-        "memory": 84,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-    }
+    settings = {**SETTINGS, "epochs": {"audio": 2, "visual": 2, "audio-visual": 2}}
     from benchmarks.tools.differential import harness
 
     now = harness.expected_config("afc-lsc", "audio", settings, {})
@@ -197,16 +198,7 @@ def test_patches_apply_and_fail_on_changed_text(tmp_path):
 
 
 def test_reference_command_carries_the_shared_settings():
-    settings = {
-        "epochs": {"audio": 7, "visual": 5, "audio-visual": 3},
-        "batch_size": 32,
-        "exemplar_batch_size": 16,
-        "eval_batch_size": 128,
-        "herding_batch_size": 64,
-        "memory": 84,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-    }
+    settings = {**SETTINGS, "epochs": {"audio": 7, "visual": 5, "audio-visual": 3}}
     cmd = reference.command("av_cil", "audio-visual", 2, settings)
     flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1)}
     assert flags["--max_epoches"] == "3" and flags["--seed"] == "2" and flags["--memory_size"] == "84"
