@@ -8,6 +8,7 @@ import json
 import math
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,9 +162,9 @@ def test_cached_harness_run_is_redone_when_the_method_defaults_changed():
 
     now = harness.expected_config("afc-lsc", "audio", settings, {})
     cached = {"side": "harness", "method": "afc-lsc", "modality": "audio", "config": dict(now)}
-    assert cli.stale_config(cached, settings, {}) == ""
+    assert cli.stale_reason(cached, settings, {}, Path(".")) == ""
     cached["config"]["imprint_centres"] = "normalised"  # run before the default became the reference's
-    assert cli.stale_config(cached, settings, {}) == "imprint_centres"
+    assert cli.stale_reason(cached, settings, {}, Path(".")) == "imprint_centres"
 
 
 def test_cached_reference_run_is_redone_for_other_reference_code(tmp_path):
@@ -171,10 +172,10 @@ def test_cached_reference_run_is_redone_for_other_reference_code(tmp_path):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "a.py").write_text("x = 1\n")
     cached = {"side": "reference", "method": "lwf", "code_sha": reference.code_sha(tmp_path, "lwf")}
-    assert cli.stale_config(cached, {}, {}, tmp_path) == ""
+    assert cli.stale_reason(cached, {}, {}, tmp_path) == ""
     (tmp_path / "model" / "a.py").write_text("x = 2\n")  # another commit of the checkout
-    assert cli.stale_config(cached, {}, {}, tmp_path) == "reference code"
-    assert cli.stale_config({k: v for k, v in cached.items() if k != "code_sha"}, {}, {}, tmp_path) == "reference code"
+    assert cli.stale_reason(cached, {}, {}, tmp_path) == "reference code"
+    assert cli.stale_reason({k: v for k, v in cached.items() if k != "code_sha"}, {}, {}, tmp_path) == "reference code"
 
 
 def test_patches_apply_and_fail_on_changed_text(tmp_path):

@@ -538,7 +538,7 @@ def metric_checks(ref: dict, inputs: dict) -> list[Check]:
             math.inf,
             ev.format("219-220", "mean_ap_binarized"),
             "deviation: the harness leaves a class without positives out of the mean; the reference's sklearn AP "
-            "of it is 0 with scikit-learn 1.9 (a warning; methods/ml_indl/README.md says NaN), counted in its mean",
+            "of it is 0 with scikit-learn 1.9 (with a warning, no NaN), counted in its mean",
         ),
         compare(
             "as reported: mAP (harness: scores) vs the reference's thresholded mAP",

@@ -106,13 +106,12 @@ def run_key(side: str, method: str, modality: str, seed: int, fx: dict, settings
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def stale_config(old: dict, settings: dict, extra: dict, checkout: Path | None = None) -> str:
+def stale_reason(old: dict, settings: dict, extra: dict, checkout: Path) -> str:
     """Why a cached run no longer stands for a new one ('' if it does). The run key covers the settings and
     --harness-set; a reference run must also come from the same code (`reference.code_sha` of the checkout), a
     harness run from the same method config (the keys whose value the method's defaults now give differently)."""
     if old.get("side") == "reference":
-        now = reference.code_sha(checkout, old["method"]) if checkout is not None else old.get("code_sha")
-        return "" if old.get("code_sha") == now else "reference code"
+        return "" if old.get("code_sha") == reference.code_sha(checkout, old["method"]) else "reference code"
     from benchmarks.tools.differential import harness
 
     now = harness.expected_config(old["method"], old["modality"], settings, extra)
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python": args.python,
                     }
                     old = json.loads(path.read_text()) if path.is_file() else {}
-                    if old.get("key") == key and not (stale := stale_config(old, settings, extra, args.reference)):
+                    if old.get("key") == key and not (stale := stale_reason(old, settings, extra, args.reference)):
                         results[(side, method, modality, seed)] = old  # already run with these settings
                     elif args.report_only:
                         continue
